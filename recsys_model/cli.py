@@ -15,6 +15,11 @@ app = typer.Typer(help="Train the TensorFlow recommender and register it in MLfl
 bench_app = typer.Typer(help="Benchmarks (figures, not tests).")
 
 
+@bench_app.callback()
+def _bench() -> None:
+    """Benchmarks (figures, not tests)."""
+
+
 @app.command("train")
 def train(
     data: Optional[str] = typer.Option(

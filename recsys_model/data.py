@@ -164,7 +164,7 @@ def _parse_delimited(path: Path, text: str, sep: str, header: list[str] | None, 
                             ("r", "rating", "float"), ("t", "timestamp", "int")):
         s = df[col].str.strip()
         num = pd.to_numeric(s, errors="coerce")
-        bad_mask = num.isna().to_numpy()
+        bad_mask = num.isna().to_numpy().copy()
         if kind == "int":
             ok = ~bad_mask
             bad_mask[ok] = (num[ok] != np.floor(num[ok])).to_numpy() | (num[ok] < 0).to_numpy()

@@ -1,0 +1,169 @@
+"""Loaders for the MovieLens formats, the synthetic generator, the split and the metrics."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xregion.recsys_model import evaluate as ev
+from xregion.recsys_model.data import (DataFormatError, Interactions, leave_one_out,
+                                       load_movielens)
+from xregion.recsys_model.synthetic import generate
+
+ROWS = [(1, 10, 5, 100), (1, 11, 3, 200), (2, 10, 4, 150), (2, 12, 1, 120), (3, 13, 2, 90)]
+
+
+def write(path, text, mode="w"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "wb":
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def u_data(rows=ROWS):
+    return "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows)
+
+
+def ratings_dat(rows=ROWS):
+    return "".join(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in rows)
+
+
+def ratings_csv(rows=ROWS):
+    return "userId,movieId,rating,timestamp\n" + "".join(f"{u},{i},{r}.5,{t}\n" for u, i, r, t in rows)
+
+
+def check_loaded(data: Interactions, fmt: str):
+    assert data.fmt == fmt
+    df = data.df
+    assert list(df.columns) == ["user_id", "item_id", "timestamp"]
+    assert all(str(t) == "int64" for t in df.dtypes)
+    got = sorted(map(tuple, df.to_numpy().tolist()))
+    assert got == sorted((u, i, t) for u, i, _, t in ROWS)
+    assert data.n_users == 3 and data.n_items == 4 and len(data) == 5
+
+
+@pytest.mark.parametrize("name,maker,fmt", [
+    ("ml-100k/u.data", u_data, "ml-100k"),
+    ("ml-1m/ratings.dat", ratings_dat, "ml-1m"),
+    ("ml-latest-small/ratings.csv", ratings_csv, "ml-latest"),
+])
+def test_each_format_loads_from_file_and_directory(tmp_path, name, maker, fmt):
+    f = write(tmp_path / name, maker())
+    check_loaded(load_movielens(f), fmt)
+    check_loaded(load_movielens(f.parent), fmt)
+
+
+@pytest.mark.parametrize("maker,fmt", [(u_data, "ml-100k"), (ratings_dat, "ml-1m"),
+                                       (ratings_csv, "ml-latest")])
+def test_format_is_detected_from_content_for_other_file_names(tmp_path, maker, fmt):
+    check_loaded(load_movielens(write(tmp_path / "export.txt", maker())), fmt)
+
+
+def test_any_rating_value_is_an_interaction_and_duplicates_keep_the_earliest(tmp_path):
+    rows = ROWS + [(1, 10, 1, 50)]  # same (user, item) again, earlier, with a low rating
+    data = load_movielens(write(tmp_path / "u.data", u_data(rows)))
+    assert len(data) == 5
+    ts = data.df.query("user_id == 1 and item_id == 10")["timestamp"].tolist()
+    assert ts == [50]
+
+
+def test_description_summarises_the_data(tmp_path):
+    d = load_movielens(write(tmp_path / "u.data", u_data())).describe()
+    assert (d["n_interactions"], d["n_users"], d["n_items"]) == (5, 3, 4)
+    assert d["format"] == "ml-100k" and d["source"].endswith("u.data") and len(d["digest"]) == 16
+
+
+@pytest.mark.parametrize("name,content,needle", [
+    ("u.data", "", "empty"),
+    ("u.data", "\n\n  \n", "empty"),
+    ("ratings.csv", "userId,movieId,rating,timestamp\n", "no ratings"),
+    ("ratings.csv", "user,item,rating,ts\n1,2,3,4\n", "expected header"),
+    ("u.data", "1\t2\t3\t4\n1\t2\t3\n1\t5\t3\t4\n", "line 2: expected 4 fields"),
+    ("ratings.dat", "1::2::3::4\n5::6::7::8::9\n", "line 2: expected 4 fields"),
+    ("u.data", "1\t2\t3\t4\nx\t2\t3\t4\n", "line 2: user id 'x' is not a non-negative integer"),
+    ("ratings.dat", "1::2::3::4\n1::2.5::3::4\n", "line 2: item id '2.5'"),
+    ("ratings.csv", "userId,movieId,rating,timestamp\n1,2,3.5,4\n1,3,good,5\n", "line 3: rating 'good'"),
+    ("u.data", "1\t2\t3\t4\n1\t3\t3\tyesterday\n", "line 2: timestamp 'yesterday'"),
+    ("u.data", "1\t2\t3\t4\n-1\t3\t3\t5\n", "line 2: user id '-1'"),
+    ("ratings.dat", "1\t2::3::4\n", "line 1: unexpected tab"),
+    ("export.txt", "just some words\n", "unrecognised ratings format"),
+])
+def test_broken_files_fail_loudly_never_partially(tmp_path, name, content, needle):
+    f = write(tmp_path / name, content)
+    with pytest.raises(DataFormatError) as exc:
+        load_movielens(f)
+    assert needle in str(exc.value)
+    assert str(f) in str(exc.value)
+
+
+def test_unreadable_inputs(tmp_path):
+    with pytest.raises(DataFormatError, match="no such file"):
+        load_movielens(tmp_path / "missing" / "u.data")
+    with pytest.raises(DataFormatError, match="binary"):
+        load_movielens(write(tmp_path / "a" / "u.data", b"\x00\x01\x02\x03", mode="wb"))
+    with pytest.raises(DataFormatError, match="not UTF-8"):
+        load_movielens(write(tmp_path / "b" / "u.data", b"1\t2\t3\t4\n\xff\xfe\t1\n", mode="wb"))
+    (tmp_path / "c").mkdir()
+    with pytest.raises(DataFormatError, match="none of u.data, ratings.dat, ratings.csv"):
+        load_movielens(tmp_path / "c")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "ratings.csv").symlink_to(tmp_path / "d" / "gone.csv")  # dangling link
+    with pytest.raises(DataFormatError, match="no such file"):
+        load_movielens(tmp_path / "d" / "ratings.csv")
+
+
+def test_synthetic_is_deterministic_and_skewed():
+    a, b, c = generate(seed=3, n_users=200, n_items=100), generate(seed=3, n_users=200, n_items=100), \
+        generate(seed=4, n_users=200, n_items=100)
+    assert a.df.equals(b.df)
+    assert not a.df.equals(c.df)
+    d = a.describe()
+    assert d["n_users"] == 200 and d["n_items"] <= 100
+    assert d["share_of_interactions_on_top_10pct_items"] > 0.15  # uniform would be ~0.10
+    assert not a.df.duplicated(["user_id", "item_id"]).any()
+    assert (a.df.groupby("user_id").size() >= 5).all()
+    assert d["generator"]["seed"] == 3
+
+
+def test_leave_one_out_holds_out_each_users_latest_interaction():
+    import pandas as pd
+
+    df = pd.DataFrame({"user_id": [5, 5, 5, 9, 7, 7], "item_id": [1, 2, 3, 1, 2, 3],
+                       "timestamp": [30, 10, 20, 5, 1, 1]})
+    s = leave_one_out(Interactions(df=df, name="t", source="t", fmt="t"))
+    held = {int(s.user_ids[u]): int(s.item_ids[i]) for u, i in zip(s.test_users, s.test_items)}
+    assert held == {5: 1, 7: 3}  # user 9 has one interaction: trained on, not evaluated
+    assert len(s.train_users) == 4 and len(s.all_users) == 6
+    train_pairs = {(int(s.user_ids[u]), int(s.item_ids[i])) for u, i in zip(s.train_users, s.train_items)}
+    assert (5, 1) not in train_pairs and (9, 1) in train_pairs
+
+
+def test_metrics_on_known_rankings():
+    s = leave_one_out(generate(seed=1, n_users=60, n_items=40, mean_interactions=8))
+    target = dict(zip(s.test_users.tolist(), s.test_items.tolist()))
+
+    def oracle(users):  # the held-out item always scores highest
+        out = np.zeros((len(users), s.n_items))
+        out[np.arange(len(users)), [target[u] for u in users]] = 1.0
+        return out
+
+    def worst(users):
+        return 1.0 - oracle(users)
+
+    best = ev.evaluate(oracle, s)
+    assert best == {"hr_at_10_sampled": 1.0, "ndcg_at_10_sampled": 1.0,
+                    "hr_at_10_full": 1.0, "ndcg_at_10_full": 1.0}
+    low = ev.evaluate(worst, s)
+    assert low["hr_at_10_sampled"] == 0.0 and low["hr_at_10_full"] == 0.0
+    pop = ev.evaluate(ev.popularity_score_fn(s), s)
+    assert 0.0 < pop["hr_at_10_sampled"] < 1.0 and 0.0 < pop["hr_at_10_full"] < 1.0
+
+
+def test_sampled_negatives_are_never_interacted_items():
+    s = leave_one_out(generate(seed=2, n_users=80, n_items=60, mean_interactions=10))
+    users, targets, negs = ev.sample_negatives(s, 30, seed=0)
+    ptr, idx = ev.seen_csr(s.all_users, s.all_items, s.n_users)
+    for u, row in zip(users, negs):
+        assert not set(row.tolist()) & set(idx[ptr[u]:ptr[u + 1]].tolist())
+        assert len(set(row.tolist())) == 30
