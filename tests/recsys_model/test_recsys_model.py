@@ -147,7 +147,16 @@ def test_training_is_reproducible(tmp_path):
     assert ev.evaluate(a.scores, s) == ev.evaluate(b.scores, s)
 
 
-def test_cli_train_on_a_movielens_file_and_on_a_broken_one(tmp_path):
+@pytest.fixture
+def restore_tracking_uri():
+    import mlflow
+
+    old = mlflow.get_tracking_uri()
+    yield
+    mlflow.set_tracking_uri(old)
+
+
+def test_cli_train_on_a_movielens_file_and_on_a_broken_one(tmp_path, restore_tracking_uri):
     from typer.testing import CliRunner
 
     from xregion.recsys_model.cli import app

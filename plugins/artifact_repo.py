@@ -1,0 +1,91 @@
+"""The ``xregion://`` MLflow artifact repository: every artifact in every region.
+
+URI: ``xregion:///PATH``. It has no host: the regions file (XREGION_CONFIG) names the buckets,
+and PATH is the same key prefix in each of them, so one URI means the same object set in every
+region. Use it as ``mlflow server --artifacts-destination xregion:///mlartifacts`` (proxied: the
+server writes), as ``--default-artifact-root xregion:///mlartifacts`` (clients write directly,
+with the regions file and credentials in their environment), or as an experiment's
+artifact_location.
+"""
+from __future__ import annotations
+
+import os
+import posixpath
+
+from mlflow.entities import FileInfo
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
+from mlflow.store.artifact.artifact_repo import ArtifactRepository
+from mlflow.utils.file_utils import relative_path_to_artifact_path
+
+from xregion.config import ConfigError, load_config
+from xregion.store import ObjectNotFound, StoreError
+from xregion.uris import NotReplicatedURI, key_prefix
+
+from .replication import NoRegionAvailable, shared_replicator
+
+
+class XRegionArtifactRepository(ArtifactRepository):
+    def __init__(self, artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None):
+        super().__init__(artifact_uri, tracking_uri, registry_uri)
+        try:
+            cfg = load_config()
+            self.root = key_prefix(artifact_uri, cfg)
+        except (ConfigError, NotReplicatedURI) as err:
+            raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
+        self.replicator = shared_replicator(cfg)
+
+    def _key(self, *parts: str | None) -> str:
+        key = posixpath.join(self.root, *[p.strip("/") for p in parts if p])
+        if ".." in key.split("/"):
+            raise MlflowException(f"invalid artifact path {key!r}", error_code=INVALID_PARAMETER_VALUE)
+        return key
+
+    @staticmethod
+    def _unavailable(err: StoreError) -> MlflowException:
+        return MlflowException(f"artifact store unavailable in every region: {err}",
+                               error_code=TEMPORARILY_UNAVAILABLE)
+
+    def log_artifact(self, local_file, artifact_path=None):
+        try:
+            self.replicator.put_file(self._key(artifact_path, os.path.basename(local_file)), local_file)
+        except StoreError as err:
+            raise self._unavailable(err) from None
+
+    def log_artifacts(self, local_dir, artifact_path=None):
+        local_dir = os.path.abspath(local_dir)
+        for root, _, filenames in os.walk(local_dir):
+            rel = os.path.relpath(root, local_dir)
+            sub = artifact_path if rel == "." else posixpath.join(artifact_path or "", relative_path_to_artifact_path(rel))
+            for name in filenames:
+                try:
+                    self.replicator.put_file(self._key(sub, name), os.path.join(root, name))
+                except StoreError as err:
+                    raise self._unavailable(err) from None
+
+    def list_artifacts(self, path=None):
+        base = self._key(path)
+        prefix = base + "/" if base else ""
+        try:
+            dirs, files = self.replicator.list_dir(prefix)
+        except StoreError as err:
+            raise self._unavailable(err) from None
+        infos = [FileInfo(posixpath.relpath(d.rstrip("/"), self.root or "."), True, None) for d in dirs]
+        infos += [FileInfo(posixpath.relpath(k, self.root or "."), False, size)
+                  for k, size in files.items() if not k.endswith("/")]
+        return sorted(infos, key=lambda f: f.path)
+
+    def _download_file(self, remote_file_path, local_path):
+        try:
+            self.replicator.get_file(self._key(remote_file_path), local_path)
+        except ObjectNotFound as err:
+            raise MlflowException(str(err), error_code=RESOURCE_DOES_NOT_EXIST) from None
+        except NoRegionAvailable as err:
+            raise self._unavailable(err) from None
+
+    def delete_artifacts(self, artifact_path=None):
+        base = self._key(artifact_path)
+        try:
+            self.replicator.delete_tree(base)
+        except StoreError as err:
+            raise self._unavailable(err) from None

@@ -1,0 +1,100 @@
+"""The registered pyfunc behind a real `mlflow models serve` process, by stage and by alias."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from xregion.recsys_model.bench_serving import ModelServer
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def servers(trained, tmp_path_factory):
+    """One server per registry path: models:/recsys/Production and models:/recsys@champion."""
+    logs = tmp_path_factory.mktemp("serve-logs")
+    prod = ModelServer("models:/recsys/Production", trained.tracking_uri, log_path=str(logs / "prod.log"))
+    champ = ModelServer("models:/recsys@champion", trained.tracking_uri, log_path=str(logs / "champ.log"))
+    try:
+        prod.start()
+        champ.start()
+        prod.wait_ready()
+        champ.wait_ready()
+        yield {"production": prod, "champion": champ}
+    finally:
+        prod.stop()
+        champ.stop()
+    for s in (prod, champ):
+        assert s.proc.poll() is not None
+        # the whole process group is gone (uvicorn too), not just the leader; a zombie left to
+        # a non-reaping init does not count
+        assert not ModelServer._group_alive(s.proc.pid)
+
+
+@pytest.mark.parametrize("which", ["production", "champion"])
+def test_top_k_over_http(servers, trained, which):
+    users = [int(u) for u in trained.split.user_ids[:3]]
+    status, body = servers[which].post(
+        {"dataframe_split": {"columns": ["user_id", "k"], "data": [[users[0], 5], [users[1], 2], [users[2], 10]]}})
+    assert status == 200, body
+    preds = body["predictions"]
+    assert [p["user_id"] for p in preds] == [users[0]] * 5 + [users[1]] * 2 + [users[2]] * 10
+    assert [p["rank"] for p in preds[:5]] == [1, 2, 3, 4, 5]
+    assert all(p["source"] == "model" for p in preds)
+    assert all(isinstance(p["item_id"], int) and isinstance(p["score"], float) for p in preds)
+    # the HTTP answer is the in-process answer
+    import pandas as pd
+
+    import mlflow
+
+    mlflow.set_tracking_uri(trained.tracking_uri)
+    local = mlflow.pyfunc.load_model("models:/recsys@champion").predict(
+        pd.DataFrame({"user_id": users, "k": [5, 2, 10]}))
+    assert [p["item_id"] for p in preds] == local["item_id"].tolist()
+
+
+def test_other_payload_shapes_and_default_k(servers, trained):
+    s = servers["production"]
+    u = int(trained.split.user_ids[4])
+    status, body = s.post({"dataframe_records": [{"user_id": u}]})
+    assert status == 200 and len(body["predictions"]) == 10
+    status, body2 = s.post({"inputs": {"user_id": [u], "k": [10]}})
+    assert status == 200 and body2["predictions"] == body["predictions"]
+    # a row without k gets the default, a row with k gets its own
+    status, body = s.post({"dataframe_records": [{"user_id": u, "k": 2}, {"user_id": u}]})
+    assert status == 200 and len(body["predictions"]) == 12
+
+
+def test_unknown_user_over_http(servers):
+    status, body = servers["champion"].post({"dataframe_records": [{"user_id": 987654321, "k": 4}]})
+    assert status == 200, body
+    preds = body["predictions"]
+    assert len(preds) == 4 and all(p["source"] == "popularity" for p in preds)
+    assert all(p["user_id"] == 987654321 for p in preds)
+
+
+@pytest.mark.parametrize("payload,needle", [
+    ({"dataframe_records": [{"user": 1}]}, "user_id"),
+    ({"dataframe_records": [{"user_id": "abc"}]}, "must hold integers"),
+    ({"dataframe_records": [{"user_id": 1.5}]}, "must hold integers"),
+    ({"dataframe_records": [{"user_id": None}]}, "null"),
+    ({"dataframe_records": [{"user_id": True}]}, "must hold integers"),
+    ({"dataframe_records": [{"user_id": 1, "k": 0}]}, "between 1 and 1000"),
+    ({"dataframe_records": [{"user_id": 1, "k": "many"}]}, "must hold integers"),
+    ({"dataframe_records": [{"user_id": [1, 2]}]}, "must hold integers"),
+    ({"no_such_key": []}, ""),
+    (b"this is not json", "JSON"),
+])
+def test_malformed_input_is_400_with_a_message(servers, payload, needle):
+    status, body = servers["production"].post(payload)
+    assert status == 400, body
+    assert isinstance(body, dict) and body.get("message")
+    assert needle in body["message"]
+
+
+def test_servers_use_the_local_venv():
+    # the serving subprocess must find uvicorn: its PATH starts with the interpreter's bin dir
+    from xregion.recsys_model.bench_serving import VENV_BIN
+
+    assert os.path.exists(os.path.join(VENV_BIN, "uvicorn"))
