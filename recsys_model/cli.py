@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -78,8 +79,11 @@ def serving(
 
     console = Console(stderr=True)
     levels = [int(x) for x in concurrency.split(",") if x.strip()]
-    result = run_bench(requests=requests, levels=levels, per_level=per_level, seconds=seconds,
-                       epochs=epochs, seed=seed, console=console)
+    # Keras and MLflow print progress on stdout while the stock model is logged; keep stdout
+    # for the JSON document only.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = run_bench(requests=requests, levels=levels, per_level=per_level,
+                           seconds=seconds, epochs=epochs, seed=seed, console=console)
     console.print(render_table(result))
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
