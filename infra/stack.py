@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from xregion.config import RegionConfig, XRegionConfig
+from xregion.home import xregion_home
 from xregion.store import RegionStore
 
 from . import postgres
@@ -20,7 +21,7 @@ from .supervisor import Service, Supervisor
 BIN = Path(sys.executable).parent  # the venv's bin: mlflow, moto_server, uvicorn
 
 
-def child_env(cfg: XRegionConfig, region: RegionConfig) -> dict[str, str]:
+def child_env(cfg: XRegionConfig, region: RegionConfig, home: Path | None = None) -> dict[str, str]:
     """Environment for a region's processes: the venv first on PATH, this region's S3 credentials."""
     key, secret = region.s3.credentials(region.name)
     env = {
@@ -30,6 +31,7 @@ def child_env(cfg: XRegionConfig, region: RegionConfig) -> dict[str, str]:
         "AWS_DEFAULT_REGION": region.s3.region_name,
         "MLFLOW_S3_ENDPOINT_URL": region.s3.endpoint_url,
         "XREGION_LOCAL_REGION": region.name,
+        "XREGION_HOME": str(home or xregion_home()),
         "PYTHONUNBUFFERED": "1",
     }
     if cfg.source:
@@ -66,7 +68,7 @@ def mlflow_service(cfg: XRegionConfig, region: RegionConfig, home: Path) -> Serv
     return Service(
         name=f"{region.name}-mlflow", region=region.name, component="mlflow", argv=argv,
         listen=(parts.hostname, parts.port), health={"type": "http", "url": f"{region.mlflow_url}/health"},
-        env={**child_env(cfg, region), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        env={**child_env(cfg, region, home), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         cwd=str(home), start_timeout=120)
 
 

@@ -25,8 +25,8 @@ from .config import RegionConfig
 
 HASH_META = "sha256"  # user metadata key (x-amz-meta-sha256) holding the content hash recorded at write
 CHUNK = 1024 * 1024
-TRANSFER = TransferConfig(multipart_threshold=16 * CHUNK, multipart_chunksize=16 * CHUNK,
-                          max_concurrency=4, io_chunksize=CHUNK)
+# boto3's defaults (8 MiB parts, 10 threads): memory stays under max_concurrency parts per transfer
+TRANSFER = TransferConfig(multipart_threshold=8 * CHUNK, multipart_chunksize=8 * CHUNK, max_concurrency=10)
 
 
 class StoreError(Exception):
@@ -46,6 +46,7 @@ class ObjectInfo:
     key: str
     size: int
     sha256: str | None = None  # None when listed without metadata, or written by something else
+    etag: str | None = None    # computed by the store from the bytes it holds (MD5 for single-part)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -63,8 +64,8 @@ def _not_found(err: ClientError) -> bool:
 class RegionStore:
     """put / get / stat / list / delete over one region's bucket."""
 
-    def __init__(self, region: RegionConfig, *, connect_timeout: float = 2, read_timeout: float = 10,
-                 attempts: int = 2):
+    def __init__(self, region: RegionConfig, *, connect_timeout: float = 2,
+                 read_timeout: float = float(os.environ.get("XREGION_S3_READ_TIMEOUT", 5)), attempts: int = 2):
         self.region = region
         self.name = region.name
         self.bucket = region.s3.bucket
@@ -109,7 +110,7 @@ class RegionStore:
 
     # --- objects -----------------------------------------------------------------------------
     def put_file(self, key: str, path: str | os.PathLike, sha256: str | None = None) -> ObjectInfo:
-        """Upload through s3transfer (multipart above 16 MiB, bounded memory), recording the hash."""
+        """Upload through s3transfer (multipart above 8 MiB, bounded memory), recording the hash."""
         digest = sha256 or sha256_file(path)
         self._call(self.client.upload_file, str(path), self.bucket, key,
                    ExtraArgs={"Metadata": {HASH_META: digest}}, Config=TRANSFER)
@@ -126,7 +127,8 @@ class RegionStore:
             head = self._call(self.client.head_object, Bucket=self.bucket, Key=key, key=key)
         except ObjectNotFound:
             return None
-        return ObjectInfo(key, head["ContentLength"], head.get("Metadata", {}).get(HASH_META))
+        return ObjectInfo(key, head["ContentLength"], head.get("Metadata", {}).get(HASH_META),
+                          head.get("ETag", "").strip('"') or None)
 
     def get_file(self, key: str, path: str | os.PathLike) -> ObjectInfo:
         """Download to ``path`` and return what was read, with the hash of the bytes actually received."""
@@ -148,7 +150,7 @@ class RegionStore:
         try:
             for page in pages:
                 for obj in page.get("Contents", []):
-                    yield ObjectInfo(obj["Key"], obj["Size"])
+                    yield ObjectInfo(obj["Key"], obj["Size"], etag=obj.get("ETag", "").strip('"') or None)
         except (ClientError, BotoCoreError, OSError) as err:
             raise RegionUnavailable(f"region {self.name}: listing {prefix!r} failed: {err}") from err
 
