@@ -1,6 +1,6 @@
 """The ``xregion://`` MLflow artifact repository: every artifact in every region.
 
-URI: ``xregion:///PATH``. It has no host: the regions file (XREGION_CONFIG) names the buckets,
+URI: ``xregion:///PATH`` (MLflow may store it as ``xregion:/PATH``: the same). It has no host: the regions file (XREGION_CONFIG) names the buckets,
 and PATH is the same key prefix in each of them, so one URI means the same object set in every
 region. Use it as ``mlflow server --artifacts-destination xregion:///mlartifacts`` (proxied: the
 server writes), as ``--default-artifact-root xregion:///mlartifacts`` (clients write directly,
