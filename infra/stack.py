@@ -59,10 +59,21 @@ def artifact_destination(cfg: XRegionConfig, region: RegionConfig) -> str:
     return f"s3://{region.s3.bucket}/{cfg.artifacts.prefix}"
 
 
+def registry_store_uri(cfg: XRegionConfig) -> list[str]:
+    """``--registry-store-uri`` for the gated registry (plugins/registry_store.py) when installed."""
+    from importlib.metadata import entry_points
+
+    uri = "xregion+" + cfg.database_uri()
+    scheme = uri.split(":", 1)[0]
+    if any(ep.name == scheme for ep in entry_points(group="mlflow.model_registry_store")):
+        return ["--registry-store-uri", uri]
+    return []
+
+
 def mlflow_service(cfg: XRegionConfig, region: RegionConfig, home: Path) -> Service:
     parts = urlsplit(region.mlflow_url)
     argv = [str(BIN / "mlflow"), "server",
-            "--backend-store-uri", cfg.database_uri(),
+            "--backend-store-uri", cfg.database_uri(), *registry_store_uri(cfg),
             "--artifacts-destination", artifact_destination(cfg, region),
             "--serve-artifacts", "--host", parts.hostname, "--port", str(parts.port), "--workers", "1"]
     return Service(

@@ -1,0 +1,198 @@
+"""`xregion promote` and `xregion rollback`: stage and alias moves through the gated registry.
+
+Both talk to a region's MLflow server over REST (``MLFLOW_TRACKING_URI``, else the first region
+whose server answers, primary first), so they pass through the server's registry plugin
+(``plugins/registry_store.py``): the replication gate and the recorded transitions happen there,
+whichever client moves the version. The reason and the declared user travel as the version tags
+``xregion.reason`` / ``xregion.actor``, which the plugin consumes into its transition record.
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import urllib.request
+import warnings
+
+import typer
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from rich.console import Console
+
+from xregion import events
+from xregion.config import XRegionConfig
+
+from .registry_store import ACTOR_TAG, ARCHIVED, HISTORY_TAG, REASON_TAG
+
+# stages are deprecated in MLflow but are what the issue's release process uses
+warnings.filterwarnings("ignore", message=r".*transition_model_version_stage.*", category=FutureWarning)
+
+app = typer.Typer()
+console = Console(stderr=True)
+
+
+class RegistryError(RuntimeError):
+    pass
+
+
+def server_url(cfg: XRegionConfig, tracking_uri: str | None = None) -> str:
+    """The MLflow server to talk to: the given one, MLFLOW_TRACKING_URI, else the first healthy region."""
+    if tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
+        return tracking_uri or os.environ["MLFLOW_TRACKING_URI"]
+    for r in cfg.write_order():
+        try:
+            with urllib.request.urlopen(f"{r.mlflow_url}/health", timeout=3) as resp:
+                if resp.status == 200:
+                    return r.mlflow_url
+        except OSError:
+            continue
+    raise RegistryError("no region's MLflow server answers: " + ", ".join(r.mlflow_url for r in cfg.regions))
+
+
+def client(cfg: XRegionConfig, tracking_uri: str | None = None):
+    from mlflow.tracking import MlflowClient
+
+    url = server_url(cfg, tracking_uri)
+    return MlflowClient(tracking_uri=url, registry_uri=url)
+
+
+def whoami() -> str:
+    return os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
+
+
+def production_version(cl, cfg: XRegionConfig, model: str) -> ModelVersion | None:
+    """The version serving should follow: the production alias's, else the newest in the production stage."""
+    rm = cl.get_registered_model(model)
+    alias_version = (rm.aliases or {}).get(cfg.registry.production_alias)
+    if alias_version:
+        return cl.get_model_version(model, str(alias_version))
+    latest = cl.get_latest_versions(model, stages=[cfg.registry.production_stage])
+    return max(latest, key=lambda mv: int(mv.version)) if latest else None
+
+
+def _annotate(cl, model: str, version: str, reason: str, who: str) -> None:
+    if reason:
+        cl.set_model_version_tag(model, version, REASON_TAG, reason)
+    cl.set_model_version_tag(model, version, ACTOR_TAG, who)
+
+
+def _clear(cl, model: str, version: str) -> None:
+    mv = cl.get_model_version(model, version)
+    for key in (REASON_TAG, ACTOR_TAG):
+        if key in mv.tags:
+            cl.delete_model_version_tag(model, version, key)
+
+
+def promote(cl, cfg: XRegionConfig, model: str, version: str, stage: str | None = None, alias: str | None = None,
+            reason: str = "", who: str | None = None) -> dict:
+    """Move ``version`` to ``stage`` and/or point ``alias`` at it (both production ones when neither
+    is given). Raises MlflowException (the gate's refusal) and leaves nothing half-annotated."""
+    version = str(version)
+    if stage is None and alias is None:
+        stage, alias = cfg.registry.production_stage, cfg.registry.production_alias
+    who = who or whoami()
+    done: dict = {"model": model, "version": version}
+    try:
+        if stage:
+            _annotate(cl, model, version, reason, who)
+            archive = stage.lower() in ("production", "staging")
+            mv = cl.transition_model_version_stage(model, version, stage, archive_existing_versions=archive)
+            done["stage"] = mv.current_stage
+        if alias:
+            _annotate(cl, model, version, reason, who)
+            cl.set_registered_model_alias(model, alias, version)
+            done["alias"] = alias
+    except MlflowException:
+        _clear(cl, model, version)
+        raise
+    return done
+
+
+def rollback(cl, cfg: XRegionConfig, model: str, reason: str = "", to_version: str | None = None,
+             who: str | None = None, record: bool = True, source: str = "cli") -> dict:
+    """The previous production version back in production (stage and alias), the current one archived."""
+    current = production_version(cl, cfg, model)
+    if to_version is None:
+        rm = cl.get_registered_model(model)
+        try:
+            history = [str(v) for v in json.loads(rm.tags.get(HISTORY_TAG, "[]"))]
+        except json.JSONDecodeError:
+            history = []
+        for v in reversed(history):
+            if current is not None and v == str(current.version):
+                continue
+            try:
+                cl.get_model_version(model, v)
+            except MlflowException:
+                continue  # deleted since
+            to_version = v
+            break
+    if to_version is None:
+        raise RegistryError(f"{model}: no previous production version to roll back to "
+                            f"(history: {HISTORY_TAG} on the registered model)")
+    full_reason = f"rollback from version {current.version if current else '-'}" + (f": {reason}" if reason else "")
+    done = promote(cl, cfg, model, to_version, stage=cfg.registry.production_stage,
+                   alias=cfg.registry.production_alias, reason=full_reason, who=who)
+    if current is not None and str(current.version) != str(to_version):
+        cur = cl.get_model_version(model, str(current.version))
+        if cur.current_stage != ARCHIVED:
+            _annotate(cl, model, str(current.version), full_reason, who or whoami())
+            cl.transition_model_version_stage(model, str(current.version), ARCHIVED, archive_existing_versions=False)
+    done.update({"from_version": str(current.version) if current else None, "to_version": str(to_version),
+                 "reason": full_reason})
+    if record:
+        events.record("rollback", model=model, from_version=done["from_version"], to_version=done["to_version"],
+                      reason=full_reason, who=who or whoami(), source=source)
+    return done
+
+
+def _config():
+    from xregion.cli import config_or_exit
+
+    return config_or_exit()
+
+
+def _fail(err: Exception) -> None:
+    msg = err.message if isinstance(err, MlflowException) else str(err)
+    console.print(f"[red]{msg}[/red]")
+    raise typer.Exit(1)
+
+
+@app.command("promote")
+def promote_cmd(model: str = typer.Argument(..., help="Registered model name."),
+                version: str = typer.Argument(..., help="Version number."),
+                stage: str = typer.Option(None, "--stage", help="Stage to move it to (e.g. Production)."),
+                alias: str = typer.Option(None, "--alias", help="Alias to point at it (e.g. champion)."),
+                reason: str = typer.Option("", "--reason", help="Why; recorded with the transition."),
+                tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow server (default: a healthy region's)."),
+                as_json: bool = typer.Option(False, "--json")) -> None:
+    """Promote a version (default: the production stage and alias), gated on replication in every region."""
+    cfg = _config()
+    try:
+        done = promote(client(cfg, tracking_uri), cfg, model, version, stage, alias, reason)
+    except (MlflowException, RegistryError) as err:
+        _fail(err)
+    if as_json:
+        print(json.dumps(done))
+    else:
+        console.print(f"[green]{model} version {version}:[/green] "
+                      + ", ".join(f"{k} {v}" for k, v in done.items() if k in ("stage", "alias")))
+
+
+@app.command("rollback")
+def rollback_cmd(model: str = typer.Argument(..., help="Registered model name."),
+                 reason: str = typer.Option("", "--reason", help="Why; recorded with the transition."),
+                 to: str = typer.Option(None, "--to", help="Version to go back to (default: the previous production one)."),
+                 tracking_uri: str = typer.Option(None, "--tracking-uri"),
+                 as_json: bool = typer.Option(False, "--json")) -> None:
+    """Put the previous production version back (stage and alias); archive the current one."""
+    cfg = _config()
+    try:
+        done = rollback(client(cfg, tracking_uri), cfg, model, reason, to_version=to)
+    except (MlflowException, RegistryError) as err:
+        _fail(err)
+    if as_json:
+        print(json.dumps(done))
+    else:
+        console.print(f"[green]{model}: version {done['to_version']} back in production[/green], "
+                      f"version {done['from_version']} archived ({done['reason']})")
