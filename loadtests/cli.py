@@ -44,7 +44,7 @@ def drill(scenario: str = typer.Argument(..., help=_SCENARIO_HELP),
           release_managers: Optional[int] = typer.Option(None, help="Release manager users (default per scenario)."),
           serving_rate: float = typer.Option(2.0, help="Requests/s per serving user."),
           scientist_rate: float = typer.Option(2.0, help="Operations/s per scientist."),
-          timeout: float = typer.Option(3.0, help="Client timeout (s) per request; slower counts as failed."),
+          timeout: float = typer.Option(5.0, help="Client timeout (s) per request or operation; slower counts as failed."),
           seed: int = typer.Option(0, help="Seed of the request mix."),
           no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not log the drill as an MLflow run."),
           as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout.")) -> None:

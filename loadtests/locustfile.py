@@ -62,7 +62,7 @@ def _options(parser):
     g.add_argument("--xr-zipf", env_var="XR_ZIPF", type=float, default=1.1, help="Zipf exponent of user popularity.")
     g.add_argument("--xr-unknown-users", env_var="XR_UNKNOWN_USERS", type=float, default=0.01,
                    help="Share of requests for users the model does not know (cold start).")
-    g.add_argument("--xr-timeout", env_var="XR_TIMEOUT", type=float, default=3.0,
+    g.add_argument("--xr-timeout", env_var="XR_TIMEOUT", type=float, default=5.0,
                    help="Client timeout (s) of one request or operation; longer counts as a failure.")
     g.add_argument("--xr-max-requests", env_var="XR_MAX_REQUESTS", type=int, default=0,
                    help="Stop the whole run after this many requests (0: no bound besides -t).")

@@ -56,7 +56,8 @@ def timeline_png(reqs: list[Request], summary: dict, events: list[dict], path: P
         ax.axvspan(fault - t0, end - t0, color="#ffcdd2", alpha=0.35, zorder=0,
                    label=f"RTO {summary['rto_s']:.1f} s" if rec is not None else "not recovered in the phase")
     if rec is not None:
-        ax.axvline(rec - t0, color="#2e7d32", linewidth=2.2, label="recovered (start of the first good 5 s window)")
+        ax.axvline(rec - t0, color="#2e7d32", linewidth=2.0, linestyle="--",
+                   label="recovered (first request of the first good 5 s window)")
     if summary.get("phase_end") is not None and summary.get("phase_end") < t1 - 0.5:
         ax.axvline(summary["phase_end"] - t0, color="#1565c0", linewidth=1.6, linestyle=":",
                    label=f"restore: {summary.get('restore_label', '')}")

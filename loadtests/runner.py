@@ -12,6 +12,7 @@ Everything binds and connects to the regions file's loopback endpoints.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -84,11 +85,10 @@ def known_user_ids(cfg: XRegionConfig, run_dir: Path, progress: Callable[[str], 
             raise DrillError("no production version")
         import mlflow.artifacts
 
+        source = cl.get_model_version_download_uri(cfg.registry.model_name, mv.version)
         with tempfile.TemporaryDirectory() as tmp:
-            local = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{cfg.registry.model_name}/{mv.version}", dst_path=tmp,
-                tracking_uri=cfg.primary.mlflow_url)
-            towers = next(Path(local).rglob("towers.npz"))
+            towers = mlflow.artifacts.download_artifacts(artifact_uri=f"{source}/artifacts/towers.npz", dst_path=tmp,
+                                                         tracking_uri=cfg.primary.mlflow_url)
             ids = np.load(towers)["user_ids"]
         path = run_dir / "user_ids.txt"
         path.write_text("\n".join(str(int(i)) for i in ids) + "\n")
@@ -363,7 +363,7 @@ def run_drill(scenario: str, *, duration: float = 60.0, users: int = 8, workers:
               objectives_file: str | Path | None = None, out_dir: Path | None = None,
               max_requests: int | None = None, scientists: int | None = None,
               release_managers: int | None = None, serving_rate: float = 2.0, scientist_rate: float = 2.0,
-              timeout: float = 3.0, seed: int = 0, to_mlflow: bool = True,
+              timeout: float = 5.0, seed: int = 0, to_mlflow: bool = True,
               cfg: XRegionConfig | None = None, home: Path | None = None,
               progress: Callable[[str], None] = print) -> dict:
     """Run one drill end to end and return its summary (``objectives_met`` says whether it passed)."""
@@ -499,7 +499,8 @@ def run_drill(scenario: str, *, duration: float = 60.0, users: int = 8, workers:
     report.html_report(summary, out_dir / "timeline.png", summary["events"], out_dir / "report.html")
     if to_mlflow:
         try:
-            summary["mlflow"] = log_to_mlflow(cfg, home, out_dir, summary)
+            with contextlib.redirect_stdout(sys.stderr):  # MLflow prints run links; stdout is for --json
+                summary["mlflow"] = log_to_mlflow(cfg, home, out_dir, summary)
         except Exception as exc:  # the drill's verdict does not depend on its archive
             summary["mlflow"] = {"error": f"{type(exc).__name__}: {exc}"}
             progress(f"[red]could not log the drill to MLflow: {summary['mlflow']['error']}[/red]")
