@@ -150,7 +150,7 @@ def replication_lag(cfg: XRegionConfig, home: Path, old: RegionConfig, target: R
         seconds = 0.0
         if wal["commits"] and wal["last_commit_ts"] and tgt.get("last_replay_ts"):
             seconds = max(0.0, wal["last_commit_ts"] - tgt["last_replay_ts"])
-        receive_gap = (lsn_int(tgt["receive_lsn"]) or 0) - (lsn_int(tgt["replay_lsn"]) or 0)
+        receive_gap = max(0, (lsn_int(tgt["receive_lsn"]) or 0) - (lsn_int(tgt["replay_lsn"]) or 0))
         lag.update(source=f"{old.name}'s WAL on disk (pg_waldump) vs {target.name}'s received WAL",
                    bytes=wal["bytes"], seconds=seconds, commits=wal["commits"], unreplayed_bytes=receive_gap)
     else:
@@ -167,12 +167,48 @@ def fence(cfg: XRegionConfig, home: Path, old: RegionConfig, new_primary: Region
     name = f"{old.name}-postgres"
     if sup.process(name) is not None:
         progress(f"stopping {name} (fence)")
-    sup.stop(name)  # also kills backends a kill -9 of the postmaster left behind
+        sup.stop(name)
+    else:  # the postmaster is gone; backends it left behind (a crash of the postmaster alone) go too
+        leftovers = _leftovers(sup, name)
+        if leftovers:
+            progress(f"{name}: killing {len(leftovers)} process(es) the dead postmaster left behind")
+            sup.stop(name)
     if (data_dir(home, old) / "PG_VERSION").exists():
         make_standby_config(home, old, new_primary)
         progress(f"{name}: standby.signal written, following {new_primary.name} if ever started")
     fenced = sorted(set(load_state(home).get("fenced", [])) | {old.name})
     save_state(home, fenced=fenced)
+
+
+def checkpoint(region: RegionConfig) -> float:
+    """An immediate checkpoint; after a promotion it puts the new timeline in the control file and
+    gives pg_rewind a checkpoint on it (Patroni does the same after promote). Returns seconds."""
+    t = time.monotonic()
+    conn = connect(region)
+    with conn.cursor() as cur:
+        cur.execute("checkpoint")
+    conn.close()
+    return time.monotonic() - t
+
+
+def _leftovers(sup: Supervisor, name: str) -> list:
+    """Live (not zombie) processes of a service whose leader is dead."""
+    import json as _json
+
+    import psutil
+
+    try:
+        pid = _json.loads(sup.pidfile(name).read_text())["pid"]
+    except (OSError, ValueError, KeyError):
+        return []
+    out = []
+    for p in Supervisor._tree(pid):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.Error:
+            continue
+    return out
 
 
 def _promote(region: RegionConfig) -> None:
@@ -247,6 +283,7 @@ def failover(cfg: XRegionConfig, home: Path, to: str, progress: Progress = _quie
 
     mlflow = confirm_mlflow_writes(cfg, home, mlflow_timeout, progress)
     first = min((m["ts"] for m in mlflow.values() if m["ts"]), default=None)
+    progress(f"checkpoint on {target.name} ({checkpoint(target):.2f}s) so that {old.name} can be rewound later")
     fault_ts = _last_fault(home, f"{old.name}-postgres", since=t0 - 3600)
     start = fault_ts if fault_ts and fault_ts > _last_failover_ts(home) else t0
     result = {
@@ -269,6 +306,10 @@ def _last_failover_ts(home: Path) -> float:
     return evs[-1]["ts"] if evs else 0.0
 
 
+DIVERGED = (b"forked off current database system timeline", b"is not in this server's history",
+            b"ahead of the WAL flush position", b"does not contain minimum recovery point")
+
+
 def _start_standby(sup: Supervisor, svc, primary: RegionConfig, region: str, timeout: float,
                    progress: Progress) -> bool:
     """Start the node as a standby; True once it streams, False as soon as it refuses the timeline."""
@@ -289,10 +330,37 @@ def _start_standby(sup: Supervisor, svc, primary: RegionConfig, region: str, tim
             return True
         with open(log, "rb") as f:
             f.seek(offset)
-            if b"forked off current database system timeline" in f.read():
-                progress(f"{region} refuses {primary.name}'s timeline (its WAL went past the fork point)")
-                return False
+            text = f.read()
+        if any(m in text for m in DIVERGED):
+            progress(f"{region} cannot follow {primary.name}'s timeline (its WAL went past the fork point)")
+            return False
         time.sleep(0.3)
+    return False
+
+
+def _rewind(sup: Supervisor, svc, home: Path, node: RegionConfig, primary: RegionConfig, stream_timeout: float,
+            progress: Progress) -> bool:
+    """pg_rewind the stopped node onto the primary's timeline and start it as a standby."""
+    ddir = data_dir(home, node)
+    sup.stop(svc.name)
+    if not (ddir / "PG_VERSION").exists():
+        return False
+    (ddir / "standby.signal").unlink(missing_ok=True)  # crash recovery in single-user mode refuses standby mode
+    # a just-promoted source's control file still names the old timeline until its first
+    # checkpoint completes, and pg_rewind would then see no divergence: checkpoint it now
+    checkpoint(primary)
+    proc = subprocess.run(
+        [str(PG_BIN / "pg_rewind"), "--target-pgdata", str(ddir), "--source-server",
+         f"host={primary.pg_host} port={primary.pg_port} user={SUPERUSER} dbname=postgres"],
+        capture_output=True, text=True, timeout=600, **_pg_user_kwargs())
+    detail = (proc.stdout + proc.stderr).strip()
+    make_standby_config(home, node, primary)  # whatever happened, the node stays fenced
+    progress(f"pg_rewind: {'ok' if proc.returncode == 0 else 'failed'}: {detail.splitlines()[-1] if detail else ''}")
+    if proc.returncode != 0:
+        return False
+    if _start_standby(sup, svc, primary, node.name, stream_timeout, progress):
+        return True
+    sup.stop(svc.name)
     return False
 
 
@@ -300,6 +368,13 @@ def rejoin(cfg: XRegionConfig, home: Path, region: str, progress: Progress = _qu
            allow_basebackup: bool = True, stream_timeout: float = 60.0) -> dict:
     """Turn ``region``'s node into a streaming standby of the current primary."""
     t0 = time.time()
+    steps: list[str] = []
+    outer = progress
+
+    def progress(msg: str) -> None:  # noqa: F811 - keep what happened for the result and the event log
+        steps.append(msg)
+        outer(msg)
+
     cfg = effective_config(cfg, home)
     node = cfg.region(region)
     nodes = probe_all(cfg, timeout=2)
@@ -313,47 +388,29 @@ def rejoin(cfg: XRegionConfig, home: Path, region: str, progress: Progress = _qu
     svc = pg.service(cfg, node, home)
     ddir = data_dir(home, node)
 
-    # already a healthy standby of this primary?
-    rows = {r["standby"]: r for r in replication_rows(primary)}
-    if nodes[region]["role"] == "standby" and rows.get(region, {}).get("state") == "streaming" \
-            and region not in load_state(home).get("fenced", []):
-        progress(f"{region} already streams from {prim_name}")
-        return {"region": region, "primary": prim_name, "method": "none", "seconds": 0.0}
-
     if nodes[region]["role"] == "primary":
         progress(f"[warning] {region} accepted writes as a second primary; pg_rewind discards them")
-    sup.stop(svc.name)
-    method, detail, ok = "pg_rewind", "", False
-    if (ddir / "PG_VERSION").exists():
-        (ddir / "standby.signal").unlink(missing_ok=True)  # crash recovery in single-user mode refuses standby mode
-        # a just-promoted source's control file still names the old timeline until its first
-        # checkpoint completes, and pg_rewind would then see no divergence: checkpoint it now
-        c = connect(primary)
-        with c.cursor() as cur:
-            cur.execute("checkpoint")
-        c.close()
-        proc = subprocess.run(
-            [str(PG_BIN / "pg_rewind"), "--target-pgdata", str(ddir), "--source-server",
-             f"host={primary.pg_host} port={primary.pg_port} user={SUPERUSER} dbname=postgres"],
-            capture_output=True, text=True, timeout=600, **_pg_user_kwargs())
-        detail = (proc.stdout + proc.stderr).strip()
-        ok = proc.returncode == 0
-        progress(f"pg_rewind: {'ok' if ok else 'failed'}: {detail.splitlines()[-1] if detail else ''}")
-        if ok:
-            make_standby_config(home, node, primary)
-            # pg_rewind can say "no rewind required" for a node whose crash recovery wrote past the
-            # fork point (a torn record at the kill); the standby then refuses the new timeline
-            ok = _start_standby(sup, svc, primary, region, stream_timeout, progress)
-            if not ok:
-                detail = "after pg_rewind the node does not follow the new timeline"
-                sup.stop(svc.name)
-    else:
-        detail = "no data directory"
+        sup.stop(svc.name)
+    rows = {r["standby"]: r for r in replication_rows(primary)}
+    method, ok = "follow", False
+    if nodes[region]["role"] == "standby" and rows.get(region, {}).get("state") == "streaming":
+        ok = True  # it already follows the new timeline: Postgres refuses a timeline it diverged from
+        progress(f"{region} already streams from {prim_name}")
+    elif (ddir / "PG_VERSION").exists() and nodes[region]["role"] != "primary":
+        # a node whose WAL ends at or before the fork point follows the new timeline as it is
+        sup.stop(svc.name)
+        make_standby_config(home, node, primary)
+        ok = _start_standby(sup, svc, primary, region, min(stream_timeout, 20.0), progress)
+        if not ok:
+            sup.stop(svc.name)
+    if not ok:
+        ok = _rewind(sup, svc, home, node, primary, stream_timeout, progress)
+        method = "pg_rewind"
     if not ok:
         if not allow_basebackup:
-            raise DRError(f"pg_rewind of {region} failed:\n{detail}")
+            raise DRError(f"{region} cannot follow {prim_name} even after pg_rewind (see {sup.log(svc.name)})")
         method = "pg_basebackup"
-        progress(f"{region}: fresh base backup from {prim_name} ({detail.splitlines()[-1] if detail else ''})")
+        progress(f"{region}: fresh base backup from {prim_name}")
         shutil.rmtree(ddir, ignore_errors=True)
         _prepare_dir(ddir)
         pg._run([str(PG_BIN / "pg_basebackup"), "-h", primary.pg_host, "-p", str(primary.pg_port), "-U", SUPERUSER,
@@ -368,7 +425,7 @@ def rejoin(cfg: XRegionConfig, home: Path, region: str, progress: Progress = _qu
     rows = {r["standby"]: r for r in replication_rows(primary)}
     sync_value = set_synchronous_standbys(cfg, primary, sorted(n for n, r in rows.items() if r["state"] == "streaming"))
     result = {"region": region, "primary": prim_name, "method": method, "synchronous_standby_names": sync_value,
-              "seconds": round(time.time() - t0, 3)}
+              "seconds": round(time.time() - t0, 3), "steps": steps}
     events.record("rejoin", home, **result)
     return result
 
@@ -423,6 +480,7 @@ def switchover(cfg: XRegionConfig, home: Path, to: str, progress: Progress = _qu
     set_synchronous_standbys(cfg, target, followers)
     t_db = database_write(target)
     progress(f"{to}-postgres promoted and accepts writes ({t_db - t_stop:.2f}s of write downtime)")
+    checkpoint(target)
     rejoined = rejoin(cfg, home, old_name, progress)
     mlflow = confirm_mlflow_writes(cfg, home, mlflow_timeout, progress)
     first = min((m["ts"] for m in mlflow.values() if m["ts"]), default=None)

@@ -196,10 +196,12 @@ def unshipped_wal(home: Path, region: RegionConfig, from_lsn: str) -> dict | Non
     ddir = data_dir(home, region)
     if not (ddir / "pg_wal").is_dir() or not from_lsn:
         return None
-    try:
-        tli = controldata(ddir).get("Latest checkpoint's TimeLineID", "1")
-    except DRError:
+    # the newest timeline in pg_wal: a promoted node's control file names the old one until its
+    # first checkpoint after promotion completes
+    tlis = [int(p.name[:8], 16) for p in (ddir / "pg_wal").iterdir() if re.fullmatch(r"[0-9A-F]{24}", p.name)]
+    if not tlis:
         return None
+    tli = str(max(tlis))
     proc = subprocess.run([str(PG_BIN / "pg_waldump"), "-p", str(ddir / "pg_wal"), "-t", tli, "-s", from_lsn],
                           capture_output=True, text=True, timeout=60, **_pg_user_kwargs())
     end, commits, last_commit = lsn_int(from_lsn), 0, None

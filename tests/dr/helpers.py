@@ -57,3 +57,73 @@ def replicate_all(cfg: XRegionConfig) -> int:
 
 def region_store(cfg: XRegionConfig, name: str) -> RegionStore:
     return RegionStore(cfg.region(name))
+
+
+class MetricLogger:
+    """Logs one metric per step through an MLflow server in a loop (a thread), remembering every
+    acknowledged step; failures (the database is gone) are counted and the loop goes on."""
+
+    def __init__(self, url: str, max_steps: int = 20000, max_seconds: float = 300.0):
+        import threading
+
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(url)
+        exp = self.client.create_experiment(f"dr-load-{time.time_ns()}")
+        self.run_id = self.client.create_run(exp).info.run_id
+        self.acked: list[tuple[int, float]] = []  # (step, time acknowledged)
+        self.sent: dict[int, float] = {}  # step -> time the request was sent
+        self.failures = 0
+        self.max_steps, self.max_seconds = max_steps, max_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        t0 = time.monotonic()
+        for step in range(self.max_steps):
+            if self._stop.is_set() or time.monotonic() - t0 > self.max_seconds:
+                return
+            self.sent[step] = time.time()
+            try:
+                self.client.log_metric(self.run_id, "load", float(step), step=step)
+                self.acked.append((step, time.time()))
+            except Exception:
+                self.failures += 1
+                time.sleep(0.05)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def wait_acks(self, n: int, after: float = 0.0, timeout: float = 60.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = sum(1 for _, t in self.acked if t > after)
+            if got >= n:
+                return got
+            time.sleep(0.05)
+        return sum(1 for _, t in self.acked if t > after)
+
+    def first_ack_sent_after(self, t: float) -> float | None:
+        """When the first write *sent* after ``t`` was acknowledged (the client's view of recovery)."""
+        return min((ts for s, ts in self.acked if self.sent.get(s, 0) > t), default=None)
+
+    def missing(self, url: str) -> list[int]:
+        """Acknowledged steps that the database (read through ``url``) does not have."""
+        from mlflow import MlflowClient
+
+        present = {m.step for m in MlflowClient(url).get_metric_history(self.run_id, "load")}
+        return sorted(s for s, _ in self.acked if s not in present)
+
+
+def quick_http(monkeypatch) -> None:
+    """No client-side retries: the loop itself retries, and acknowledgements stay exact."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
