@@ -5,7 +5,9 @@ interpreter for gevent): Locust runs in its own processes.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -64,11 +66,12 @@ def drill(scenario: str = typer.Argument(..., help=_SCENARIO_HELP),
         console.print(f"[dim]{msg}[/dim]")
 
     try:
-        summary = run_drill(scenario, duration=duration, users=users, workers=workers, spawn_rate=spawn_rate,
-                            fault_at=fault_at, restore_at=restore_at, objectives_file=objectives, out_dir=out,
-                            max_requests=max_requests, scientists=scientists, release_managers=release_managers,
-                            serving_rate=serving_rate, scientist_rate=scientist_rate, timeout=timeout, seed=seed,
-                            to_mlflow=not no_mlflow, cfg=cfg, home=xregion_home(), progress=progress)
+        with contextlib.redirect_stdout(sys.stderr):  # MLflow prints run links; stdout is for --json
+            summary = run_drill(scenario, duration=duration, users=users, workers=workers, spawn_rate=spawn_rate,
+                                fault_at=fault_at, restore_at=restore_at, objectives_file=objectives, out_dir=out,
+                                max_requests=max_requests, scientists=scientists, release_managers=release_managers,
+                                serving_rate=serving_rate, scientist_rate=scientist_rate, timeout=timeout, seed=seed,
+                                to_mlflow=not no_mlflow, cfg=cfg, home=xregion_home(), progress=progress)
     except (DrillError, ObjectivesError) as err:
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(2) from None
@@ -84,7 +87,8 @@ def brief(s: dict) -> dict:
     keys = ["scenario", "objectives_met", "objectives", "gate_kind", "gated", "requests", "failed", "availability",
             "by_kind", "rto_s", "restore_rto_s", "failed_after_restore", "latency_steady", "latency_failover",
             "rpo", "schedule", "fault_ts", "recovered_ts", "load_start", "load_end", "users", "workers", "mix",
-            "failed_steps", "steps", "errors", "report", "out_dir", "mlflow", "definition"]
+            "failed_steps", "steps", "errors", "report", "out_dir", "mlflow", "definition", "promoted_ts",
+            "switched_to_bad", "rollback_after_switch_s", "events"]
     return {k: s.get(k) for k in keys if k in s}
 
 

@@ -306,7 +306,7 @@ class ScientistUser(_TimedUser):
     finish the run after 20 steps. Acknowledged metric values and artifacts are recorded."""
 
     weight = 0
-    fixed_count = 1
+    fixed_count = 1  # non-zero so that Locust keeps the class; the init listener sets the real count
     wait_time = constant_throughput(2.0)
     steps_per_run = 20
 
@@ -394,7 +394,7 @@ class ReleaseManagerUser(_TimedUser):
     the next good version (``promote``), and back (``rollback``)."""
 
     weight = 0
-    fixed_count = 0
+    fixed_count = 1  # non-zero so that Locust keeps the class; the init listener sets the real count
     wait_time = constant(15.0)
 
     def on_start(self):

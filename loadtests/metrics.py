@@ -27,6 +27,7 @@ Definitions (README.md, "What is measured", is the reference and says the same):
 from __future__ import annotations
 
 import math
+import re
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -145,7 +146,7 @@ def error_counts(reqs: Iterable[Request], top: int = 10) -> list[dict]:
     counts: dict[tuple[str, str], int] = defaultdict(int)
     for r in reqs:
         if not r.ok:
-            counts[(r.name, (r.error or "unknown")[:160])] += 1
+            counts[(r.name, re.sub(r"(?<!HTTP )(?<!\d)\d+", "N", r.error or "unknown")[:160])] += 1
     rows = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
     return [{"name": n, "error": e, "count": c} for (n, e), c in rows]
 

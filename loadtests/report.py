@@ -32,7 +32,7 @@ def timeline_png(reqs: list[Request], summary: dict, events: list[dict], path: P
     xs = [b["t"] for b in tl]
     ok = [b["ok"] for b in tl]
     bad = [b["failed"] for b in tl]
-    fig, ax = plt.subplots(figsize=(12, 5.2), dpi=100)
+    fig, ax = plt.subplots(figsize=(12, 6.4), dpi=100)
     ax.bar(xs, ok, width=1.0, align="edge", color="#81c784", label="successful requests/s")
     ax.bar(xs, bad, width=1.0, align="edge", bottom=ok, color="#e53935", label="failed requests/s")
     ax.set_xlabel("seconds since the load started")
@@ -74,7 +74,7 @@ def timeline_png(reqs: list[Request], summary: dict, events: list[dict], path: P
                 fontsize=7, color=_colour(kind), rotation=0, va="top")
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = lat.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, loc="upper left", bbox_to_anchor=(1.07, 1.0), fontsize=8, frameon=False)
+    ax.legend(h1 + h2, l1 + l2, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize=8, frameon=False)
     avail = summary["gated"]["availability"]
     avail_s = "n/a" if avail is None else f"{avail * 100:.3f} %"
     rto = summary.get("rto_s")

@@ -451,12 +451,23 @@ def run_drill(scenario: str, *, duration: float = 60.0, users: int = 8, workers:
     evs = events.read(home, since=t0 - 2)
     evs = [e for e in evs if e["ts"] <= t_end + 600]
     fault_ts = None
+    summary_extra: dict = {}
     if fault_step:
         faults = [e["ts"] for e in evs if e["kind"].startswith("fault.") and e["kind"] != "fault.thaw"
                   and fault_step["ts_start"] - 0.5 <= e["ts"] <= fault_step["ts_end"] + 0.5]
         if scenario == "bad-model-promotion":
-            faults = [e["ts"] for e in evs if e["kind"] == "drill.fault"
-                      and fault_step["ts_start"] - 0.5 <= e["ts"] <= fault_step["ts_end"] + 0.5]
+            # the fault reaches the clients when the router switches traffic to the bad version,
+            # not when the registry is changed (the new servers take a while to start)
+            bad = str(ctx.state.get("bad"))
+            faults = [e["ts"] for e in evs if e["kind"] == "switch" and str(e.get("to_version")) == bad
+                      and e["ts"] >= fault_step["ts_start"]][:1]
+            summary_extra["promoted_ts"] = fault_step["ts_end"]
+            summary_extra["switched_to_bad"] = bool(faults)
+            if not faults:
+                faults = [fault_step["ts_end"]]
+            rb = [e["ts"] for e in evs if e["kind"] == "rollback" and str(e.get("from_version")) == bad
+                  and e["ts"] >= faults[0]]
+            summary_extra["rollback_after_switch_s"] = round(rb[0] - faults[0], 3) if rb else None
         fault_ts = min(faults) if faults else fault_step["ts_start"]
     phase_end = restore_step["ts_start"] if restore_step else (load_end if fault_ts is not None else None)
     summary = M.summarize(reqs, load_start=t0, load_end=load_end, fault_ts=fault_ts, phase_end=phase_end,
@@ -471,7 +482,7 @@ def run_drill(scenario: str, *, duration: float = 60.0, users: int = 8, workers:
         "phase_end": phase_end, "steps": steps_before + done, "locust_exit_codes": codes,
         "errors": M.error_counts(reqs), "serving_healthy_after": healthy, "max_requests": max_requests,
         "events": [{k: v for k, v in e.items()} for e in evs if not e["kind"].startswith("drill.step")],
-        "out_dir": str(out_dir),
+        "out_dir": str(out_dir), **summary_extra,
     })
     if restore_step and restore_step["ts_start"] + M.WINDOW_S <= load_end:
         gated = M.of_kind(reqs, sc.gate)

@@ -92,6 +92,11 @@ def _bring_back(ctx: Ctx, svcs: list) -> dict:
             continue
         ctx.sup.fault("restart", [svc], ctx.progress)
         done[svc.name] = "restarted"
+        if svc.component == "s3":  # a restarted (moto) endpoint comes back empty: no bucket at all
+            from xregion.store import RegionStore
+
+            RegionStore(ctx.cfg.region(svc.region)).ensure_bucket()
+            done[svc.name] += ", bucket re-created"
     return done
 
 
