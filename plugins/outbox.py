@@ -102,6 +102,10 @@ class Outbox:
             "update owed set attempts = attempts + 1, last_error = ?, lease_until = ? where id = ? and created = ?",
             (error[:500], time.time() + retry_in, item.id, item.created))
 
+    def release(self) -> None:
+        """Drop every lease and back-off (after a repair run gave up, or an operator's retry)."""
+        self._conn().execute("update owed set lease_until = 0")
+
     def pending(self) -> dict[str, dict]:
         """Per owed region: objects, bytes, oldest write time and the last error."""
         rows = self._conn().execute(

@@ -7,6 +7,7 @@ a corrupt copy from a different multipart layout; ``deep`` hashes every copy.
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -85,22 +86,27 @@ def _compare(rep: Replicator, key: str, copies: dict[str, ObjectInfo | None], de
 
 
 def resync(rep: Replicator, prefix: str = "", deep: bool = False,
-           progress: Callable[[str, int, int], None] | None = None) -> dict:
+           progress: Callable[[str, int, int], None] | None = None, timeout: float = 120.0) -> dict:
     """Owe every difference a repair from a good copy, then pay everything owed. Idempotent."""
     total, diffs = verify(rep, prefix, deep, (lambda i, n: progress("verify", i, n)) if progress else None)
     unrepairable = [d for d in diffs if d.good_source is None and d.problem != "unreachable"]
     for d in diffs:
         if d.good_source and d.region != d.good_source:
             rep.outbox.owe("put", d.key, d.region, source=d.good_source, reason="repair")
+    rep.outbox.release()  # retry now what earlier failures put on back-off
     owed = rep.outbox.count()
     done = 0
-    while rep.outbox.count():
+    deadline = time.monotonic() + timeout
+    while rep.outbox.count() and time.monotonic() < deadline:
+        rep.health = type(rep.health)()  # the operator asked for a repair now: retry every region
         paid = rep.drain_once(limit=32)
-        if not paid:
-            break
         done += paid
         if progress:
-            progress("copy", min(done, owed), owed)
+            progress("copy", min(done, owed), max(owed, done))
+        if not paid:
+            time.sleep(0.5)  # a failed copy is retried once its back-off lease expires
+    if rep.outbox.count():
+        rep.outbox.release()  # leave what is still owed ready for the next replicator
     return {"objects": total, "differences": len(diffs), "repaired": done, "still_owed": rep.outbox.count(),
             "unrepairable": [d.as_dict() for d in unrepairable],
             "unreachable": [d.region for d in diffs if d.problem == "unreachable"]}

@@ -145,10 +145,12 @@ from pathlib import Path
 from xregion.config import load_config
 from xregion.plugins.replication import Replicator
 rep = Replicator(load_config(), Path(sys.argv[1]), mode="async")
-rep.drain_once = lambda limit=16, _orig=rep.drain_once: _orig(limit=1)  # one copy at a time: a slow replicator
+rep.drain_once = lambda limit=16, _orig=rep.drain_once: _orig(limit=1)  # one copy at a time
+kick, rep.kick = rep.kick, lambda: None  # acknowledge every write first, then replicate
 for p in sys.argv[3:]:
     rep.put_file(sys.argv[2] + "/" + Path(p).name, p)
 print("written", flush=True)
+kick()
 rep.wait_replicated(timeout=600)
 """
 
@@ -159,12 +161,15 @@ def test_replicator_killed_mid_upload_then_resync(stack, tmp_path, prefix):
     proc = subprocess.Popen([sys.executable, "-c", REPLICATOR_SCRIPT, str(outbox), prefix, *map(str, data)],
                             stdout=subprocess.PIPE, text=True, env={**os.environ, **stack.env()})
     assert proc.stdout.readline().strip() == "written"
-    rep = Replicator(stack.cfg, outbox)
     deadline = time.time() + 120
-    while time.time() < deadline:  # wait until a copy to b is leased, i.e. in flight
-        if any(True for _ in rep.outbox._conn().execute("select 1 from owed where lease_until > ?", (time.time(),))):
-            break
-        time.sleep(0.02)
+    rep = Replicator(stack.cfg, outbox)
+    in_flight = False
+    while time.time() < deadline and proc.poll() is None and not in_flight:
+        # a copy to b is leased, i.e. in flight: kill the replicator in the middle of it
+        in_flight = rep.outbox._conn().execute("select count(*) from owed where lease_until > ?",
+                                               (time.time(),)).fetchone()[0] > 0
+        time.sleep(0.005)
+    assert in_flight, "the replicator never started a copy"
     proc.kill()
     proc.wait()
     assert rep.outbox.count() >= 1  # the kill left work owed, durably
