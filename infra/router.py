@@ -68,6 +68,8 @@ class Policy:
     bake_s: float = 60.0            # the window after a switch in which a bad version is rolled back
     max_error_rate: float = 0.05    # 5xx / requests of the new version
     max_p99_ms: float = 1000.0      # p99 of HAProxy's total request time for the new version
+    max_4xx_increase: float = 0.10  # 4xx rate of the new version minus the old one's (MLflow answers 400
+                                    # when a model's predict raises, so a broken model shows as 4xx)
     min_requests: int = 20          # judge only after this many requests in the window
     poll_s: float = 1.0             # registry poll interval
     stats_interval_s: float = 0.1   # HAProxy stats poll interval (failover detection resolution)
@@ -123,7 +125,7 @@ def serving_service(cfg: XRegionConfig, region: str, home: Path, model: str, ver
             "-h", host, "-p", str(port), "-w", "1"]
     return Service(name=name or f"{region}-serving", region=region, component="serving", argv=argv,
                    listen=(host, port), health={"type": "http", "url": f"http://{host}:{port}/ping"},
-                   env={**child_env(cfg, r, home), "MLFLOW_TRACKING_URI": r.mlflow_url,
+                   env={**child_env(cfg, r, home), "MLFLOW_TRACKING_URI": r.mlflow_url, "MLFLOW_REGISTRY_URI": r.mlflow_url,
                         "XREGION_SERVING_VERSION": str(version)},
                    cwd=str(home), start_timeout=start_timeout)
 
@@ -144,6 +146,28 @@ def router_service(cfg: XRegionConfig, home: Path, port: int) -> Service:
                    env={**child_env(cfg, cfg.primary, home),
                         "XREGION_HAPROXY_RUNTIME_API": str(haproxy.paths(home)["socket"])},
                    cwd=str(home), start_timeout=60)
+
+
+_SPAWN = """
+import json, sys
+from pathlib import Path
+from xregion.infra.supervisor import Service, Supervisor
+home, svc = sys.argv[1], Service.from_dict(json.loads(sys.stdin.read()))
+print(Supervisor(Path(home)).spawn(svc).pid)
+"""
+
+
+def spawn_detached(home: Path, svc: Service) -> None:
+    """Spawn through a short-lived intermediate process, so the service is nobody's child: stopping
+    (or killing) the router, which starts model servers, must not take them with it (the Supervisor
+    stops a service's whole process tree)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _SPAWN, str(home)], input=json.dumps(asdict(svc)),
+                         capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise StartFailed(f"{svc.name}: spawn failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
 
 
 def _registry_client(cfg: XRegionConfig):
@@ -498,7 +522,7 @@ class Router:
         log.warning("deploying %s version %s to %s", self.model, version, new_slot)
         try:
             for s in svcs:
-                self.sup.spawn(s)
+                spawn_detached(self.home, s)
             self.sup.wait_healthy(svcs)
             for r, s in servers.items():
                 self.api.set_server(new_slot, r, s["host"], s["port"])
@@ -513,6 +537,8 @@ class Router:
             self._event("switch.failed", version=version, error=str(err)[:2000])
             return
         base = self._backend_counters(new_slot)
+        before = self._backend_counters(old_slot)  # the old version's 4xx rate: what clients' own mistakes cost
+        base["old_4xx_rate"] = before["client_errors"] / before["requests"] if before["requests"] else 0.0
         self.api.switch(self.home, new_slot)
         t_switch = time.time()
         with self.lock:
@@ -528,8 +554,9 @@ class Router:
     def _backend_counters(self, backend: str) -> dict:
         for r in self.api.stats():
             if r["pxname"] == backend and r["svname"] == "BACKEND":
-                return {"requests": int0(r.get("req_tot")), "errors": int0(r.get("hrsp_5xx"))}
-        return {"requests": 0, "errors": 0}
+                return {"requests": int0(r.get("req_tot")), "errors": int0(r.get("hrsp_5xx")),
+                        "client_errors": int0(r.get("hrsp_4xx"))}
+        return {"requests": 0, "errors": 0, "client_errors": 0}
 
     # --- bake window: roll back a bad version ---------------------------------------------------
     def judge(self) -> None:
@@ -540,18 +567,23 @@ class Router:
         c = self._backend_counters(b["slot"])
         requests = c["requests"] - b["base"]["requests"]
         errors = c["errors"] - b["base"]["errors"]
+        client_errors = c["client_errors"] - b["base"]["client_errors"]
         latencies = [r[4] for r in (self.reqlog.window(b["slot"], b["switched_at"]) if self.reqlog else []) if r[4] >= 0]
         reason = None
         if requests >= p.min_requests and errors / requests > p.max_error_rate:
             reason = (f"error rate {errors / requests:.1%} > {p.max_error_rate:.1%} "
                       f"({errors} of {requests} requests) {now - b['switched_at']:.1f}s into the bake window")
+        elif requests >= p.min_requests and client_errors / requests - b["base"]["old_4xx_rate"] > p.max_4xx_increase:
+            reason = (f"4xx rate {client_errors / requests:.1%} vs {b['base']['old_4xx_rate']:.1%} for the previous "
+                      f"version ({client_errors} of {requests} requests: the model rejects what the previous one "
+                      f"answered) {now - b['switched_at']:.1f}s into the bake window")
         elif len(latencies) >= p.min_requests and (p99 := percentile(latencies, 99)) > p.max_p99_ms:
             reason = (f"p99 latency {p99:.0f} ms > {p.max_p99_ms:.0f} ms over {len(latencies)} requests "
                       f"{now - b['switched_at']:.1f}s into the bake window")
         if reason:
-            self.rollback(reason, requests=requests, errors=errors)
+            self.rollback(reason, requests=requests, errors=errors, client_errors=client_errors)
         elif now >= b["switched_at"] + p.bake_s:
-            self.finish(requests=requests, errors=errors)
+            self.finish(requests=requests, errors=errors, client_errors=client_errors)
 
     def rollback(self, reason: str, **figures) -> None:
         b = self.bake
@@ -589,6 +621,7 @@ class Router:
 
     def finish(self, **figures) -> None:
         b = self.bake
+        baked = round(time.time() - b["switched_at"], 3)
         nxt = self.state["next"]
         old = self.state["slots"][b["old_slot"]]
         for r in old["servers"]:
@@ -610,7 +643,7 @@ class Router:
             self._save()
         self.bake = None
         self._event("bake.passed", version=b["version"], previous_version=b["old_version"], backend=b["slot"],
-                    baked_s=round(time.time() - b["switched_at"], 3), **figures)
+                    baked_s=baked, **figures)
 
     def recover(self) -> None:
         """After a restart of the router mid-switch: the old colour serves again, the new servers stop."""

@@ -17,7 +17,7 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def log_tiny(tracking_uri: str, model_name: str, fail: bool = False, label: str = "") -> str:
+def log_tiny(tracking_uri: str, model_name: str, fail: bool | str = False, label: str = "") -> str:
     """Log the tiny model in a run and register it as a new version of ``model_name``; return the version."""
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)

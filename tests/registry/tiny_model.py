@@ -1,6 +1,8 @@
 """A tiny pyfunc for registry and router tests (MLflow "models from code": this file travels in
 the artifact). ``model_config={"fail": True}`` makes every prediction raise (HTTP 500), the
-stand-in for a bad release; ``version_label`` is echoed so tests can tell versions apart."""
+stand-in for a bad release that errors (MlflowException INTERNAL_ERROR: HTTP 500);
+``{"fail": "raise"}`` raises a plain exception, which MLflow's scoring server answers with HTTP
+400 (its handling of any unexpected predict error); ``version_label`` is echoed so tests can tell versions apart."""
 import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
@@ -9,12 +11,17 @@ from mlflow.pyfunc import PythonModel
 class Tiny(PythonModel):
     def load_context(self, context):
         cfg = context.model_config or {}
-        self.fail = bool(cfg.get("fail"))
+        self.fail = cfg.get("fail") or False
         self.label = str(cfg.get("version_label", ""))
 
     def predict(self, context, model_input, params=None):
-        if self.fail:
+        if self.fail == "raise":
             raise RuntimeError("this version fails every request on purpose")
+        if self.fail:
+            from mlflow.exceptions import MlflowException
+            from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
+
+            raise MlflowException("this version fails every request on purpose", error_code=INTERNAL_ERROR)
         users = model_input["user_id"].astype(int)
         return pd.DataFrame({"user_id": users, "item_id": (users * 7) % 101, "label": self.label})
 

@@ -1,0 +1,71 @@
+"""Region loss under continuous requests through HAProxy: kill -9 of region a's model server loses
+no request and is recorded as a failover; SIGSTOP is detected within the health-check budget."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from xregion.infra import router
+from xregion.infra.supervisor import Supervisor
+
+from .conftest import POLICY, TUNING, Load
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def service(home, name):
+    return next(s for s in Supervisor(home).known() if s.name == name)
+
+
+def restore(serving, svc, since):
+    Supervisor(serving.home).fault("thaw", [svc])
+    if Supervisor(serving.home).state(svc.name) != "running":
+        Supervisor(serving.home).fault("restart", [svc])
+    serving.wait_event("recovery", since, service=svc.name)
+
+
+def test_kill_9_of_a_region_loses_no_request(serving):
+    svc = service(serving.home, "a-serving")
+    t0 = time.time()
+    with Load(serving.frontend, threads=2) as load:
+        load.wait_count(50, t0)
+        t_kill = time.time()
+        Supervisor(serving.home).fault("kill", [svc])
+        ev = serving.wait_event("failover", t_kill, timeout=60, service="a-serving")
+        after = time.time()
+        load.wait_count(100, after)  # region b answers what region a would have
+    try:
+        assert load.failures() == [], load.failures()[:10]
+        assert len(load.since(t_kill)) >= 100
+        assert ev["region"] == "a" and ev["fault"] == "fault.kill" and ev["check_status"].startswith("L4")
+        assert 0 < ev["detection_s"] < 60
+    finally:
+        restore(serving, svc, t_kill)
+    # region a is back in rotation: both regions answer again
+    status = {(s["backend"], s["server"]): s["status"]
+              for s in router.serving_status(serving.cfg, serving.home)["servers"]}
+    assert status[("bk_blue", "a")] == "UP" and status[("bk_blue", "b")] == "UP"
+
+
+def test_sigstop_is_detected_within_the_health_check_budget(serving):
+    svc = service(serving.home, "a-serving")
+    # HAProxy's worst case (fall x (inter + check timeout)) plus the router's stats poll, plus a
+    # generous slack for two CPU cores shared with other tests: a bound, not a timing threshold
+    budget = TUNING.detection_budget_s() + POLICY.stats_interval_s
+    slack = 10.0
+    t0 = time.time()
+    with Load(serving.frontend, threads=2) as load:
+        load.wait_count(50, t0)
+        t_freeze = time.time()
+        Supervisor(serving.home).fault("freeze", [svc])
+        try:
+            ev = serving.wait_event("failover", t_freeze, timeout=60, service="a-serving")
+            after = time.time()
+            load.wait_count(50, after)
+        finally:
+            restore(serving, svc, t_freeze)
+    assert ev["fault"] == "fault.freeze" and ev["check_status"] in ("L7TOUT", "L4TOUT"), ev
+    assert ev["detection_s"] <= budget + slack, (ev["detection_s"], budget)
+    # requests caught on the frozen server are retried on region b after the server timeout
+    assert load.failures() == [], load.failures()[:10]
