@@ -458,20 +458,20 @@ def switchover(cfg: XRegionConfig, home: Path, to: str, progress: Progress = _qu
         sup.start(svc_old)
         raise DRError(f"{old_name} did not shut down cleanly ({final.get('Database cluster state')}); restarted it, "
                       f"switchover abandoned")
-    checkpoint = final["Latest checkpoint location"]
+    shutdown_lsn = final["Latest checkpoint location"]
     deadline = time.monotonic() + catchup_timeout
     tgt = probe(target)
     while time.monotonic() < deadline:
         tgt = probe(target)
-        if (lsn_int(tgt["receive_lsn"]) or 0) > lsn_int(checkpoint) and tgt["replay_lsn"] == tgt["receive_lsn"]:
+        if (lsn_int(tgt["receive_lsn"]) or 0) > lsn_int(shutdown_lsn) and tgt["replay_lsn"] == tgt["receive_lsn"]:
             break
         time.sleep(0.2)
     else:
         sup.start(svc_old)
-        raise DRError(f"{to} did not receive {old_name}'s shutdown checkpoint {checkpoint} within "
+        raise DRError(f"{to} did not receive {old_name}'s shutdown checkpoint {shutdown_lsn} within "
                       f"{catchup_timeout:.0f}s (has {tgt['receive_lsn']}); {old_name} restarted as primary, "
                       f"switchover abandoned")
-    progress(f"{to} has all WAL up to {old_name}'s shutdown checkpoint {checkpoint}: zero loss")
+    progress(f"{to} has all WAL up to {old_name}'s shutdown checkpoint {shutdown_lsn}: zero loss")
     make_standby_config(home, old, target)
     save_state(home, fenced=sorted(set(load_state(home).get("fenced", [])) | {old_name}))
     _promote(target)
@@ -484,7 +484,7 @@ def switchover(cfg: XRegionConfig, home: Path, to: str, progress: Progress = _qu
     rejoined = rejoin(cfg, home, old_name, progress)
     mlflow = confirm_mlflow_writes(cfg, home, mlflow_timeout, progress)
     first = min((m["ts"] for m in mlflow.values() if m["ts"]), default=None)
-    result = {"from": old_name, "to": to, "lost_bytes": 0, "shutdown_checkpoint": checkpoint,
+    result = {"from": old_name, "to": to, "lost_bytes": 0, "shutdown_checkpoint": shutdown_lsn,
               "write_downtime_seconds": round((first or t_db) - t_stop, 3), "rejoin": rejoined,
               "command_seconds": round(time.time() - t0, 3), "mlflow": mlflow,
               "ok": all(m["ok"] is not False for m in mlflow.values())}

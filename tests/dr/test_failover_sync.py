@@ -57,3 +57,26 @@ def test_rejoin_restores_synchronous_mode_and_switchover_is_lossless(sync_stack,
     status, _ = xr_json(st, "dr", "status")
     assert status["primary"] == "a" and status["nodes"]["b"]["role"] == "standby"
     assert status["replication"][0]["state"] == "streaming"
+
+
+def test_sync_mode_blocks_commits_while_the_only_standby_is_down(sync_stack, monkeypatch):
+    """The availability trade-off of synchronous mode: no standby, no acknowledged commit."""
+    import requests
+
+    from xregion.infra import postgres
+    from xregion.infra.supervisor import Supervisor
+
+    st = sync_stack
+    sup = Supervisor(st.home)
+    b = postgres.service(st.cfg, st.cfg.region("b"), st.home)
+    url = st.cfg.region("a").mlflow_url
+    sup.stop(b.name)
+    try:
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            requests.post(f"{url}/api/2.0/mlflow/experiments/create", json={"name": f"blocked-{time.time_ns()}"},
+                          timeout=4)
+    finally:
+        sup.start(b)
+    # the standby back, commits flow again
+    r = requests.post(f"{url}/api/2.0/mlflow/experiments/create", json={"name": f"flows-{time.time_ns()}"}, timeout=30)
+    assert r.status_code == 200, r.text
