@@ -19,9 +19,7 @@ import contextlib
 import http.client
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,93 +38,58 @@ def free_port() -> int:
 
 
 class ModelServer:
-    """``mlflow models serve`` in its own process group, killed on exit."""
+    """``mlflow models serve`` as a supervised service (its own XREGION_HOME-like directory),
+    so that it is started, health-checked and stopped like every other process of the platform."""
 
     def __init__(self, model_uri: str, tracking_uri: str | None = None, port: int | None = None,
                  log_path: str | None = None, startup_timeout: float = 240.0):
+        from xregion.infra.supervisor import Service, Supervisor
+
         self.model_uri, self.tracking_uri = model_uri, tracking_uri
         self.port = port or free_port()
-        self.log_path = log_path or tempfile.mktemp(prefix="mlflow-serve-", suffix=".log")
-        self.startup_timeout = startup_timeout
-        self.proc: subprocess.Popen | None = None
+        self.home = Path(tempfile.mkdtemp(prefix="mlflow-serve-"))
+        self.sup = Supervisor(self.home)
+        env = {"PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", ""),  # serve execs `uvicorn`
+               "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+        if tracking_uri:
+            env["MLFLOW_TRACKING_URI"] = tracking_uri
+        self.service = Service(
+            name=f"serve-{self.port}", region="local", component="serving",
+            argv=[os.path.join(VENV_BIN, "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+                  "-h", "127.0.0.1", "-p", str(self.port)],
+            listen=("127.0.0.1", self.port), health={"type": "http", "url": f"http://127.0.0.1:{self.port}/ping"},
+            env=env, start_timeout=startup_timeout)
+        self.log_path = log_path or str(self.sup.log(self.service.name))
+
+    @property
+    def pid(self) -> int | None:
+        proc = self.sup.process(self.service.name)
+        return proc.pid if proc else None
 
     def start(self) -> "ModelServer":
-        env = dict(os.environ)
-        env["PATH"] = VENV_BIN + os.pathsep + env.get("PATH", "")  # serve execs `uvicorn`
-        if self.tracking_uri:
-            env["MLFLOW_TRACKING_URI"] = self.tracking_uri
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        cmd = [os.path.join(VENV_BIN, "mlflow"), "models", "serve", "-m", self.model_uri,
-               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(self.port)]
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.sup.spawn(self.service)
         return self
 
     def wait_ready(self) -> "ModelServer":
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server for {self.model_uri} exited with {self.proc.returncode}:\n"
-                                   + self.log_tail())
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                c.request("GET", "/ping")
-                if c.getresponse().status == 200:
-                    c.close()
-                    return self
-                c.close()
-            except OSError:
-                pass
-            time.sleep(0.25)
-        raise TimeoutError(f"server for {self.model_uri} not ready after {self.startup_timeout}s:\n"
-                           + self.log_tail())
+        from xregion.infra.supervisor import SupervisorError
+
+        try:
+            self.sup.wait_healthy([self.service])
+        except SupervisorError as err:
+            raise RuntimeError(f"server for {self.model_uri}: {err}") from None
+        return self
 
     def log_tail(self, n: int = 3000) -> str:
         try:
-            return Path(self.log_path).read_bytes()[-n:].decode("utf-8", "replace")
+            return self.sup.log(self.service.name).read_bytes()[-n:].decode("utf-8", "replace")
         except OSError:
             return ""
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        # The group is `mlflow models serve` plus the uvicorn it starts; stop them all, and wait
-        # until the last member is gone (the leader can exit before uvicorn has shut down).
-        pgid = self.proc.pid
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while self._group_alive(pgid) and time.monotonic() < deadline:
-            self.proc.poll()
-            time.sleep(0.1)
-        if self._group_alive(pgid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-        self._log.close()
-
-    @staticmethod
-    def _group_alive(pgid: int) -> bool:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        # zombies count as alive for killpg; ignore them by checking /proc states
-        for pid in os.listdir("/proc") if os.path.isdir("/proc") else []:
-            if not pid.isdigit():
-                continue
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-        return False
+        self.sup.stop(self.service.name)
+        if self.log_path != str(self.sup.log(self.service.name)):
+            with contextlib.suppress(OSError):
+                Path(self.log_path).write_bytes(self.sup.log(self.service.name).read_bytes())
 
     def post(self, body, conn: http.client.HTTPConnection | None = None, timeout: float = 30):
         """POST /invocations; returns (status, parsed JSON or text)."""
@@ -134,8 +97,7 @@ class ModelServer:
         conn = conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-            conn.request("POST", "/invocations", body=data,
-                         headers={"Content-Type": "application/json"})
+            conn.request("POST", "/invocations", body=data, headers={"Content-Type": "application/json"})
             r = conn.getresponse()
             raw = r.read()
             try:
@@ -146,18 +108,15 @@ class ModelServer:
             if own:
                 conn.close()
 
-    def __enter__(self):
+    def __enter__(self) -> "ModelServer":
         try:
             return self.start().wait_ready()
         except BaseException:
             self.stop()
             raise
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> None:
         self.stop()
-
-
-# --------------------------------------------------------------------------- measurement
 
 
 def _payloads(kind: str, users: np.ndarray, n: int) -> list[bytes]:

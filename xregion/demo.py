@@ -8,6 +8,7 @@ failing component's log tail and a non-zero exit. The platform is left running.
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.request
 from pathlib import Path
@@ -106,8 +107,8 @@ def run_demo(cfg, home: Path, *, data: str | None = None, epochs: int | None = N
 
     client = MlflowClient(a.mlflow_url)
     with steps("check the model's artifacts verify in every region (replication lag)"):
-        source = client.get_model_version(model, res.version).source
-        summary["replication_lag_s"] = round(wait_replicated(cfg, source), 2)
+        location = client.get_logged_model(res.model_uri.removeprefix("models:/")).artifact_location
+        summary["replication_lag_s"] = round(wait_replicated(cfg, location), 2)
         progress(f"version {res.version}: every object in {', '.join(summary['regions'])} "
                  f"{summary['replication_lag_s']}s after registration")
 
@@ -168,6 +169,7 @@ def demo(data: Optional[str] = typer.Option(None, help="A MovieLens directory or
     from xregion.home import xregion_home
     from xregion.infra.supervisor import SupervisorError, log_tail
 
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     cfg, home = config_or_exit(), xregion_home()
     try:
         s = run_demo(cfg, home, data=data, epochs=epochs, drill_seconds=drill_seconds, users=users)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+import psutil
 import pytest
 
 from xregion.recsys_model.bench_serving import ModelServer
@@ -22,14 +23,15 @@ def servers(trained, tmp_path_factory):
         prod.wait_ready()
         champ.wait_ready()
         yield {"production": prod, "champion": champ}
+        pids = {s: [s.pid] + [c.pid for c in psutil.Process(s.pid).children(recursive=True)] for s in (prod, champ)}
     finally:
         prod.stop()
         champ.stop()
     for s in (prod, champ):
-        assert s.proc.poll() is not None
-        # the whole process group is gone (uvicorn too), not just the leader; a zombie left to
-        # a non-reaping init does not count
-        assert not ModelServer._group_alive(s.proc.pid)
+        # every process of the server is gone (uvicorn too), not just the leader; a zombie left
+        # to a non-reaping init does not count
+        assert s.sup.state(s.service.name) == "stopped"
+        assert [p for p in pids[s] if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE] == []
 
 
 @pytest.mark.parametrize("which", ["production", "champion"])
