@@ -53,7 +53,7 @@ def _options(parser):
                    help="Requests per second per ServingUser.")
     g.add_argument("--xr-scientist-rate", env_var="XR_SCIENTIST_RATE", type=float, default=2.0,
                    help="Operations per second per ScientistUser.")
-    g.add_argument("--xr-release-interval", env_var="XR_RELEASE_INTERVAL", type=float, default=15.0,
+    g.add_argument("--xr-release-interval", env_var="XR_RELEASE_INTERVAL", type=float, default=30.0,
                    help="Seconds between two registry changes of a ReleaseManagerUser.")
     g.add_argument("--xr-release-versions", env_var="XR_RELEASE_VERSIONS", default="",
                    help="Comma-separated good model versions the release managers promote in turn.")
@@ -395,7 +395,7 @@ class ReleaseManagerUser(_TimedUser):
 
     weight = 0
     fixed_count = 1  # non-zero so that Locust keeps the class; the init listener sets the real count
-    wait_time = constant(15.0)
+    wait_time = constant(30.0)
 
     def on_start(self):
         opts = self.environment.parsed_options

@@ -43,9 +43,9 @@ def timeline_png(reqs: list[Request], summary: dict, events: list[dict], path: P
 
     lat = ax.twinx()
     for key, style, label in (("p50_ms", "-", "p50 latency"), ("p99_ms", "--", "p99 latency")):
-        pts = [(b["t"] + 0.5, b[key]) for b in tl if b[key] is not None]
-        if pts:
-            lat.plot([p[0] for p in pts], [p[1] for p in pts], style, color="#1a237e", linewidth=1.3, label=label)
+        if any(b[key] is not None for b in tl):  # NaN breaks the line where a second had no success
+            lat.plot([b["t"] + 0.5 for b in tl], [float("nan") if b[key] is None else b[key] for b in tl],
+                     style, color="#1a237e", linewidth=1.3, marker=".", markersize=3, label=label)
     lat.set_yscale("log")
     lat.set_ylabel("latency of successes, ms (log)")
 
