@@ -62,7 +62,8 @@ def test_failover_async_under_load(async_stack, monkeypatch):
     assert lag["commits"] is not None and lag["bytes"] is not None, lag  # read from a's WAL on disk
     # every acknowledged write that is lost was counted by the failover's report beforehand
     assert len(lost) <= lag["commits"], (lost, lag)
-    FIGURES["async"] = {"rto_seconds": result["rto_seconds"], "client_rto_seconds": round(client_rto, 3),
+    FIGURES["async"] = {"rto_seconds": result["rto_seconds"], "command_seconds": result["command_seconds"],
+                                "database_writable_seconds": result["database_writable_seconds"], "client_rto_seconds": round(client_rto, 3),
                         "acked": len(logger.acked), "lost_acked": len(lost), "lag": lag}
     print("\nDR figures (async):", json.dumps(FIGURES["async"]))
     state = json.loads((st.home / "dr-state.json").read_text())
@@ -102,7 +103,8 @@ def test_rejoin_and_fail_back(async_stack, monkeypatch):
     lost = logger.missing(st.cfg.region("a").mlflow_url)
     assert 0 < len(lost) <= result["lag"]["commits"], (lost, result["lag"])
     assert result["lag"]["bytes"] > 0
-    FIGURES["async_back"] = {"rto_seconds": result["rto_seconds"], "client_rto_seconds": round(client_rto, 3),
+    FIGURES["async_back"] = {"rto_seconds": result["rto_seconds"], "command_seconds": result["command_seconds"],
+                                "database_writable_seconds": result["database_writable_seconds"], "client_rto_seconds": round(client_rto, 3),
                              "acked": len(logger.acked), "lost_acked": len(lost), "lag": result["lag"],
                              "rejoin_a": rejoined}
     # b holds commits a never had: it cannot simply follow; pg_rewind (the base backup is the fallback)

@@ -28,7 +28,8 @@ def test_sync_failover_loses_no_acknowledged_write(sync_stack, monkeypatch):
     result, logger, client_rto = kill_under_load_and_fail_over(st, "a", "b", monkeypatch)
     assert result["ok"] and result["replication"] == "sync", result
     lost = logger.missing(st.cfg.region("b").mlflow_url)
-    print("\nDR figures (sync):", json.dumps({"rto_seconds": result["rto_seconds"],
+    print("\nDR figures (sync):", json.dumps({"rto_seconds": result["rto_seconds"], "command_seconds": result["command_seconds"],
+                                "database_writable_seconds": result["database_writable_seconds"],
                                                "client_rto_seconds": round(client_rto, 3),
                                                "acked": len(logger.acked), "lost_acked": len(lost),
                                                "lag": result["lag"]}))
