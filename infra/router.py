@@ -535,6 +535,9 @@ class Router:
                 self.state.setdefault("rejected", {})[version] = int(time.time() * 1000)
                 self._save()
             self._event("switch.failed", version=version, error=str(err)[:2000])
+            # the registry must not claim a version in production that cannot serve: roll it back
+            reason = f"model servers for version {version} did not become healthy: {str(err)[:300]}"
+            self._registry_rollback(version, str(old["version"]), reason, t0, t0)
             return
         base = self._backend_counters(new_slot)
         before = self._backend_counters(old_slot)  # the old version's 4xx rate: what clients' own mistakes cost
@@ -596,14 +599,7 @@ class Router:
                 self.api.disable_server(b["slot"], r)
             except RuntimeAPIError:
                 pass
-        registry_error = None
-        try:
-            from xregion.plugins.registry_cli import rollback as registry_rollback
-
-            registry_rollback(_registry_client(self.cfg), self.cfg, self.model, reason=reason,
-                              to_version=str(b["old_version"]), who="xregion-router", record=False)
-        except Exception as err:  # the data plane is back either way; say why the registry is not
-            registry_error = str(err)[:2000]
+        registry_error = self._registry_rollback_only(str(b["old_version"]), reason)
         t_registry = time.time()
         with self.lock:
             self.state.setdefault("rejected", {})[b["version"]] = int(time.time() * 1000)
@@ -618,6 +614,27 @@ class Router:
                     source="router", switched_at=b["switched_at"], detected_at=t_detect, switched_back_at=t_back,
                     registry_rolled_back_at=t_registry, rollback_s=round(t_back - b["switched_at"], 3),
                     switch_back_s=round(t_back - t_detect, 4), registry_error=registry_error, **figures)
+
+    def _registry_rollback_only(self, to_version: str, reason: str) -> str | None:
+        try:
+            from xregion.plugins.registry_cli import rollback as registry_rollback
+
+            registry_rollback(_registry_client(self.cfg), self.cfg, self.model, reason=reason,
+                              to_version=to_version, who="xregion-router", record=False)
+            return None
+        except Exception as err:  # the data plane is back either way; say why the registry is not
+            return str(err)[:2000]
+
+    def _registry_rollback(self, bad: str, good: str, reason: str, t_switch: float, t_detect: float) -> None:
+        """A version that never served: registry back to ``good``, recorded as a rollback."""
+        error = self._registry_rollback_only(good, reason)
+        with self.lock:
+            self.state.setdefault("rejected", {})[bad] = int(time.time() * 1000)
+            self._save()
+        self._event("rollback", from_version=bad, to_version=good, reason=reason, source="router",
+                    switched_at=None, detected_at=t_detect, switched_back_at=None,
+                    registry_rolled_back_at=time.time(), rollback_s=None, switch_back_s=None,
+                    registry_error=error)
 
     def finish(self, **figures) -> None:
         b = self.bake

@@ -60,3 +60,15 @@ def test_front_door_for_a_subset_of_regions(stack, tmp_path):
     assert f"inter {TUNING.inter_ms}ms" in text and "option redispatch" in text and "retry-on" in text
     assert (tmp_path / "haproxy" / "active.map").read_text().split() == ["active", "bk_blue"]
     json.dumps(router.Policy().__dict__)  # the policy is stored in the state file as JSON
+
+
+def test_watch_only_router_on_a_platform_haproxy(serving, tmp_path):
+    """Without a state file (compose, Kubernetes) the router only watches HAProxy's runtime API."""
+    state = router.load_state(serving.home)
+    r = router.Router(serving.cfg, tmp_path, runtime_api=state["runtime_api"])
+    assert r.managed is False
+    rows = r.observe()
+    assert {(x["pxname"], x["svname"]) for x in rows} >= {("bk_blue", "a"), ("bk_blue", "b")}
+    assert r.server_status[("bk_blue", "a")].startswith(("UP", "MAINT"))
+    r.follow()  # a watcher never deploys
+    assert r.bake is None and not (tmp_path / "router").exists()
