@@ -105,8 +105,11 @@ def select(cfg: XRegionConfig, home: Path, sup: Supervisor, region: str, compone
 
 def up(cfg: XRegionConfig, home: Path, progress=print) -> float:
     """Start (or complete) the stack and wait for health. Returns the seconds it took."""
+    from xregion.dr.nodes import effective_config
+
     t0 = time.monotonic()
     home.mkdir(parents=True, exist_ok=True)
+    cfg = effective_config(cfg, home)  # after a failover the promoted region is the primary
     sup = Supervisor(home)
     primary, standbys = cfg.primary, cfg.standbys
     by_kind = {(s.region, s.component): s for s in services(cfg, home)}

@@ -260,7 +260,12 @@ class Supervisor:
 
     @staticmethod
     def _tree(pid: int) -> list[psutil.Process]:
-        """The leader, its descendants and its process group (pgid == leader pid)."""
+        """The leader, its descendants and its process group (pgid == leader pid); zombies
+        are already dead (only their parent can reap them) and are left out."""
+        try:
+            os.waitpid(pid, os.WNOHANG)  # reap the leader if it is our own dead child
+        except ChildProcessError:
+            pass
         procs: dict[int, psutil.Process] = {}
         try:
             leader = psutil.Process(pid)
@@ -274,7 +279,14 @@ class Supervisor:
                     procs[p.pid] = p
             except (ProcessLookupError, PermissionError, psutil.Error):
                 continue
-        return list(procs.values())
+        alive = []
+        for p in procs.values():
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+            except psutil.Error:
+                continue
+        return alive
 
     @staticmethod
     def _send(proc: psutil.Process, sig: int) -> None:

@@ -103,22 +103,30 @@ def fault(action: FaultAction = typer.Argument(..., help="kill (SIGKILL), freeze
     console.print(f"{action.value}: {', '.join(done) if done else 'nothing running'}")
 
 
-def _mount_optional() -> None:
-    """Sub-commands of the other concerns, mounted when their modules are present."""
+# Sub-commands of the other concerns: (module, typer app, mount name or None to merge its commands
+# at the top level, the top-level command names it provides). Importing a concern costs seconds
+# (MLflow, TensorFlow), so a command line imports only the module of the command it names.
+MOUNTS = [
+    ("xregion.plugins.cli", "replicate_app", "replicate", ("replicate",)),
+    ("xregion.recsys_model.cli", "app", None, ("train",)),
+    ("xregion.plugins.registry_cli", "app", None, ("promote", "rollback")),
+    ("xregion.dr.cli", "app", "dr", ("dr",)),
+    ("xregion.loadtests.cli", "app", None, ("drill",)),
+    ("xregion.infra.router_cli", "app", None, ("router",)),
+    ("xregion.demo", "app", None, ("demo",)),
+]
+
+
+def _mount_optional(argv: list[str] | None = None) -> None:
     import importlib
 
-    mounts = [
-        ("xregion.plugins.cli", "replicate_app", "replicate"),
-        ("xregion.recsys_model.cli", "app", None),
-        ("xregion.plugins.registry_cli", "app", None),
-        ("xregion.dr.cli", "app", "dr"),
-        ("xregion.loadtests.cli", "app", None),
-        ("xregion.infra.router_cli", "app", None),
-        ("xregion.demo", "app", None),
-    ]
+    wanted = next((a for a in (argv or []) if not a.startswith("-")), None)
+    named = [m for m in MOUNTS if wanted in m[3]]
+    if wanted in ("up", "status", "down", "fault"):
+        return
     bench = typer.Typer(help="Benchmarks: print figures, compare side by side in one run.", no_args_is_help=True)
     bench_used = False
-    for module, attr, name in mounts:
+    for module, attr, name, _ in (named or MOUNTS):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as err:
@@ -129,20 +137,17 @@ def _mount_optional() -> None:
         if name:
             app.add_typer(sub, name=name)
         else:
-            for cmd in sub.registered_commands:
-                app.registered_commands.append(cmd)
-            for grp in sub.registered_groups:
-                app.registered_groups.append(grp)
+            app.registered_commands.extend(sub.registered_commands)
+            app.registered_groups.extend(sub.registered_groups)
         if hasattr(mod, "bench_app"):
-            for cmd in mod.bench_app.registered_commands:
-                bench.registered_commands.append(cmd)
+            bench.registered_commands.extend(mod.bench_app.registered_commands)
             bench_used = True
     if bench_used:
         app.add_typer(bench, name="bench")
 
 
 def main() -> None:
-    _mount_optional()
+    _mount_optional(sys.argv[1:])
     try:
         app()
     except ConfigError as err:

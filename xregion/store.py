@@ -19,6 +19,7 @@ from pathlib import Path
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config as BotoConfig
+from boto3.exceptions import Boto3Error
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .config import RegionConfig
@@ -61,6 +62,10 @@ def _not_found(err: ClientError) -> bool:
     return err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
 
 
+def _no_bucket(err: Exception) -> bool:
+    return "NoSuchBucket" in str(err)
+
+
 class RegionStore:
     """put / get / stat / list / delete over one region's bucket."""
 
@@ -87,8 +92,20 @@ class RegionStore:
             if key is not None and _not_found(err):
                 raise ObjectNotFound(f"{key} not found in region {self.name}") from None
             raise RegionUnavailable(f"region {self.name}: {err}") from err
+        except Boto3Error as err:  # s3transfer wraps the ClientError of a failed upload
+            raise RegionUnavailable(f"region {self.name}: {err}") from err
         except (BotoCoreError, OSError) as err:
             raise RegionUnavailable(f"region {self.name} ({self.region.s3.endpoint_url}) unreachable: {err}") from err
+
+    def _write(self, fn, *args, **kwargs):
+        """A write; a store that came back empty (its bucket gone) gets the bucket again, once."""
+        try:
+            return self._call(fn, *args, **kwargs)
+        except RegionUnavailable as err:
+            if not _no_bucket(err.__cause__ or err):
+                raise
+        self.ensure_bucket()
+        return self._call(fn, *args, **kwargs)
 
     # --- bucket ------------------------------------------------------------------------------
     def ensure_bucket(self) -> None:
@@ -112,13 +129,13 @@ class RegionStore:
     def put_file(self, key: str, path: str | os.PathLike, sha256: str | None = None) -> ObjectInfo:
         """Upload through s3transfer (multipart above 8 MiB, bounded memory), recording the hash."""
         digest = sha256 or sha256_file(path)
-        self._call(self.client.upload_file, str(path), self.bucket, key,
+        self._write(self.client.upload_file, str(path), self.bucket, key,
                    ExtraArgs={"Metadata": {HASH_META: digest}}, Config=TRANSFER)
         return ObjectInfo(key, os.path.getsize(path), digest)
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
         digest = hashlib.sha256(data).hexdigest()
-        self._call(self.client.put_object, Bucket=self.bucket, Key=key, Body=data,
+        self._write(self.client.put_object, Bucket=self.bucket, Key=key, Body=data,
                    Metadata={HASH_META: digest})
         return ObjectInfo(key, len(data), digest)
 

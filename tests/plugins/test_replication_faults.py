@@ -231,3 +231,17 @@ def test_replication_metrics_are_exported(stack, tmp_path, prefix):
     assert rep.wait_replicated(timeout=60)
     assert REGISTRY.get_sample_value("xregion_replication_lag_seconds_count") >= before + 3
     assert REGISTRY.get_sample_value("xregion_replication_pending_objects", {"region": "b"}) == 0
+
+
+def test_a_store_that_comes_back_empty_is_written_again(stack, tmp_path, prefix):
+    """A restarted S3 endpoint without its bucket (lost disk): writes recreate it, never fail."""
+    rep = Replicator(stack.cfg, tmp_path / "outbox.sqlite", mode="sync")
+    b = RegionStore(stack.cfg.region("b"))
+    (p,) = files(tmp_path, 1)
+    try:
+        b.delete_prefix("")
+        b.client.delete_bucket(Bucket=b.bucket)
+        rep.put_file(f"{prefix}/{p.name}", p)
+        assert b.stat(f"{prefix}/{p.name}").sha256 == sha256_file(p)
+    finally:
+        assert heal(stack, rep)["still_owed"] == 0
