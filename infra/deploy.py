@@ -103,6 +103,8 @@ def mlflow_argv(cfg: XRegionConfig, region: RegionConfig, allowed_hosts: list[st
     _, port = host_port(region.mlflow_url)
     return ["mlflow", "server",
             "--backend-store-uri", cfg.database_uri(password=""),
+            # the promotion gate (plugins/registry_store.py): the image has the plugin installed
+            "--registry-store-uri", "xregion+" + cfg.database_uri(password=""),
             "--artifacts-destination", f"xregion:///{cfg.artifacts.prefix}",
             "--serve-artifacts", "--host", "0.0.0.0", "--port", str(port), "--workers", "2",
             "--allowed-hosts", ",".join(allowed_hosts)]

@@ -112,8 +112,9 @@ def test_mlflow_servers_agree_with_the_regions_file(compose, cfg):
     for r in cfg.regions:
         svc = compose["services"][f"mlflow-{r.name}"]
         host, port = deploy.host_port(r.mlflow_url)
-        assert svc["command"][:13] == [
+        assert svc["command"][:15] == [
             "mlflow", "server", "--backend-store-uri", cfg.database_uri(password=""),
+            "--registry-store-uri", "xregion+" + cfg.database_uri(password=""),  # the promotion gate
             "--artifacts-destination", f"xregion:///{cfg.artifacts.prefix}", "--serve-artifacts",
             "--host", "0.0.0.0", "--port", str(port), "--workers", "2"]
         assert "target_session_attrs=read-write" in arg(svc["command"], "--backend-store-uri")

@@ -100,7 +100,8 @@ def test_mlflow_servers(rendered, region):
     dep = objects(docs, "Deployment")["mlflow"]
     assert dep["spec"]["replicas"] >= 2
     c = containers(dep)["mlflow"]
-    assert c["args"][:13] == ["mlflow", "server", "--backend-store-uri", CFG.database_uri(password=""),
+    assert c["args"][:15] == ["mlflow", "server", "--backend-store-uri", CFG.database_uri(password=""),
+            "--registry-store-uri", "xregion+" + CFG.database_uri(password=""),  # the promotion gate
                               "--artifacts-destination", f"xregion:///{CFG.artifacts.prefix}", "--serve-artifacts",
                               "--host", "0.0.0.0", "--port", str(port), "--workers", "2"]
     assert f"{host}:{port}" in arg(c["args"], "--allowed-hosts").split(",")
