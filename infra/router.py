@@ -74,6 +74,8 @@ class Policy:
     poll_s: float = 1.0             # registry poll interval
     stats_interval_s: float = 0.1   # HAProxy stats poll interval (failover detection resolution)
     start_timeout_s: float = 240.0  # a model server must answer /ping within this
+    smoke_test: int = 1             # before a switch, each new server must answer the version's own
+                                    # serving input example with 200 (0: off; the bake window still judges)
 
     @classmethod
     def from_env(cls, base: dict | None = None) -> "Policy":
@@ -539,6 +541,17 @@ class Router:
             reason = f"model servers for version {version} did not become healthy: {str(err)[:300]}"
             self._registry_rollback(version, str(old["version"]), reason, t0, t0)
             return
+        failed = self.smoke_test(version, servers) if self.policy.smoke_test else None
+        if failed:
+            for s in svcs:
+                self.sup.stop(s.name)
+            with self.lock:
+                self.state["next"] = None
+                self.state.setdefault("rejected", {})[version] = int(time.time() * 1000)
+                self._save()
+            self._event("switch.failed", version=version, error=failed)
+            self._registry_rollback(version, str(old["version"]), f"smoke test before the switch: {failed}", t0, time.time())
+            return
         base = self._backend_counters(new_slot)
         before = self._backend_counters(old_slot)  # the old version's 4xx rate: what clients' own mistakes cost
         base["old_4xx_rate"] = before["client_errors"] / before["requests"] if before["requests"] else 0.0
@@ -553,6 +566,36 @@ class Router:
         self._event("switch", from_version=old["version"], to_version=version, regions=self.state["regions"],
                     backend=new_slot, switched_at=t_switch, prepare_s=round(t_switch - t0, 3),
                     bake_s=self.policy.bake_s)
+
+    def smoke_test(self, version: str, servers: dict) -> str | None:
+        """Send the version's own serving input example to each new server before any client sees
+        it; a version that cannot answer its own example never takes traffic. Returns what failed."""
+        import tempfile
+        import urllib.error
+        import urllib.request
+
+        import mlflow
+
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"models:/{self.model}/{version}/serving_input_example.json",
+                    tracking_uri=self.cfg.primary.mlflow_url, dst_path=tmp)
+                body = Path(path).read_bytes()
+        except Exception as err:  # no example logged with the model: nothing to test with
+            log.warning("no smoke test for %s version %s: %s", self.model, version, str(err)[:200])
+            return None
+        for region, s in servers.items():
+            req = urllib.request.Request(f"http://{s['host']}:{s['port']}/invocations", data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    resp.read()
+            except urllib.error.HTTPError as err:
+                return f"region {region}: HTTP {err.code} for the model's own input example: {err.read()[:300]!r}"
+            except OSError as err:
+                return f"region {region}: {err}"
+        return None
 
     def _backend_counters(self, backend: str) -> dict:
         for r in self.api.stats():

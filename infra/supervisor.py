@@ -100,6 +100,14 @@ def port_free(host: str, port: int) -> bool:
             return False
 
 
+def _reap(pid: int) -> None:
+    """Collect the exit status of ``pid`` if it is our own dead child (else nothing happens)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except (ChildProcessError, OSError):
+        pass
+
+
 def log_tail(path: Path, lines: int = 25) -> str:
     if not path.exists():
         return "(no log)"
@@ -141,7 +149,10 @@ class Supervisor:
             return None
         try:
             proc = psutil.Process(rec["pid"])
-            if abs(proc.create_time() - rec["create_time"]) > 0.5 or proc.status() == psutil.STATUS_ZOMBIE:
+            if abs(proc.create_time() - rec["create_time"]) > 0.5:
+                return None
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                _reap(proc.pid)  # our own dead child: a zombie's pid still looks alive to others (postmaster.pid)
                 return None
             return proc
         except psutil.Error:
@@ -262,10 +273,7 @@ class Supervisor:
     def _tree(pid: int) -> list[psutil.Process]:
         """The leader, its descendants and its process group (pgid == leader pid); zombies
         are already dead (only their parent can reap them) and are left out."""
-        try:
-            os.waitpid(pid, os.WNOHANG)  # reap the leader if it is our own dead child
-        except ChildProcessError:
-            pass
+        _reap(pid)
         procs: dict[int, psutil.Process] = {}
         try:
             leader = psutil.Process(pid)

@@ -211,6 +211,7 @@ def bad_version(ctx: Ctx) -> str:
     """A registered version of the served model that loads but fails every prediction
     (``loadtests/bad_model.py``); registered once and reused by later drills."""
     import mlflow
+    import pandas as pd
 
     reg, cl = _registry(ctx)
     name = ctx.cfg.registry.model_name
@@ -222,8 +223,10 @@ def bad_version(ctx: Ctx) -> str:
     mlflow.set_registry_uri(ctx.cfg.primary.mlflow_url)
     mlflow.set_experiment("drills")
     with mlflow.start_run(run_name="bad-model-for-drills"):
+        # like every release of the recommender, it carries an input example
         info = mlflow.pyfunc.log_model(name="model", python_model=str(Path(__file__).with_name("bad_model.py")),
-                                       registered_model_name=name, pip_requirements=["mlflow"])
+                                       registered_model_name=name, pip_requirements=["mlflow"],
+                                       input_example=pd.DataFrame({"user_id": [1], "k": [10]}))
     version = str(info.registered_model_version)
     cl.set_model_version_tag(name, version, BAD_MODEL_TAG, "bad-model")
     return version

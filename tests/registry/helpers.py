@@ -5,6 +5,7 @@ import uuid
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
@@ -17,7 +18,8 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def log_tiny(tracking_uri: str, model_name: str, fail: bool | str = False, label: str = "") -> str:
+def log_tiny(tracking_uri: str, model_name: str, fail: bool | str = False, label: str = "",
+             example: bool = False) -> str:
     """Log the tiny model in a run and register it as a new version of ``model_name``; return the version."""
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
@@ -25,6 +27,7 @@ def log_tiny(tracking_uri: str, model_name: str, fail: bool | str = False, label
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(name="model", python_model=str(TINY), signature=SIGNATURE,
                                        model_config={"fail": fail, "version_label": label},
+                                       input_example=pd.DataFrame({"user_id": [3], "k": [10]}) if example else None,
                                        registered_model_name=model_name, pip_requirements=["mlflow", "pandas"])
     return str(info.registered_model_version)
 

@@ -37,8 +37,8 @@ class Serving:
     def client(self):
         return client(self.mlflow_url)
 
-    def new_version(self, fail=False, label="") -> str:
-        return log_tiny(self.mlflow_url, self.model, fail=fail, label=label)
+    def new_version(self, fail=False, label="", example=False) -> str:
+        return log_tiny(self.mlflow_url, self.model, fail=fail, label=label, example=example)
 
     def promote(self, version: str, reason: str = "") -> None:
         registry_cli.promote(self.client(), self.cfg, self.model, version, reason=reason, who="test")

@@ -10,6 +10,7 @@ import pytest
 
 from xregion import events
 from xregion.infra.supervisor import Supervisor
+from xregion.plugins import registry_cli
 from xregion.plugins.registry_store import TRANSITION_TAG
 
 from .conftest import Load
@@ -61,3 +62,24 @@ def test_switch_then_automatic_rollback(serving):
     # nobody re-deploys the rolled-back version: production is v2 and stays so
     time.sleep(2)
     assert serving_versions(serving.home) == {"a-serving": v2, "b-serving": v2}
+
+
+def test_a_version_that_fails_its_own_input_example_never_takes_traffic(serving):
+    """The smoke test before a switch: the new servers answer the version's serving input example
+    or the switch is abandoned and the registry rolled back; clients see nothing of it."""
+    cl = serving.client()
+    current = registry_cli.production_version(cl, serving.cfg, serving.model)
+    with Load(serving.frontend, threads=1, max_s=600) as load:
+        t0 = time.time()
+        bad = serving.new_version(fail=True, label="bad-example", example=True)
+        serving.promote(bad, reason="release a broken version")
+        failed = serving.wait_event("switch.failed", t0, version=bad)
+        rb = serving.wait_event("rollback", t0, from_version=bad)
+        assert "smoke test" in rb["reason"] and "HTTP 500" in failed["error"], (failed, rb)
+        assert rb.get("to_version") == str(current.version) and rb.get("switched_at") is None, rb
+        switches = [e for e in events.read(serving.home, kind="switch", since=t0) if e["kind"] == "switch"]
+        assert all(e["to_version"] != bad for e in switches), switches
+        mv = cl.get_model_version(serving.model, str(current.version))
+        assert mv.current_stage == "Production" and serving.cfg.registry.production_alias in mv.aliases
+        load.wait_count(10, time.time())
+        assert load.failures(since=t0) == [], load.failures(since=t0)[:10]
