@@ -155,7 +155,8 @@ def run_training(
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
         # the registry lives on the same server, whatever an earlier caller set in this process
-        mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri)
+        # (mlflow.set_registry_uri also leaves MLFLOW_REGISTRY_URI in the environment)
+        mlflow.set_registry_uri(tracking_uri)
     say = console.print if console is not None else (lambda *a, **k: None)
 
     data = load_data(data_path, seed=seed, synthetic_kwargs=synthetic_kwargs)

@@ -105,7 +105,7 @@ def run_demo(cfg, home: Path, *, data: str | None = None, epochs: int | None = N
                             **{k: round(v, 4) for k, v in res.metrics.items()
                                if k.startswith(("hr_at_10", "ndcg_at_10", "pop_hr_at_10", "pop_ndcg_at_10"))}}
 
-    client = MlflowClient(a.mlflow_url)
+    client = MlflowClient(a.mlflow_url, registry_uri=a.mlflow_url)
     with steps("check the model's artifacts verify in every region (replication lag)"):
         location = client.get_logged_model(res.model_uri.removeprefix("models:/")).artifact_location
         summary["replication_lag_s"] = round(wait_replicated(cfg, location), 2)

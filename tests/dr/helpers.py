@@ -13,7 +13,7 @@ def populate(cfg: XRegionConfig, tmp: Path, tag: str = "dr") -> dict:
     and an alias, all through region a's MLflow server; every artifact object then in every region."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(cfg.primary.mlflow_url)
+    client = MlflowClient(cfg.primary.mlflow_url, registry_uri=cfg.primary.mlflow_url)
     exp = client.create_experiment(f"{tag}-{time.time_ns()}")
     runs = []
     for i in range(3):

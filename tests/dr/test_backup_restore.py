@@ -16,7 +16,7 @@ pytestmark = pytest.mark.timeout(900)
 
 def snapshot(cfg, info) -> dict:
     """What a user sees through MLflow: ids, params, metrics, tags, versions, stages, aliases."""
-    c = MlflowClient(cfg.primary.mlflow_url)
+    c = MlflowClient(cfg.primary.mlflow_url, registry_uri=cfg.primary.mlflow_url)
     runs = {}
     for rid in info["runs"]:
         r = c.get_run(rid)
@@ -85,7 +85,7 @@ def test_restore_into_a_fresh_stack(backed_up):
             store = RegionStore(st.cfg.region(name))
             assert {k: store.stat(k).sha256 for k in backed_up["hashes"]} == backed_up["hashes"]
         # the restored stack is consistent, and takes new writes without id clashes
-        c = MlflowClient(st.cfg.primary.mlflow_url)
+        c = MlflowClient(st.cfg.primary.mlflow_url, registry_uri=st.cfg.primary.mlflow_url)
         new_exp = c.create_experiment("after-restore")
         assert int(new_exp) > int(backed_up["info"]["experiment"])
         rid = backed_up["info"]["runs"][0]

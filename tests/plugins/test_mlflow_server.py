@@ -84,11 +84,12 @@ def test_log_model_in_a_and_serve_production_from_region_b(stack, tmp_path):
     a, b = stack.cfg.region("a"), stack.cfg.region("b")
     name = f"doubler-{uuid.uuid4().hex[:8]}"
     mlflow.set_tracking_uri(a.mlflow_url)
+    mlflow.set_registry_uri(a.mlflow_url)
     mlflow.set_experiment(f"models-{uuid.uuid4().hex}")
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(name="model", python_model=Doubler(), registered_model_name=name,
                                        input_example=pd.DataFrame({"x": [1.0]}))
-    client = MlflowClient(a.mlflow_url)
+    client = MlflowClient(a.mlflow_url, registry_uri=a.mlflow_url)
     version = client.get_latest_versions(name)[0].version
     client.transition_model_version_stage(name, version, "Production")
 
