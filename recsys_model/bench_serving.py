@@ -51,8 +51,8 @@ class ModelServer:
         self.sup = Supervisor(self.home)
         env = {"PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", ""),  # serve execs `uvicorn`
                "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-        if tracking_uri:
-            env["MLFLOW_TRACKING_URI"] = tracking_uri
+        if tracking_uri:  # models:/ URIs resolve in this registry, whatever this process inherited
+            env["MLFLOW_TRACKING_URI"] = env["MLFLOW_REGISTRY_URI"] = tracking_uri
         self.service = Service(
             name=f"serve-{self.port}", region="local", component="serving",
             argv=[os.path.join(VENV_BIN, "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",

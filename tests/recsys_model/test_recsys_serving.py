@@ -51,6 +51,7 @@ def test_top_k_over_http(servers, trained, which):
     import mlflow
 
     mlflow.set_tracking_uri(trained.tracking_uri)
+    mlflow.set_registry_uri(trained.tracking_uri)
     local = mlflow.pyfunc.load_model("models:/recsys@champion").predict(
         pd.DataFrame({"user_id": users, "k": [5, 2, 10]}))
     assert [p["item_id"] for p in preds] == local["item_id"].tolist()
