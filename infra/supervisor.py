@@ -108,6 +108,17 @@ def _reap(pid: int) -> None:
         pass
 
 
+def _clear_zombie_lock(lock: Path) -> None:
+    """A postmaster killed -9 whose parent never reaps it (a non-reaping init) stays a zombie, and
+    Postgres refuses to start while the pid in its lock file exists: a zombie's lock is stale."""
+    try:
+        pid = int(lock.read_text().split()[0])
+        if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            lock.unlink()
+    except (OSError, ValueError, IndexError, psutil.Error):
+        pass
+
+
 def log_tail(path: Path, lines: int = 25) -> str:
     if not path.exists():
         return "(no log)"
@@ -177,6 +188,8 @@ class Supervisor:
         if proc is not None:
             return proc
         self.pidfile(svc.name).unlink(missing_ok=True)  # stale after a crash
+        if "-D" in svc.argv:
+            _clear_zombie_lock(Path(svc.argv[svc.argv.index("-D") + 1]) / "postmaster.pid")
         if svc.listen and not port_free(*svc.listen):
             raise PortInUse(
                 f"{svc.name}: port {svc.listen[1]} on {svc.listen[0]} is already in use by another program "
