@@ -530,27 +530,12 @@ class Router:
                 self.api.set_server(new_slot, r, s["host"], s["port"])
             wait_servers_up(self.api, new_slot, list(servers), timeout=60)
         except (SupervisorError, RuntimeAPIError) as err:
-            for s in svcs:
-                self.sup.stop(s.name)
-            with self.lock:
-                self.state["next"] = None
-                self.state.setdefault("rejected", {})[version] = int(time.time() * 1000)
-                self._save()
-            self._event("switch.failed", version=version, error=str(err)[:2000])
-            # the registry must not claim a version in production that cannot serve: roll it back
-            reason = f"model servers for version {version} did not become healthy: {str(err)[:300]}"
-            self._registry_rollback(version, str(old["version"]), reason, t0, t0)
+            self._abandon(version, svcs, str(old["version"]), str(err)[:2000],
+                          f"model servers for version {version} did not become healthy: {str(err)[:300]}", t0)
             return
         failed = self.smoke_test(version, servers) if self.policy.smoke_test else None
         if failed:
-            for s in svcs:
-                self.sup.stop(s.name)
-            with self.lock:
-                self.state["next"] = None
-                self.state.setdefault("rejected", {})[version] = int(time.time() * 1000)
-                self._save()
-            self._event("switch.failed", version=version, error=failed)
-            self._registry_rollback(version, str(old["version"]), f"smoke test before the switch: {failed}", t0, time.time())
+            self._abandon(version, svcs, str(old["version"]), failed, f"smoke test before the switch: {failed}", t0)
             return
         base = self._backend_counters(new_slot)
         before = self._backend_counters(old_slot)  # the old version's 4xx rate: what clients' own mistakes cost
@@ -566,6 +551,18 @@ class Router:
         self._event("switch", from_version=old["version"], to_version=version, regions=self.state["regions"],
                     backend=new_slot, switched_at=t_switch, prepare_s=round(t_switch - t0, 3),
                     bake_s=self.policy.bake_s)
+
+    def _abandon(self, version: str, svcs: list, good: str, error: str, reason: str, t0: float) -> None:
+        """A version that never took traffic: stop its servers, and roll the registry back, since it
+        must not claim a version in production that cannot serve."""
+        for s in svcs:
+            self.sup.stop(s.name)
+        with self.lock:
+            self.state["next"] = None
+            self.state.setdefault("rejected", {})[version] = int(time.time() * 1000)
+            self._save()
+        self._event("switch.failed", version=version, error=error)
+        self._registry_rollback(version, good, reason, t0, time.time())
 
     def smoke_test(self, version: str, servers: dict) -> str | None:
         """Send the version's own serving input example to each new server before any client sees
