@@ -90,6 +90,7 @@ def service(cfg: XRegionConfig, region: RegionConfig, home: Path) -> Service:
         health={"type": "postgres", "dsn": superuser_dsn(region)},
         user=SUPERUSER if _run_as_postgres() else None,
         stop_signal=signal.SIGINT,  # "fast" shutdown: SIGTERM would wait for clients to leave
+        lock_file=str(data_dir(home, region) / "postmaster.pid"),
         start_timeout=60)
 
 

@@ -55,6 +55,7 @@ class Service:
     cwd: str | None = None
     stop_signal: int = signal.SIGTERM
     start_timeout: float = 60.0
+    lock_file: str | None = None    # a pid lock the program refuses to start over (Postgres' postmaster.pid)
 
     @classmethod
     def from_dict(cls, data: dict) -> "Service":
@@ -109,8 +110,8 @@ def _reap(pid: int) -> None:
 
 
 def _clear_zombie_lock(lock: Path) -> None:
-    """A postmaster killed -9 whose parent never reaps it (a non-reaping init) stays a zombie, and
-    Postgres refuses to start while the pid in its lock file exists: a zombie's lock is stale."""
+    """A process killed -9 whose parent never reaps it (a non-reaping init) stays a zombie, , and
+    a program such as Postgres refuses to start while the pid in its lock file exists: a zombie's lock is stale."""
     try:
         pid = int(lock.read_text().split()[0])
         if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
@@ -188,8 +189,8 @@ class Supervisor:
         if proc is not None:
             return proc
         self.pidfile(svc.name).unlink(missing_ok=True)  # stale after a crash
-        if "-D" in svc.argv:
-            _clear_zombie_lock(Path(svc.argv[svc.argv.index("-D") + 1]) / "postmaster.pid")
+        if svc.lock_file:
+            _clear_zombie_lock(Path(svc.lock_file))
         if svc.listen and not port_free(*svc.listen):
             raise PortInUse(
                 f"{svc.name}: port {svc.listen[1]} on {svc.listen[0]} is already in use by another program "
