@@ -12,6 +12,7 @@ restores into a scratch database) recomputes them and must find every table iden
 also proves that ids were kept (pg_restore keeps primary keys and sequence values, unlike
 export/import tools that recreate runs and renumber them).
 """
+
 from __future__ import annotations
 
 import json
@@ -24,10 +25,10 @@ from pathlib import Path
 
 import psycopg2
 import psycopg2.extensions
+from xregion.infra.postgres import PG_BIN, SUPERUSER, _pg_user_kwargs
 
 from xregion import events
 from xregion.config import RegionConfig, XRegionConfig
-from xregion.infra.postgres import PG_BIN, SUPERUSER, _pg_user_kwargs
 from xregion.store import RegionStore, RegionUnavailable, sha256_file, stores
 
 from .nodes import DRError, connect, current_primary, effective_config
@@ -44,12 +45,15 @@ def _quiet(_m: str) -> None:
 def fingerprint(cur) -> dict[str, dict]:
     """Per table of the public schema: row count and md5 over the md5 of every row, order-independent."""
     cur.execute("set timezone = 'UTC'")
-    cur.execute("select tablename from pg_tables where schemaname = 'public' "
-                "and tablename <> 'xregion_dr_heartbeat' order by 1")
+    cur.execute(
+        "select tablename from pg_tables where schemaname = 'public' and tablename <> 'xregion_dr_heartbeat' order by 1"
+    )
     out = {}
     for (table,) in cur.fetchall():
-        cur.execute(f'select count(*), md5(coalesce(string_agg(h, \'\' order by h), \'\')) '
-                    f'from (select md5(t::text) h from public."{table}" t) s')
+        cur.execute(
+            f"select count(*), md5(coalesce(string_agg(h, '' order by h), '')) "
+            f'from (select md5(t::text) h from public."{table}" t) s'
+        )
         n, digest = cur.fetchone()
         out[table] = {"rows": n, "md5": digest}
     return out
@@ -65,9 +69,9 @@ def id_summary(cur) -> dict:
         "tags": "select count(*), 0 from tags",
         "registered_models": "select count(*), md5(coalesce(string_agg(name, ',' order by name), '')) from registered_models",
         "model_versions": "select count(*), md5(coalesce(string_agg(name || ':' || version || ':' || current_stage, ',' "
-                          "order by name, version), '')) from model_versions",
+        "order by name, version), '')) from model_versions",
         "registered_model_aliases": "select count(*), md5(coalesce(string_agg(name || ':' || alias || ':' || version, ',' "
-                                    "order by name, alias), '')) from registered_model_aliases",
+        "order by name, alias), '')) from registered_model_aliases",
     }
     out = {}
     for k, sql in q.items():
@@ -165,16 +169,37 @@ def _pg_args(region: RegionConfig) -> list[str]:
 
 def _dump(region: RegionConfig, database: str, snapshot: str, out: Path) -> None:
     with open(out, "wb") as f:
-        proc = subprocess.run([str(PG_BIN / "pg_dump"), *_pg_args(region), "-d", database, "-Fc",
-                               f"--snapshot={snapshot}", "--no-password"],
-                              stdout=f, stderr=subprocess.PIPE, text=False, timeout=3600, **_pg_user_kwargs())
+        proc = subprocess.run(
+            [
+                str(PG_BIN / "pg_dump"),
+                *_pg_args(region),
+                "-d",
+                database,
+                "-Fc",
+                f"--snapshot={snapshot}",
+                "--no-password",
+            ],
+            stdout=f,
+            stderr=subprocess.PIPE,
+            text=False,
+            timeout=3600,
+            **_pg_user_kwargs(),
+        )
     if proc.returncode != 0:
         raise DRError(f"pg_dump failed: {proc.stderr.decode(errors='replace')}")
 
 
 def _restore(region: RegionConfig, database: str, dump: Path, role: str | None) -> None:
-    argv = [str(PG_BIN / "pg_restore"), *_pg_args(region), "-d", database, "--no-owner", "--no-privileges",
-            "--exit-on-error", "--single-transaction"]
+    argv = [
+        str(PG_BIN / "pg_restore"),
+        *_pg_args(region),
+        "-d",
+        database,
+        "--no-owner",
+        "--no-privileges",
+        "--exit-on-error",
+        "--single-transaction",
+    ]
     if role:
         argv.append(f"--role={role}")
     with open(dump, "rb") as f:  # through stdin: the postgres user need not read our temp dir
@@ -193,9 +218,16 @@ def _db_fingerprint(region: RegionConfig, database: str) -> tuple[dict, dict]:
 
 
 # --- backup ----------------------------------------------------------------------------------
-def backup(cfg: XRegionConfig, home: Path, retention: int = 7, region: str | None = None,
-           include_artifacts: bool = False, copy_to: Path | None = None, verify: bool = False,
-           progress: Progress = _quiet) -> dict:
+def backup(
+    cfg: XRegionConfig,
+    home: Path,
+    retention: int = 7,
+    region: str | None = None,
+    include_artifacts: bool = False,
+    copy_to: Path | None = None,
+    verify: bool = False,
+    progress: Progress = _quiet,
+) -> dict:
     t0 = time.time()
     cfg = effective_config(cfg, home)
     primary = cfg.region(current_primary(cfg, home))
@@ -226,9 +258,17 @@ def backup(cfg: XRegionConfig, home: Path, retention: int = 7, region: str | Non
         progress(f"pg_dump: {dump.stat().st_size} bytes in {dump_seconds:.2f}s, {len(tables)} tables fingerprinted")
         artifacts = artifact_manifest(cfg, primary.name, progress)
         manifest = {
-            "id": bid, "created": time.time(), "format": 1,
-            "database": {"name": database, "source_region": primary.name, "lsn": lsn, "tables": tables, "ids": ids,
-                         "dump": {"key": "db.dump", "size": dump.stat().st_size, "sha256": sha256_file(dump)}},
+            "id": bid,
+            "created": time.time(),
+            "format": 1,
+            "database": {
+                "name": database,
+                "source_region": primary.name,
+                "lsn": lsn,
+                "tables": tables,
+                "ids": ids,
+                "dump": {"key": "db.dump", "size": dump.stat().st_size, "sha256": sha256_file(dump)},
+            },
             "artifacts": {**artifacts, "included": include_artifacts},
             "stored_in": {"region": target.name, "bucket": target.bucket, "prefix": prefix},
             "retention": retention,
@@ -240,7 +280,9 @@ def backup(cfg: XRegionConfig, home: Path, retention: int = 7, region: str | Non
                 local = Path(tmp) / "obj"
                 got = src.get_file(obj["key"], local)
                 if got.sha256 != obj["sha256"]:
-                    raise DRError(f"artifact {obj['key']} changed while backing up (hash differs); run the backup again")
+                    raise DRError(
+                        f"artifact {obj['key']} changed while backing up (hash differs); run the backup again"
+                    )
                 target.put_file(prefix + "artifacts/" + obj["key"], local, got.sha256)
             progress(f"copied {len(artifacts['objects'])} artifact objects into the backup")
         # the manifest last: a backup without one is incomplete and never listed
@@ -250,12 +292,21 @@ def backup(cfg: XRegionConfig, home: Path, retention: int = 7, region: str | Non
             _download_backup(target, prefix, Path(copy_to) / bid, include_artifacts, manifest)
             progress(f"local copy: {Path(copy_to) / bid}")
     removed = apply_retention(target, retention, progress)
-    result = {"id": bid, "region": target.name, "bucket": target.bucket, "prefix": prefix,
-              "dump_bytes": manifest["database"]["dump"]["size"], "dump_seconds": round(dump_seconds, 3),
-              "tables": len(tables), "artifact_objects": len(artifacts["objects"]),
-              "included_artifacts": include_artifacts, "retention_removed": removed,
-              "seconds": round(time.time() - t0, 3), "ids": ids,
-              "local_copy": str(Path(copy_to) / bid) if copy_to else None}
+    result = {
+        "id": bid,
+        "region": target.name,
+        "bucket": target.bucket,
+        "prefix": prefix,
+        "dump_bytes": manifest["database"]["dump"]["size"],
+        "dump_seconds": round(dump_seconds, 3),
+        "tables": len(tables),
+        "artifact_objects": len(artifacts["objects"]),
+        "included_artifacts": include_artifacts,
+        "retention_removed": removed,
+        "seconds": round(time.time() - t0, 3),
+        "ids": ids,
+        "local_copy": str(Path(copy_to) / bid) if copy_to else None,
+    }
     if verify:
         result["verify"] = verify_backup(cfg, home, bid, progress=progress)
     events.record("backup", home, **{k: v for k, v in result.items() if k not in ("ids",)})
@@ -288,8 +339,10 @@ class BackupSource:
         if ref != "latest":
             found = [b for b in found if b["id"] == ref]
         if not found:
-            raise DRError(f"no backup {ref!r}: neither a local directory with a manifest.json nor a backup id in any "
-                          f"region's {BACKUP_ROOT}/ (see `xregion dr backups`)")
+            raise DRError(
+                f"no backup {ref!r}: neither a local directory with a manifest.json nor a backup id in any "
+                f"region's {BACKUP_ROOT}/ (see `xregion dr backups`)"
+            )
         b = found[-1]
         self.store = RegionStore(cfg.region(b["region"]))
         self.prefix = f"{BACKUP_ROOT}/{b['id']}/"
@@ -346,10 +399,18 @@ def verify_backup(cfg: XRegionConfig, home: Path, ref: str, progress: Progress =
         for obj in src.manifest["artifacts"]["objects"]:
             if not src.has("artifacts/" + obj["key"]):
                 missing_copies.append(obj["key"])
-    result = {"id": src.id, "ok": not diffs and not missing_copies, "tables": len(tables), "differences": diffs,
-              "missing_artifact_copies": missing_copies, "seconds": round(time.time() - t0, 3)}
-    progress(f"verify {src.id}: {'identical' if result['ok'] else 'DIFFERENT'} "
-             f"({len(tables)} tables restored into scratch database {scratch}, dropped)")
+    result = {
+        "id": src.id,
+        "ok": not diffs and not missing_copies,
+        "tables": len(tables),
+        "differences": diffs,
+        "missing_artifact_copies": missing_copies,
+        "seconds": round(time.time() - t0, 3),
+    }
+    progress(
+        f"verify {src.id}: {'identical' if result['ok'] else 'DIFFERENT'} "
+        f"({len(tables)} tables restored into scratch database {scratch}, dropped)"
+    )
     return result
 
 
@@ -376,8 +437,10 @@ def restore(cfg: XRegionConfig, home: Path, ref: str, force: bool = False, progr
                 if cur.fetchone()[0]:
                     dconn.close()
                     conn.close()
-                    raise DRError(f"database {database} on {primary.name} already holds runs or registered models; "
-                                  f"restore is for a fresh stack (pass --force to replace them)")
+                    raise DRError(
+                        f"database {database} on {primary.name} already holds runs or registered models; "
+                        f"restore is for a fresh stack (pass --force to replace them)"
+                    )
         dconn.close()
 
     with tempfile.TemporaryDirectory(prefix="xregion-restore-") as tmp:
@@ -392,13 +455,23 @@ def restore(cfg: XRegionConfig, home: Path, ref: str, force: bool = False, progr
         db_seconds = time.time() - t_db
     tables, ids = _db_fingerprint(primary, database)
     diffs = compare_tables(src.manifest["database"]["tables"], tables)
-    progress(f"database restored in {db_seconds:.2f}s: " + ("identical to the backup" if not diffs else
-                                                            f"{len(diffs)} table(s) differ"))
+    progress(
+        f"database restored in {db_seconds:.2f}s: "
+        + ("identical to the backup" if not diffs else f"{len(diffs)} table(s) differ")
+    )
     art = restore_artifacts(cfg, src, progress)
-    result = {"id": src.id, "database": database, "region": primary.name, "db_seconds": round(db_seconds, 3),
-              "tables": len(tables), "differences": diffs, "ids": ids, "artifacts": art,
-              "ok": not diffs and not art["missing"] and not art["mismatched"],
-              "seconds": round(time.time() - t0, 3)}
+    result = {
+        "id": src.id,
+        "database": database,
+        "region": primary.name,
+        "db_seconds": round(db_seconds, 3),
+        "tables": len(tables),
+        "differences": diffs,
+        "ids": ids,
+        "artifacts": art,
+        "ok": not diffs and not art["missing"] and not art["mismatched"],
+        "seconds": round(time.time() - t0, 3),
+    }
     events.record("restore", home, **{k: v for k, v in result.items() if k not in ("ids",)})
     return result
 
@@ -430,8 +503,15 @@ def restore_artifacts(cfg: XRegionConfig, src: BackupSource, progress: Progress 
                         continue
                     local = src.fetch("artifacts/" + key, Path(tmp) / "copy")
                     if sha256_file(local) != obj["sha256"]:
-                        out["mismatched"].append({"key": key, "region": name, "expected": obj["sha256"],
-                                                  "sha256": sha256_file(local), "where": "backup copy"})
+                        out["mismatched"].append(
+                            {
+                                "key": key,
+                                "region": name,
+                                "expected": obj["sha256"],
+                                "sha256": sha256_file(local),
+                                "where": "backup copy",
+                            }
+                        )
                         continue
                     store.put_file(key, local, obj["sha256"])
                     out["copied"] += 1
@@ -439,8 +519,9 @@ def restore_artifacts(cfg: XRegionConfig, src: BackupSource, progress: Progress 
                         out["mismatched"].append({"key": key, "region": name, "expected": obj["sha256"]})
                         continue
                 out["verified"] += 1
-    progress(f"artifacts: {out['verified']} object copies verified across {len(cfg.regions)} regions, "
-             f"{out['copied']} put back from the backup, {len(out['missing'])} missing, "
-             f"{len(out['mismatched'])} mismatched")
+    progress(
+        f"artifacts: {out['verified']} object copies verified across {len(cfg.regions)} regions, "
+        f"{out['copied']} put back from the backup, {len(out['missing'])} missing, "
+        f"{len(out['mismatched'])} mismatched"
+    )
     return out
-

@@ -2,11 +2,11 @@
 
 Thin: every command calls one function of dr.failover, dr.backup or dr.verify and prints it.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -15,8 +15,12 @@ from rich.table import Table
 from xregion.config import ConfigError, load_config
 from xregion.home import xregion_home
 
-app = typer.Typer(help="Disaster recovery of the database half: failover, switchover, rejoin, backup, restore, verify.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Disaster recovery of the database half: failover, switchover, rejoin, backup, restore, verify.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 console = Console(stderr=True)
 out = Console()
 
@@ -35,6 +39,7 @@ def _ctx():
 
 def _run(fn, *args, **kwargs):
     from xregion.infra.supervisor import SupervisorError
+
     from xregion.store import StoreError
 
     from .nodes import DRError
@@ -57,9 +62,11 @@ def _fmt(v, unit: str = "") -> str:
 
 
 @app.command()
-def failover(to: str = typer.Option(..., "--to", help="Region whose standby becomes the primary."),
-             mlflow_timeout: float = typer.Option(60.0, help="Seconds to wait for each MLflow server to write."),
-             as_json: bool = typer.Option(False, "--json")) -> None:
+def failover(
+    to: str = typer.Option(..., "--to", help="Region whose standby becomes the primary."),
+    mlflow_timeout: float = typer.Option(60.0, help="Seconds to wait for each MLflow server to write."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """Promote REGION's standby, fence the old primary, prove that every MLflow server writes again."""
     from . import failover as fo
 
@@ -70,12 +77,20 @@ def failover(to: str = typer.Option(..., "--to", help="Region whose standby beco
     else:
         lag = res["lag"]
         out.print(f"failover {res['from']} -> {res['to']} ({res['replication']} replication)")
-        out.print(f"  replication lag before promotion: {_fmt(lag['bytes'], ' bytes')}, {_fmt(lag['seconds'], ' s')}"
-                  + (f", {lag['commits']} committed transaction(s) not on {res['to']}" if lag.get("commits") is not None
-                     else "") + f"  [{lag['source']}]")
+        out.print(
+            f"  replication lag before promotion: {_fmt(lag['bytes'], ' bytes')}, {_fmt(lag['seconds'], ' s')}"
+            + (
+                f", {lag['commits']} committed transaction(s) not on {res['to']}"
+                if lag.get("commits") is not None
+                else ""
+            )
+            + f"  [{lag['source']}]"
+        )
         out.print(f"  fenced: {res['fenced']} (standby.signal; `xregion dr rejoin {res['fenced']}` to bring it back)")
-        out.print(f"  RTO: {_fmt(res['rto_seconds'], ' s')} from the {res['rto_start']} to the first MLflow write "
-                  f"(database writable after {res['database_writable_seconds']:.3f} s)")
+        out.print(
+            f"  RTO: {_fmt(res['rto_seconds'], ' s')} from the {res['rto_start']} to the first MLflow write "
+            f"(database writable after {res['database_writable_seconds']:.3f} s)"
+        )
         for name, m in res["mlflow"].items():
             out.print(f"  MLflow {name}: " + ("writes" if m["ok"] else (m["error"] or "no write")))
     if not res["ok"]:
@@ -83,8 +98,10 @@ def failover(to: str = typer.Option(..., "--to", help="Region whose standby beco
 
 
 @app.command()
-def switchover(to: str = typer.Option(..., "--to", help="Region whose standby becomes the primary."),
-               as_json: bool = typer.Option(False, "--json")) -> None:
+def switchover(
+    to: str = typer.Option(..., "--to", help="Region whose standby becomes the primary."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """Planned, zero-loss change of primary for maintenance; the old primary becomes a standby."""
     from . import failover as fo
 
@@ -93,18 +110,24 @@ def switchover(to: str = typer.Option(..., "--to", help="Region whose standby be
     if as_json:
         _json(res)
     else:
-        out.print(f"switchover {res['from']} -> {res['to']}: 0 bytes lost (shutdown checkpoint "
-                  f"{res['shutdown_checkpoint']} on {res['to']} before promotion)")
-        out.print(f"  write downtime {res['write_downtime_seconds']:.3f} s; {res['from']} rejoined by "
-                  f"{res['rejoin']['method']}")
+        out.print(
+            f"switchover {res['from']} -> {res['to']}: 0 bytes lost (shutdown checkpoint "
+            f"{res['shutdown_checkpoint']} on {res['to']} before promotion)"
+        )
+        out.print(
+            f"  write downtime {res['write_downtime_seconds']:.3f} s; {res['from']} rejoined by "
+            f"{res['rejoin']['method']}"
+        )
     if not res["ok"]:
         raise typer.Exit(1)
 
 
 @app.command()
-def rejoin(region: str = typer.Argument(..., help="The old primary (or any broken standby) to turn into a standby."),
-           no_basebackup: bool = typer.Option(False, help="Fail rather than fall back to a fresh base backup."),
-           as_json: bool = typer.Option(False, "--json")) -> None:
+def rejoin(
+    region: str = typer.Argument(..., help="The old primary (or any broken standby) to turn into a standby."),
+    no_basebackup: bool = typer.Option(False, help="Fail rather than fall back to a fresh base backup."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """Make REGION's node a streaming standby of the current primary (pg_rewind, else pg_basebackup)."""
     from . import failover as fo
 
@@ -129,8 +152,15 @@ def status(as_json: bool = typer.Option(False, "--json")) -> None:
         out.print(f"primary: {res['primary']}  (replication: {res.get('replication_mode')})")
         t = Table("region", "configured", "now", "fenced", "timeline", "lsn", "detail")
         for name, n in res["nodes"].items():
-            t.add_row(name, n.get("configured_role", ""), n["role"] or "[red]down[/red]", "yes" if n.get("fenced") else "",
-                      str(n["timeline"] or ""), n["lsn"] or "", n["error"] or "")
+            t.add_row(
+                name,
+                n.get("configured_role", ""),
+                n["role"] or "[red]down[/red]",
+                "yes" if n.get("fenced") else "",
+                str(n["timeline"] or ""),
+                n["lsn"] or "",
+                n["error"] or "",
+            )
         out.print(t)
         t = Table("standby", "state", "sync", "lag bytes", "lag s")
         for r in res["replication"]:
@@ -141,25 +171,39 @@ def status(as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 @app.command()
-def backup(verify: bool = typer.Option(False, "--verify", help="Then restore it into a scratch database and compare."),
-           retention: int = typer.Option(7, "--retention", help="Keep this many backups in the backup region."),
-           region: Optional[str] = typer.Option(None, "--region", help="Backup region (default: first non-primary)."),
-           include_artifacts: bool = typer.Option(False, "--include-artifacts",
-                                                  help="Also copy every artifact object into the backup."),
-           copy_to: Optional[Path] = typer.Option(None, "--copy-to", help="Also write the backup to this local dir."),
-           as_json: bool = typer.Option(False, "--json")) -> None:
+def backup(
+    verify: bool = typer.Option(False, "--verify", help="Then restore it into a scratch database and compare."),
+    retention: int = typer.Option(7, "--retention", help="Keep this many backups in the backup region."),
+    region: str | None = typer.Option(None, "--region", help="Backup region (default: first non-primary)."),
+    include_artifacts: bool = typer.Option(
+        False, "--include-artifacts", help="Also copy every artifact object into the backup."
+    ),
+    copy_to: Path | None = typer.Option(None, "--copy-to", help="Also write the backup to this local dir."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """pg_dump of the MLflow database + manifest of every artifact, stored in a non-primary region."""
     from . import backup as bk
 
     cfg, home = _ctx()
-    res = _run(bk.backup, cfg, home, retention=retention, region=region, include_artifacts=include_artifacts,
-               copy_to=copy_to, verify=verify, progress=_progress)
+    res = _run(
+        bk.backup,
+        cfg,
+        home,
+        retention=retention,
+        region=region,
+        include_artifacts=include_artifacts,
+        copy_to=copy_to,
+        verify=verify,
+        progress=_progress,
+    )
     if as_json:
         _json(res)
     else:
         out.print(f"backup {res['id']} in region {res['region']}: s3://{res['bucket']}/{res['prefix']}")
-        out.print(f"  dump {res['dump_bytes']} bytes ({res['dump_seconds']:.2f} s), {res['tables']} tables, "
-                  f"{res['artifact_objects']} artifact objects in the manifest; {res['seconds']:.2f} s in all")
+        out.print(
+            f"  dump {res['dump_bytes']} bytes ({res['dump_seconds']:.2f} s), {res['tables']} tables, "
+            f"{res['artifact_objects']} artifact objects in the manifest; {res['seconds']:.2f} s in all"
+        )
         if res["retention_removed"]:
             out.print(f"  retention {retention}: removed {', '.join(res['retention_removed'])}")
         if "verify" in res:
@@ -188,9 +232,11 @@ def backups(as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 @app.command()
-def restore(backup_ref: str = typer.Argument(..., metavar="BACKUP", help="Backup id, 'latest', or a local backup dir."),
-            force: bool = typer.Option(False, "--force", help="Replace a database that already holds runs."),
-            as_json: bool = typer.Option(False, "--json")) -> None:
+def restore(
+    backup_ref: str = typer.Argument(..., metavar="BACKUP", help="Backup id, 'latest', or a local backup dir."),
+    force: bool = typer.Option(False, "--force", help="Replace a database that already holds runs."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """Restore a backup into a fresh stack, keeping every id; put back and verify every artifact."""
     from . import backup as bk
 
@@ -200,12 +246,16 @@ def restore(backup_ref: str = typer.Argument(..., metavar="BACKUP", help="Backup
         _json(res)
     else:
         a = res["artifacts"]
-        out.print(f"restored {res['id']} into {res['database']} on {res['region']} in {res['db_seconds']:.2f} s: "
-                  + ("every table identical to the backup" if not res["differences"] else "DIFFERENCES"))
+        out.print(
+            f"restored {res['id']} into {res['database']} on {res['region']} in {res['db_seconds']:.2f} s: "
+            + ("every table identical to the backup" if not res["differences"] else "DIFFERENCES")
+        )
         for d in res["differences"]:
             out.print(f"  {d}")
-        out.print(f"artifacts: {a['verified']} verified, {a['copied']} put back, {len(a['missing'])} missing, "
-                  f"{len(a['mismatched'])} mismatched")
+        out.print(
+            f"artifacts: {a['verified']} verified, {a['copied']} put back, {len(a['missing'])} missing, "
+            f"{len(a['mismatched'])} mismatched"
+        )
         for m in a["missing"][:20]:
             out.print(f"  missing {m['key']} in {m['region']}")
     if not res["ok"]:
@@ -213,8 +263,10 @@ def restore(backup_ref: str = typer.Argument(..., metavar="BACKUP", help="Backup
 
 
 @app.command()
-def verify(deep: bool = typer.Option(False, "--deep", help="Also compare recorded sha256 across regions."),
-           as_json: bool = typer.Option(False, "--json")) -> None:
+def verify(
+    deep: bool = typer.Option(False, "--deep", help="Also compare recorded sha256 across regions."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """Every referenced artifact in every region, orphans, standby lag; exit 1 on any inconsistency."""
     from . import verify as vf
 
@@ -223,8 +275,10 @@ def verify(deep: bool = typer.Option(False, "--deep", help="Also compare recorde
     if as_json:
         _json(res)
     else:
-        out.print(f"primary {res['primary']}: {res['references']} references, {res['locations']} artifact locations; "
-                  + ", ".join(f"{n}: {c} objects" for n, c in res["objects"].items()))
+        out.print(
+            f"primary {res['primary']}: {res['references']} references, {res['locations']} artifact locations; "
+            + ", ".join(f"{n}: {c} objects" for n, c in res["objects"].items())
+        )
         t = Table("problem", "key", "region(s)", "owner")
         for m in res["missing"]:
             t.add_row("missing", m["key"], m["region"], m["owner"])
@@ -236,8 +290,14 @@ def verify(deep: bool = typer.Option(False, "--deep", help="Also compare recorde
             out.print(t)
         t = Table("standby", "node", "state", "sync", "lag bytes", "lag s")
         for r in res["replication"]:
-            t.add_row(r["standby"], r["node"], r["state"], str(r.get("sync_state", "")), str(r.get("lag_bytes", "")),
-                      _fmt(r.get("lag_seconds")))
+            t.add_row(
+                r["standby"],
+                r["node"],
+                r["state"],
+                str(r.get("sync_state", "")),
+                str(r.get("lag_bytes", "")),
+                _fmt(r.get("lag_seconds")),
+            )
         out.print(t)
         for u in res["unchecked"][:10]:
             out.print(f"[yellow]unchecked (not a replicated location): {u['owner']} {u['uri']}[/yellow]")

@@ -11,6 +11,7 @@ The MLflow servers are never restarted: their backend URI lists every node with
 target_session_attrs=read-write, and MLflow's engine uses pool_pre_ping, so the next request
 after promotion connects to the new primary.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -21,16 +22,29 @@ from pathlib import Path
 
 import psycopg2
 import requests
-
-from xregion import events
-from xregion.config import RegionConfig, XRegionConfig
 from xregion.infra import postgres as pg
 from xregion.infra.postgres import PG_BIN, SUPERUSER, _pg_user_kwargs, _prepare_dir, data_dir
 from xregion.infra.supervisor import Supervisor, SupervisorError
 
-from .nodes import (DRError, connect, controldata, current_primary, effective_config, load_state,
-                    lsn_int, make_standby_config, probe, probe_all, replication_rows, save_state,
-                    set_synchronous_standbys, unshipped_wal)
+from xregion import events
+from xregion.config import RegionConfig, XRegionConfig
+
+from .nodes import (
+    DRError,
+    connect,
+    controldata,
+    current_primary,
+    effective_config,
+    load_state,
+    lsn_int,
+    make_standby_config,
+    probe,
+    probe_all,
+    replication_rows,
+    save_state,
+    set_synchronous_standbys,
+    unshipped_wal,
+)
 
 CANARY_EXPERIMENT = "xregion-dr-canary"
 
@@ -50,8 +64,10 @@ def database_write(region: RegionConfig, timeout: float = 30.0) -> float:
         try:
             conn = connect(region)
             with conn.cursor() as cur:
-                cur.execute("create table if not exists xregion_dr_heartbeat (ts timestamptz primary key default now(), "
-                            "node text)")
+                cur.execute(
+                    "create table if not exists xregion_dr_heartbeat (ts timestamptz primary key default now(), "
+                    "node text)"
+                )
                 cur.execute("insert into xregion_dr_heartbeat (node) values (%s)", (region.name,))
             conn.close()
             return time.time()
@@ -77,26 +93,34 @@ class MlflowCanary:
     def _run(self) -> str:
         if self.run_id:
             return self.run_id
-        r = self.session.get(f"{self.url}/api/2.0/mlflow/experiments/get-by-name",
-                             params={"experiment_name": CANARY_EXPERIMENT}, timeout=5)
+        r = self.session.get(
+            f"{self.url}/api/2.0/mlflow/experiments/get-by-name",
+            params={"experiment_name": CANARY_EXPERIMENT},
+            timeout=5,
+        )
         if r.status_code == 200:
             exp = r.json()["experiment"]["experiment_id"]
         else:
             try:
                 exp = self._post("experiments/create", {"name": CANARY_EXPERIMENT})["experiment_id"]
             except requests.HTTPError:  # another region created it meanwhile
-                r = self.session.get(f"{self.url}/api/2.0/mlflow/experiments/get-by-name",
-                                     params={"experiment_name": CANARY_EXPERIMENT}, timeout=5)
+                r = self.session.get(
+                    f"{self.url}/api/2.0/mlflow/experiments/get-by-name",
+                    params={"experiment_name": CANARY_EXPERIMENT},
+                    timeout=5,
+                )
                 r.raise_for_status()
                 exp = r.json()["experiment"]["experiment_id"]
-        self.run_id = self._post("runs/create", {"experiment_id": exp, "start_time": int(time.time() * 1000),
-                                                 "run_name": "dr-canary"})["run"]["info"]["run_id"]
+        self.run_id = self._post(
+            "runs/create", {"experiment_id": exp, "start_time": int(time.time() * 1000), "run_name": "dr-canary"}
+        )["run"]["info"]["run_id"]
         return self.run_id
 
     def write(self) -> None:
         now = int(time.time() * 1000)
-        self._post("runs/log-metric", {"run_id": self._run(), "key": "write_ok", "value": 1.0,
-                                       "timestamp": now, "step": now})
+        self._post(
+            "runs/log-metric", {"run_id": self._run(), "key": "write_ok", "value": 1.0, "timestamp": now, "step": now}
+        )
 
     def wait_write(self, timeout: float) -> tuple[float | None, str | None]:
         """(time of the first acknowledged write, None) or (None, last error)."""
@@ -112,8 +136,9 @@ class MlflowCanary:
         return None, err
 
 
-def confirm_mlflow_writes(cfg: XRegionConfig, home: Path, timeout: float = 60.0,
-                          progress: Progress = _quiet) -> dict[str, dict]:
+def confirm_mlflow_writes(
+    cfg: XRegionConfig, home: Path, timeout: float = 60.0, progress: Progress = _quiet
+) -> dict[str, dict]:
     """Each region whose MLflow server is running must log a metric again."""
     sup = Supervisor(home)
     out = {}
@@ -130,12 +155,19 @@ def confirm_mlflow_writes(cfg: XRegionConfig, home: Path, timeout: float = 60.0,
 
 
 # --- lag -------------------------------------------------------------------------------------
-def replication_lag(cfg: XRegionConfig, home: Path, old: RegionConfig, target: RegionConfig,
-                    nodes: dict[str, dict]) -> dict:
+def replication_lag(
+    cfg: XRegionConfig, home: Path, old: RegionConfig, target: RegionConfig, nodes: dict[str, dict]
+) -> dict:
     """What the target lacks of the old primary, in bytes and seconds, measured before promotion."""
     tgt = nodes[target.name]
-    lag = {"source": None, "bytes": None, "seconds": None, "commits": None,
-           "target_receive_lsn": tgt.get("receive_lsn"), "target_replay_lsn": tgt.get("replay_lsn")}
+    lag = {
+        "source": None,
+        "bytes": None,
+        "seconds": None,
+        "commits": None,
+        "target_receive_lsn": tgt.get("receive_lsn"),
+        "target_replay_lsn": tgt.get("replay_lsn"),
+    }
     if nodes[old.name]["role"] == "primary":  # the old primary still answers: ask it
         rows = {r["standby"]: r for r in replication_rows(old)}
         row = rows.get(target.name)
@@ -151,17 +183,25 @@ def replication_lag(cfg: XRegionConfig, home: Path, old: RegionConfig, target: R
         if wal["commits"] and wal["last_commit_ts"] and tgt.get("last_replay_ts"):
             seconds = max(0.0, wal["last_commit_ts"] - tgt["last_replay_ts"])
         receive_gap = max(0, (lsn_int(tgt["receive_lsn"]) or 0) - (lsn_int(tgt["replay_lsn"]) or 0))
-        lag.update(source=f"{old.name}'s WAL on disk (pg_waldump) vs {target.name}'s received WAL",
-                   bytes=wal["bytes"], seconds=seconds, commits=wal["commits"], unreplayed_bytes=receive_gap)
+        lag.update(
+            source=f"{old.name}'s WAL on disk (pg_waldump) vs {target.name}'s received WAL",
+            bytes=wal["bytes"],
+            seconds=seconds,
+            commits=wal["commits"],
+            unreplayed_bytes=receive_gap,
+        )
     else:
-        lag.update(source=f"{old.name} unreachable and its WAL not readable: unknown; "
-                          f"{target.name} last replayed a commit at {tgt.get('last_replay_ts')}")
+        lag.update(
+            source=f"{old.name} unreachable and its WAL not readable: unknown; "
+            f"{target.name} last replayed a commit at {tgt.get('last_replay_ts')}"
+        )
     return lag
 
 
 # --- fencing ---------------------------------------------------------------------------------
-def fence(cfg: XRegionConfig, home: Path, old: RegionConfig, new_primary: RegionConfig,
-          progress: Progress = _quiet) -> None:
+def fence(
+    cfg: XRegionConfig, home: Path, old: RegionConfig, new_primary: RegionConfig, progress: Progress = _quiet
+) -> None:
     """The old primary can never come back as a primary on its own: stop it, make it a standby."""
     sup = Supervisor(home)
     name = f"{old.name}-postgres"
@@ -220,8 +260,9 @@ def _promote(region: RegionConfig) -> None:
     conn.close()
 
 
-def _other_standbys(cfg: XRegionConfig, home: Path, new_primary: RegionConfig, old: RegionConfig,
-                    progress: Progress) -> list[str]:
+def _other_standbys(
+    cfg: XRegionConfig, home: Path, new_primary: RegionConfig, old: RegionConfig, progress: Progress
+) -> list[str]:
     """Point standbys other than the promoted one at the new primary (primary_conninfo reloads)."""
     following = []
     for r in cfg.regions:
@@ -230,9 +271,13 @@ def _other_standbys(cfg: XRegionConfig, home: Path, new_primary: RegionConfig, o
         try:
             conn = connect(r)
             with conn.cursor() as cur:
-                cur.execute("alter system set primary_conninfo = %s",
-                            (f"host={new_primary.pg_host} port={new_primary.pg_port} user={SUPERUSER} "
-                             f"application_name={r.name}",))
+                cur.execute(
+                    "alter system set primary_conninfo = %s",
+                    (
+                        f"host={new_primary.pg_host} port={new_primary.pg_port} user={SUPERUSER} "
+                        f"application_name={r.name}",
+                    ),
+                )
                 cur.execute("select pg_reload_conf()")
             conn.close()
             following.append(r.name)
@@ -243,14 +288,18 @@ def _other_standbys(cfg: XRegionConfig, home: Path, new_primary: RegionConfig, o
 
 
 def _last_fault(home: Path, service: str, since: float) -> float | None:
-    faults = [e for e in events.read(home, kind="fault.", since=since)
-              if e.get("service") == service and e["kind"] in ("fault.kill", "fault.freeze")]
+    faults = [
+        e
+        for e in events.read(home, kind="fault.", since=since)
+        if e.get("service") == service and e["kind"] in ("fault.kill", "fault.freeze")
+    ]
     return faults[-1]["ts"] if faults else None
 
 
 # --- commands --------------------------------------------------------------------------------
-def failover(cfg: XRegionConfig, home: Path, to: str, progress: Progress = _quiet,
-             mlflow_timeout: float = 60.0) -> dict:
+def failover(
+    cfg: XRegionConfig, home: Path, to: str, progress: Progress = _quiet, mlflow_timeout: float = 60.0
+) -> dict:
     t0 = time.time()
     cfg = effective_config(cfg, home)
     target = cfg.region(to)
@@ -258,18 +307,23 @@ def failover(cfg: XRegionConfig, home: Path, to: str, progress: Progress = _quie
     if nodes[target.name]["role"] == "primary":
         raise DRError(f"{to} is already the primary; nothing to fail over")
     if not nodes[target.name]["reachable"]:
-        raise DRError(f"{to}-postgres is unreachable ({nodes[target.name]['error']}); start it or choose "
-                      f"another region")
+        raise DRError(
+            f"{to}-postgres is unreachable ({nodes[target.name]['error']}); start it or choose another region"
+        )
     if to in load_state(home).get("fenced", []):
-        raise DRError(f"{to} is fenced (an old primary that was never rejoined); promoting it would lose "
-                      f"the writes made since. Rejoin it first with `xregion dr rejoin {to}`.")
+        raise DRError(
+            f"{to} is fenced (an old primary that was never rejoined); promoting it would lose "
+            f"the writes made since. Rejoin it first with `xregion dr rejoin {to}`."
+        )
     old = cfg.region(current_primary(cfg, home, {k: v for k, v in nodes.items() if k != to}))
     progress(f"failover: {old.name} -> {target.name}")
 
     lag = replication_lag(cfg, home, old, target, nodes)
-    progress(f"replication lag before promotion: {lag['bytes']} bytes, {lag['seconds']} s"
-             + (f", {lag['commits']} committed transactions" if lag.get("commits") is not None else "")
-             + f" ({lag['source']})")
+    progress(
+        f"replication lag before promotion: {lag['bytes']} bytes, {lag['seconds']} s"
+        + (f", {lag['commits']} committed transactions" if lag.get("commits") is not None else "")
+        + f" ({lag['source']})"
+    )
 
     fence(cfg, home, old, target, progress)
     t_promote = time.time()
@@ -287,17 +341,27 @@ def failover(cfg: XRegionConfig, home: Path, to: str, progress: Progress = _quie
     fault_ts = _last_fault(home, f"{old.name}-postgres", since=t0 - 3600)
     start = fault_ts if fault_ts and fault_ts > _last_failover_ts(home) else t0
     result = {
-        "from": old.name, "to": target.name, "replication": cfg.postgres.replication, "lag": lag,
-        "synchronous_standby_names": sync_value, "fenced": old.name,
-        "rto_start": "fault" if start == fault_ts else "command", "rto_start_ts": start,
+        "from": old.name,
+        "to": target.name,
+        "replication": cfg.postgres.replication,
+        "lag": lag,
+        "synchronous_standby_names": sync_value,
+        "fenced": old.name,
+        "rto_start": "fault" if start == fault_ts else "command",
+        "rto_start_ts": start,
         "rto_seconds": round(first - start, 3) if first else None,
         "database_writable_seconds": round(t_db - start, 3),
         "command_seconds": round(time.time() - t0, 3),
         "promote_seconds": round(t_db - t_promote, 3),
-        "mlflow": mlflow, "ok": all(m["ok"] is not False for m in mlflow.values()),
+        "mlflow": mlflow,
+        "ok": all(m["ok"] is not False for m in mlflow.values()),
     }
-    events.record("failover", home, **{k: v for k, v in result.items() if k != "mlflow"},
-                  mlflow_ok={k: v["ok"] for k, v in mlflow.items()})
+    events.record(
+        "failover",
+        home,
+        **{k: v for k, v in result.items() if k != "mlflow"},
+        mlflow_ok={k: v["ok"] for k, v in mlflow.items()},
+    )
     return result
 
 
@@ -306,12 +370,17 @@ def _last_failover_ts(home: Path) -> float:
     return evs[-1]["ts"] if evs else 0.0
 
 
-DIVERGED = (b"forked off current database system timeline", b"is not in this server's history",
-            b"ahead of the WAL flush position", b"does not contain minimum recovery point")
+DIVERGED = (
+    b"forked off current database system timeline",
+    b"is not in this server's history",
+    b"ahead of the WAL flush position",
+    b"does not contain minimum recovery point",
+)
 
 
-def _start_standby(sup: Supervisor, svc, primary: RegionConfig, region: str, timeout: float,
-                   progress: Progress) -> bool:
+def _start_standby(
+    sup: Supervisor, svc, primary: RegionConfig, region: str, timeout: float, progress: Progress
+) -> bool:
     """Start the node as a standby; True once it streams, False as soon as it refuses the timeline."""
     log = sup.log(svc.name)
     offset = log.stat().st_size if log.exists() else 0
@@ -338,8 +407,15 @@ def _start_standby(sup: Supervisor, svc, primary: RegionConfig, region: str, tim
     return False
 
 
-def _rewind(sup: Supervisor, svc, home: Path, node: RegionConfig, primary: RegionConfig, stream_timeout: float,
-            progress: Progress) -> bool:
+def _rewind(
+    sup: Supervisor,
+    svc,
+    home: Path,
+    node: RegionConfig,
+    primary: RegionConfig,
+    stream_timeout: float,
+    progress: Progress,
+) -> bool:
     """pg_rewind the stopped node onto the primary's timeline and start it as a standby."""
     ddir = data_dir(home, node)
     sup.stop(svc.name)
@@ -350,9 +426,18 @@ def _rewind(sup: Supervisor, svc, home: Path, node: RegionConfig, primary: Regio
     # checkpoint completes, and pg_rewind would then see no divergence: checkpoint it now
     checkpoint(primary)
     proc = subprocess.run(
-        [str(PG_BIN / "pg_rewind"), "--target-pgdata", str(ddir), "--source-server",
-         f"host={primary.pg_host} port={primary.pg_port} user={SUPERUSER} dbname=postgres"],
-        capture_output=True, text=True, timeout=600, **_pg_user_kwargs())
+        [
+            str(PG_BIN / "pg_rewind"),
+            "--target-pgdata",
+            str(ddir),
+            "--source-server",
+            f"host={primary.pg_host} port={primary.pg_port} user={SUPERUSER} dbname=postgres",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        **_pg_user_kwargs(),
+    )
     detail = (proc.stdout + proc.stderr).strip()
     make_standby_config(home, node, primary)  # whatever happened, the node stays fenced
     progress(f"pg_rewind: {'ok' if proc.returncode == 0 else 'failed'}: {detail.splitlines()[-1] if detail else ''}")
@@ -364,8 +449,14 @@ def _rewind(sup: Supervisor, svc, home: Path, node: RegionConfig, primary: Regio
     return False
 
 
-def rejoin(cfg: XRegionConfig, home: Path, region: str, progress: Progress = _quiet,
-           allow_basebackup: bool = True, stream_timeout: float = 60.0) -> dict:
+def rejoin(
+    cfg: XRegionConfig,
+    home: Path,
+    region: str,
+    progress: Progress = _quiet,
+    allow_basebackup: bool = True,
+    stream_timeout: float = 60.0,
+) -> dict:
     """Turn ``region``'s node into a streaming standby of the current primary."""
     t0 = time.time()
     steps: list[str] = []
@@ -413,25 +504,55 @@ def rejoin(cfg: XRegionConfig, home: Path, region: str, progress: Progress = _qu
         progress(f"{region}: fresh base backup from {prim_name}")
         shutil.rmtree(ddir, ignore_errors=True)
         _prepare_dir(ddir)
-        pg._run([str(PG_BIN / "pg_basebackup"), "-h", primary.pg_host, "-p", str(primary.pg_port), "-U", SUPERUSER,
-                 "-D", str(ddir), "-R", "-X", "stream", "-c", "fast"], "pg_basebackup")
+        pg._run(
+            [
+                str(PG_BIN / "pg_basebackup"),
+                "-h",
+                primary.pg_host,
+                "-p",
+                str(primary.pg_port),
+                "-U",
+                SUPERUSER,
+                "-D",
+                str(ddir),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ],
+            "pg_basebackup",
+        )
         make_standby_config(home, node, primary)
         if not _start_standby(sup, svc, primary, region, 120.0, progress):
-            raise DRError(f"{region} does not stream from {prim_name} even after a fresh base backup; "
-                          f"see {sup.log(svc.name)}")
+            raise DRError(
+                f"{region} does not stream from {prim_name} even after a fresh base backup; see {sup.log(svc.name)}"
+            )
     progress(f"{region} streams from {prim_name} ({method})")
     fenced = [f for f in load_state(home).get("fenced", []) if f != region]
     save_state(home, fenced=fenced, primary=prim_name)
     rows = {r["standby"]: r for r in replication_rows(primary)}
     sync_value = set_synchronous_standbys(cfg, primary, sorted(n for n, r in rows.items() if r["state"] == "streaming"))
-    result = {"region": region, "primary": prim_name, "method": method, "synchronous_standby_names": sync_value,
-              "seconds": round(time.time() - t0, 3), "steps": steps}
+    result = {
+        "region": region,
+        "primary": prim_name,
+        "method": method,
+        "synchronous_standby_names": sync_value,
+        "seconds": round(time.time() - t0, 3),
+        "steps": steps,
+    }
     events.record("rejoin", home, **result)
     return result
 
 
-def switchover(cfg: XRegionConfig, home: Path, to: str, progress: Progress = _quiet,
-               catchup_timeout: float = 60.0, mlflow_timeout: float = 60.0) -> dict:
+def switchover(
+    cfg: XRegionConfig,
+    home: Path,
+    to: str,
+    progress: Progress = _quiet,
+    catchup_timeout: float = 60.0,
+    mlflow_timeout: float = 60.0,
+) -> dict:
     """Planned change of primary with zero loss: nothing is promoted before it has every byte."""
     t0 = time.time()
     cfg = effective_config(cfg, home)
@@ -456,8 +577,10 @@ def switchover(cfg: XRegionConfig, home: Path, to: str, progress: Progress = _qu
     final = controldata(data_dir(home, old))
     if final.get("Database cluster state") != "shut down":
         sup.start(svc_old)
-        raise DRError(f"{old_name} did not shut down cleanly ({final.get('Database cluster state')}); restarted it, "
-                      f"switchover abandoned")
+        raise DRError(
+            f"{old_name} did not shut down cleanly ({final.get('Database cluster state')}); restarted it, "
+            f"switchover abandoned"
+        )
     shutdown_lsn = final["Latest checkpoint location"]
     deadline = time.monotonic() + catchup_timeout
     tgt = probe(target)
@@ -468,9 +591,11 @@ def switchover(cfg: XRegionConfig, home: Path, to: str, progress: Progress = _qu
         time.sleep(0.2)
     else:
         sup.start(svc_old)
-        raise DRError(f"{to} did not receive {old_name}'s shutdown checkpoint {shutdown_lsn} within "
-                      f"{catchup_timeout:.0f}s (has {tgt['receive_lsn']}); {old_name} restarted as primary, "
-                      f"switchover abandoned")
+        raise DRError(
+            f"{to} did not receive {old_name}'s shutdown checkpoint {shutdown_lsn} within "
+            f"{catchup_timeout:.0f}s (has {tgt['receive_lsn']}); {old_name} restarted as primary, "
+            f"switchover abandoned"
+        )
     progress(f"{to} has all WAL up to {old_name}'s shutdown checkpoint {shutdown_lsn}: zero loss")
     make_standby_config(home, old, target)
     save_state(home, fenced=sorted(set(load_state(home).get("fenced", [])) | {old_name}))
@@ -484,10 +609,17 @@ def switchover(cfg: XRegionConfig, home: Path, to: str, progress: Progress = _qu
     rejoined = rejoin(cfg, home, old_name, progress)
     mlflow = confirm_mlflow_writes(cfg, home, mlflow_timeout, progress)
     first = min((m["ts"] for m in mlflow.values() if m["ts"]), default=None)
-    result = {"from": old_name, "to": to, "lost_bytes": 0, "shutdown_checkpoint": shutdown_lsn,
-              "write_downtime_seconds": round((first or t_db) - t_stop, 3), "rejoin": rejoined,
-              "command_seconds": round(time.time() - t0, 3), "mlflow": mlflow,
-              "ok": all(m["ok"] is not False for m in mlflow.values())}
+    result = {
+        "from": old_name,
+        "to": to,
+        "lost_bytes": 0,
+        "shutdown_checkpoint": shutdown_lsn,
+        "write_downtime_seconds": round((first or t_db) - t_stop, 3),
+        "rejoin": rejoined,
+        "command_seconds": round(time.time() - t0, 3),
+        "mlflow": mlflow,
+        "ok": all(m["ok"] is not False for m in mlflow.values()),
+    }
     events.record("switchover", home, **{k: v for k, v in result.items() if k != "mlflow"})
     return result
 
@@ -507,5 +639,10 @@ def status(cfg: XRegionConfig, home: Path) -> dict:
     for name, n in nodes.items():
         n["fenced"] = name in state.get("fenced", [])
         n["configured_role"] = cfg.region(name).role
-    return {"primary": primary, "replication_mode": cfg.postgres.replication, "nodes": nodes,
-            "replication": repl, "state": state}
+    return {
+        "primary": primary,
+        "replication_mode": cfg.postgres.replication,
+        "nodes": nodes,
+        "replication": repl,
+        "state": state,
+    }

@@ -8,6 +8,7 @@ primaries that must never take writes on their own again). ``effective_config`` 
 regions file plus that state into the config with today's roles, so ``xregion up`` and every
 ``xregion dr`` command agree on who is primary.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,10 +20,10 @@ import time
 from pathlib import Path
 
 import psycopg2
-
-from xregion.config import RegionConfig, XRegionConfig
 from xregion.infra import postgres as pg
 from xregion.infra.postgres import PG_BIN, SUPERUSER, _pg_user_kwargs, _run_as_postgres, data_dir, superuser_dsn
+
+from xregion.config import RegionConfig, XRegionConfig
 
 STATE_FILE = "dr-state.json"
 
@@ -72,8 +73,17 @@ def connect(region: RegionConfig, dbname: str = "postgres", timeout: int = 3):
 
 def probe(region: RegionConfig, timeout: int = 3) -> dict:
     """One node: reachable, role, WAL positions, and (standby) the last replayed commit time."""
-    out = {"region": region.name, "reachable": False, "role": None, "lsn": None, "receive_lsn": None,
-           "replay_lsn": None, "last_replay_ts": None, "timeline": None, "error": None}
+    out = {
+        "region": region.name,
+        "reachable": False,
+        "role": None,
+        "lsn": None,
+        "receive_lsn": None,
+        "replay_lsn": None,
+        "last_replay_ts": None,
+        "timeline": None,
+        "error": None,
+    }
     try:
         conn = connect(region, timeout=timeout)
     except psycopg2.Error as exc:
@@ -90,8 +100,10 @@ def probe(region: RegionConfig, timeout: int = 3) -> dict:
                 rcv, rpl, ts = cur.fetchone()
                 out.update(receive_lsn=rcv, replay_lsn=rpl, lsn=rpl, last_replay_ts=float(ts) if ts else None)
             else:  # the checkpoint's timeline lags a promotion; the current WAL file's name does not
-                cur.execute("select pg_current_wal_lsn()::text, "
-                            "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int")
+                cur.execute(
+                    "select pg_current_wal_lsn()::text, "
+                    "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"
+                )
                 out["lsn"], out["timeline"] = cur.fetchone()
     finally:
         conn.close()
@@ -112,8 +124,10 @@ def current_primary(cfg: XRegionConfig, home: Path, nodes: dict[str, dict] | Non
     writable = [n for n, p in nodes.items() if p["role"] == "primary"]
     live = [n for n in writable if n not in fenced]
     if len(writable) > 1:
-        raise DRError(f"more than one node accepts writes ({', '.join(writable)}): split brain. "
-                      f"Fence the stale one with `xregion dr rejoin REGION`.")
+        raise DRError(
+            f"more than one node accepts writes ({', '.join(writable)}): split brain. "
+            f"Fence the stale one with `xregion dr rejoin REGION`."
+        )
     if live:
         return live[0]
     return load_state(home).get("primary") or cfg.primary.name
@@ -135,8 +149,10 @@ def replication_rows(primary: RegionConfig) -> list[dict]:
                               pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint,
                               extract(epoch from coalesce(replay_lag, '0'::interval))::float8
                        from pg_stat_replication""")
-        rows = [dict(zip(("standby", "state", "sync_state", "flush_lag_bytes", "lag_bytes", "lag_seconds"), r))
-                for r in cur.fetchall()]
+        rows = [
+            dict(zip(("standby", "state", "sync_state", "flush_lag_bytes", "lag_bytes", "lag_seconds"), r))
+            for r in cur.fetchall()
+        ]
     conn.close()
     return rows
 
@@ -170,13 +186,20 @@ def make_standby_config(home: Path, region: RegionConfig, primary: RegionConfig)
     sig = ddir / "standby.signal"
     sig.write_text("")
     _chown_pg(sig)
-    set_auto_conf(ddir, {"cluster_name": region.name, "primary_conninfo": conninfo(primary, region.name),
-                         "synchronous_standby_names": ""})
+    set_auto_conf(
+        ddir,
+        {
+            "cluster_name": region.name,
+            "primary_conninfo": conninfo(primary, region.name),
+            "synchronous_standby_names": "",
+        },
+    )
 
 
 def controldata(datadir: Path) -> dict[str, str]:
-    proc = subprocess.run([str(PG_BIN / "pg_controldata"), "-D", str(datadir)], capture_output=True, text=True,
-                          **_pg_user_kwargs())
+    proc = subprocess.run(
+        [str(PG_BIN / "pg_controldata"), "-D", str(datadir)], capture_output=True, text=True, **_pg_user_kwargs()
+    )
     if proc.returncode != 0:
         raise DRError(f"pg_controldata {datadir} failed: {proc.stderr.strip()}")
     return {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in proc.stdout.splitlines()) if v}
@@ -202,8 +225,13 @@ def unshipped_wal(home: Path, region: RegionConfig, from_lsn: str) -> dict | Non
     if not tlis:
         return None
     tli = str(max(tlis))
-    proc = subprocess.run([str(PG_BIN / "pg_waldump"), "-p", str(ddir / "pg_wal"), "-t", tli, "-s", from_lsn],
-                          capture_output=True, text=True, timeout=60, **_pg_user_kwargs())
+    proc = subprocess.run(
+        [str(PG_BIN / "pg_waldump"), "-p", str(ddir / "pg_wal"), "-t", tli, "-s", from_lsn],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **_pg_user_kwargs(),
+    )
     end, commits, last_commit = lsn_int(from_lsn), 0, None
     from datetime import datetime
 
@@ -254,6 +282,21 @@ def set_synchronous_standbys(cfg: XRegionConfig, primary: RegionConfig, standbys
     return value
 
 
-__all__ = ["DRError", "pg", "load_state", "save_state", "effective_config", "probe", "probe_all",
-           "current_primary", "replication_rows", "make_standby_config", "set_auto_conf", "unshipped_wal",
-           "wait_streaming", "set_synchronous_standbys", "lsn_int", "controldata"]
+__all__ = [
+    "DRError",
+    "pg",
+    "load_state",
+    "save_state",
+    "effective_config",
+    "probe",
+    "probe_all",
+    "current_primary",
+    "replication_rows",
+    "make_standby_config",
+    "set_auto_conf",
+    "unshipped_wal",
+    "wait_streaming",
+    "set_synchronous_standbys",
+    "lsn_int",
+    "controldata",
+]

@@ -10,6 +10,7 @@ stream makes the result not ok (``xregion dr verify`` exits 1). Locations that a
 replicated URIs (``file:``, a plain ``s3://`` bucket) cannot be checked across regions; they are
 listed as ``unchecked`` and do not fail the check.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -127,8 +128,11 @@ def verify(cfg: XRegionConfig, home: Path, deep: bool = False) -> dict:
                 hashes = {n: regions[n].stat(key).sha256 for n in present}
                 if len({h for h in hashes.values() if h}) > 1:
                     mismatched.append({"key": key, "owner": owner, "sha256": hashes})
-    orphans = [{"key": k, "regions": sorted(n for n, o in objects.items() if k in o)}
-               for k in all_keys if k not in covered and (k.startswith(art + "/") or not art)]
+    orphans = [
+        {"key": k, "regions": sorted(n for n, o in objects.items() if k in o)}
+        for k in all_keys
+        if k not in covered and (k.startswith(art + "/") or not art)
+    ]
 
     # --- the database standbys
     replication = []
@@ -138,8 +142,13 @@ def verify(cfg: XRegionConfig, home: Path, deep: bool = False) -> dict:
             if r.name == primary:
                 continue
             row = rows.get(r.name)
-            replication.append({"standby": r.name, **(row or {"state": "not streaming"}),
-                                "node": nodes[r.name]["role"] or "unreachable"})
+            replication.append(
+                {
+                    "standby": r.name,
+                    **(row or {"state": "not streaming"}),
+                    "node": nodes[r.name]["role"] or "unreachable",
+                }
+            )
             if not row or row["state"] != "streaming":
                 problems.append(f"standby {r.name} is not streaming from {primary}")
     else:
@@ -150,6 +159,16 @@ def verify(cfg: XRegionConfig, home: Path, deep: bool = False) -> dict:
         problems.append(f"{len(mismatched)} object(s) differ between regions")
     if orphans:
         problems.append(f"{len(orphans)} orphan object(s) that nothing references")
-    return {"ok": not problems, "primary": primary, "references": len(refs), "locations": len(prefixes),
-            "objects": {n: len(o) for n, o in objects.items()}, "missing": missing, "mismatched": mismatched,
-            "orphans": orphans, "unchecked": unchecked, "replication": replication, "problems": problems}
+    return {
+        "ok": not problems,
+        "primary": primary,
+        "references": len(refs),
+        "locations": len(prefixes),
+        "objects": {n: len(o) for n, o in objects.items()},
+        "missing": missing,
+        "mismatched": mismatched,
+        "orphans": orphans,
+        "unchecked": unchecked,
+        "replication": replication,
+        "problems": problems,
+    }

@@ -14,6 +14,7 @@ another server, i.e. another region. Bad input is the client's: 4xx answers do n
 health checks (they only look at ``/ping``), oversized bodies get 413 from HAProxy itself, and
 only the scoring paths reach a backend.
 """
+
 from __future__ import annotations
 
 import csv
@@ -37,17 +38,17 @@ LOG_TAG = "xrlog"
 class Tuning:
     """Data-plane timings and limits (stored in the router state; env XREGION_HAPROXY_<NAME> overrides)."""
 
-    inter_ms: int = 200            # health-check interval
-    fall: int = 2                  # failed checks to mark a server down
-    rise: int = 2                  # passed checks to mark it up again
-    check_timeout_ms: int = 500    # a frozen server's check fails after this
+    inter_ms: int = 200  # health-check interval
+    fall: int = 2  # failed checks to mark a server down
+    rise: int = 2  # passed checks to mark it up again
+    check_timeout_ms: int = 500  # a frozen server's check fails after this
     connect_timeout_ms: int = 200  # a connect to a dead/frozen host is retried elsewhere after this
     server_timeout_ms: int = 3000  # a request stuck on a frozen server is retried elsewhere after this
     retries: int = 3
-    max_body_bytes: int = 65536    # larger scoring requests are refused with 413
+    max_body_bytes: int = 65536  # larger scoring requests are refused with 413
 
     @classmethod
-    def from_env(cls, base: dict | None = None) -> "Tuning":
+    def from_env(cls, base: dict | None = None) -> Tuning:
         values = {**asdict(cls()), **(base or {})}
         for name in values:
             env = os.environ.get(f"XREGION_HAPROXY_{name.upper()}")
@@ -63,8 +64,13 @@ class Tuning:
 
 def paths(home: Path) -> dict[str, Path]:
     d = Path(home) / "haproxy"
-    return {"dir": d, "cfg": d / "haproxy.cfg", "socket": d / "admin.sock", "map": d / "active.map",
-            "log": d / "log.sock"}
+    return {
+        "dir": d,
+        "cfg": d / "haproxy.cfg",
+        "socket": d / "admin.sock",
+        "map": d / "active.map",
+        "log": d / "log.sock",
+    }
 
 
 def binary() -> str:
@@ -79,8 +85,9 @@ def _hp(url: str) -> tuple[str, int]:
     return p.hostname or "127.0.0.1", p.port or 80
 
 
-def render(cfg: XRegionConfig, home: Path, servers: dict[str, dict[str, tuple[str, int] | None]],
-           active: str, tuning: Tuning) -> str:
+def render(
+    cfg: XRegionConfig, home: Path, servers: dict[str, dict[str, tuple[str, int] | None]], active: str, tuning: Tuning
+) -> str:
     """The configuration. ``servers[slot][region]`` is (host, port) or None (no server yet: disabled)."""
     p = paths(home)
     fh, fp = _hp(cfg.serving.frontend_url)
@@ -214,8 +221,11 @@ class RuntimeAPI:
 
     def checked(self, cmd: str) -> str:
         out = self.command(cmd).strip()
-        if out and not out.startswith("Done") and any(w in out.lower() for w in ("unknown", "error", "no such",
-                                                                                 "not found", "invalid", "require")):
+        if (
+            out
+            and not out.startswith("Done")
+            and any(w in out.lower() for w in ("unknown", "error", "no such", "not found", "invalid", "require"))
+        ):
             raise RuntimeAPIError(f"HAProxy refused {cmd!r}: {out}")
         return out
 

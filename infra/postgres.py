@@ -4,6 +4,7 @@ streaming replica made with ``pg_basebackup -R``.
 The server binaries refuse to run as root, so as root every Postgres command runs as the
 ``postgres`` user; the data directories under XREGION_HOME are handed to that user.
 """
+
 from __future__ import annotations
 
 import os
@@ -72,7 +73,8 @@ def _prepare_dir(path: Path) -> None:
         if probe.returncode != 0:
             raise SupervisorError(
                 f"the postgres user cannot reach {path}: a parent directory is not searchable by others. "
-                f"Set XREGION_HOME to a directory under a world-searchable path (e.g. /var/tmp/xregion).")
+                f"Set XREGION_HOME to a directory under a world-searchable path (e.g. /var/tmp/xregion)."
+            )
 
 
 def _run(argv: list[str], what: str) -> None:
@@ -82,16 +84,29 @@ def _run(argv: list[str], what: str) -> None:
 
 
 def service(cfg: XRegionConfig, region: RegionConfig, home: Path) -> Service:
-    argv = [str(PG_BIN / "postgres"), "-D", str(data_dir(home, region)), "-p", str(region.pg_port),
-            "-c", f"listen_addresses={region.pg_host}", "-c", "unix_socket_directories="]
+    argv = [
+        str(PG_BIN / "postgres"),
+        "-D",
+        str(data_dir(home, region)),
+        "-p",
+        str(region.pg_port),
+        "-c",
+        f"listen_addresses={region.pg_host}",
+        "-c",
+        "unix_socket_directories=",
+    ]
     return Service(
-        name=f"{region.name}-postgres", region=region.name, component="postgres", argv=argv,
+        name=f"{region.name}-postgres",
+        region=region.name,
+        component="postgres",
+        argv=argv,
         listen=(region.pg_host, region.pg_port),
         health={"type": "postgres", "dsn": superuser_dsn(region)},
         user=SUPERUSER if _run_as_postgres() else None,
         stop_signal=signal.SIGINT,  # "fast" shutdown: SIGTERM would wait for clients to leave
         lock_file=str(data_dir(home, region) / "postmaster.pid"),
-        start_timeout=60)
+        start_timeout=60,
+    )
 
 
 def superuser_dsn(region: RegionConfig, dbname: str = "postgres") -> str:
@@ -104,8 +119,19 @@ def init_primary(cfg: XRegionConfig, region: RegionConfig, home: Path, progress=
         return
     progress(f"{region.name}-postgres: initdb")
     _prepare_dir(path)
-    _run([str(PG_BIN / "initdb"), "-D", str(path), "-U", SUPERUSER, "--auth=trust",
-          "--encoding=UTF8", "--locale=C.UTF-8"], "initdb")
+    _run(
+        [
+            str(PG_BIN / "initdb"),
+            "-D",
+            str(path),
+            "-U",
+            SUPERUSER,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+        ],
+        "initdb",
+    )
     with open(path / "postgresql.conf", "a") as f:
         f.write(POSTGRES_CONF)
     (path / "pg_hba.conf").write_text(HBA)
@@ -134,13 +160,32 @@ def init_standby(cfg: XRegionConfig, region: RegionConfig, home: Path, progress=
     progress(f"{region.name}-postgres: pg_basebackup from {cfg.primary.name}")
     _prepare_dir(path)
     primary = cfg.primary
-    _run([str(PG_BIN / "pg_basebackup"), "-h", primary.pg_host, "-p", str(primary.pg_port), "-U", SUPERUSER,
-          "-D", str(path), "-R", "-X", "stream", "-c", "fast"], "pg_basebackup")
+    _run(
+        [
+            str(PG_BIN / "pg_basebackup"),
+            "-h",
+            primary.pg_host,
+            "-p",
+            str(primary.pg_port),
+            "-U",
+            SUPERUSER,
+            "-D",
+            str(path),
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+        ],
+        "pg_basebackup",
+    )
     # name the standby so synchronous_standby_names and pg_stat_replication can refer to it
     with open(path / "postgresql.auto.conf", "a") as f:
         f.write(f"cluster_name = '{region.name}'\n")
-        f.write(f"primary_conninfo = 'host={primary.pg_host} port={primary.pg_port} user={SUPERUSER} "
-                f"application_name={region.name}'\n")
+        f.write(
+            f"primary_conninfo = 'host={primary.pg_host} port={primary.pg_port} user={SUPERUSER} "
+            f"application_name={region.name}'\n"
+        )
 
 
 def apply_replication_mode(cfg: XRegionConfig, progress=print) -> None:

@@ -36,6 +36,7 @@ Without a state file (compose, Kubernetes: HAProxy and the model servers are the
 router only watches: failover/recovery events and metrics from the runtime API named by
 ``XREGION_HAPROXY_RUNTIME_API``.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,20 +66,20 @@ log = logging.getLogger("xregion.router")
 class Policy:
     """Control-plane settings (stored in the router state; env XREGION_ROUTER_<NAME> overrides)."""
 
-    bake_s: float = 60.0            # the window after a switch in which a bad version is rolled back
-    max_error_rate: float = 0.05    # 5xx / requests of the new version
-    max_p99_ms: float = 1000.0      # p99 of HAProxy's total request time for the new version
+    bake_s: float = 60.0  # the window after a switch in which a bad version is rolled back
+    max_error_rate: float = 0.05  # 5xx / requests of the new version
+    max_p99_ms: float = 1000.0  # p99 of HAProxy's total request time for the new version
     max_4xx_increase: float = 0.10  # 4xx rate of the new version minus the old one's (MLflow answers 400
-                                    # when a model's predict raises, so a broken model shows as 4xx)
-    min_requests: int = 20          # judge only after this many requests in the window
-    poll_s: float = 1.0             # registry poll interval
-    stats_interval_s: float = 0.1   # HAProxy stats poll interval (failover detection resolution)
+    # when a model's predict raises, so a broken model shows as 4xx)
+    min_requests: int = 20  # judge only after this many requests in the window
+    poll_s: float = 1.0  # registry poll interval
+    stats_interval_s: float = 0.1  # HAProxy stats poll interval (failover detection resolution)
     start_timeout_s: float = 240.0  # a model server must answer /ping within this
-    smoke_test: int = 1             # before a switch, each new server must answer the version's own
-                                    # serving input example with 200 (0: off; the bake window still judges)
+    smoke_test: int = 1  # before a switch, each new server must answer the version's own
+    # serving input example with 200 (0: off; the bake window still judges)
 
     @classmethod
-    def from_env(cls, base: dict | None = None) -> "Policy":
+    def from_env(cls, base: dict | None = None) -> Policy:
         values = {**asdict(cls()), **(base or {})}
         for name, default in asdict(cls()).items():
             env = os.environ.get(f"XREGION_ROUTER_{name.upper()}")
@@ -119,35 +120,78 @@ def _hp(url: str) -> tuple[str, int]:
 
 
 # --- services ----------------------------------------------------------------------------------
-def serving_service(cfg: XRegionConfig, region: str, home: Path, model: str, version: str, port: int,
-                    name: str | None = None, start_timeout: float = 240.0) -> Service:
+def serving_service(
+    cfg: XRegionConfig,
+    region: str,
+    home: Path,
+    model: str,
+    version: str,
+    port: int,
+    name: str | None = None,
+    start_timeout: float = 240.0,
+) -> Service:
     r = cfg.region(region)
     host = _hp(r.serving_url)[0]
-    argv = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{model}/{version}", "--env-manager", "local",
-            "-h", host, "-p", str(port), "-w", "1"]
-    return Service(name=name or f"{region}-serving", region=region, component="serving", argv=argv,
-                   listen=(host, port), health={"type": "http", "url": f"http://{host}:{port}/ping"},
-                   env={**child_env(cfg, r, home), "MLFLOW_TRACKING_URI": r.mlflow_url, "MLFLOW_REGISTRY_URI": r.mlflow_url,
-                        "XREGION_SERVING_VERSION": str(version)},
-                   cwd=str(home), start_timeout=start_timeout)
+    argv = [
+        str(BIN / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        f"models:/{model}/{version}",
+        "--env-manager",
+        "local",
+        "-h",
+        host,
+        "-p",
+        str(port),
+        "-w",
+        "1",
+    ]
+    return Service(
+        name=name or f"{region}-serving",
+        region=region,
+        component="serving",
+        argv=argv,
+        listen=(host, port),
+        health={"type": "http", "url": f"http://{host}:{port}/ping"},
+        env={
+            **child_env(cfg, r, home),
+            "MLFLOW_TRACKING_URI": r.mlflow_url,
+            "MLFLOW_REGISTRY_URI": r.mlflow_url,
+            "XREGION_SERVING_VERSION": str(version),
+        },
+        cwd=str(home),
+        start_timeout=start_timeout,
+    )
 
 
 def haproxy_service(cfg: XRegionConfig, home: Path) -> Service:
     host, port = _hp(cfg.serving.frontend_url)
-    return Service(name="haproxy", region=cfg.primary.name, component="haproxy",
-                   argv=[haproxy.binary(), "-W", "-db", "-f", str(haproxy.paths(home)["cfg"])],
-                   listen=(host, port),
-                   health={"type": "http", "url": f"{cfg.serving.frontend_url}{haproxy.MONITOR_URI}"},
-                   cwd=str(home), start_timeout=30, stop_signal=15)
+    return Service(
+        name="haproxy",
+        region=cfg.primary.name,
+        component="haproxy",
+        argv=[haproxy.binary(), "-W", "-db", "-f", str(haproxy.paths(home)["cfg"])],
+        listen=(host, port),
+        health={"type": "http", "url": f"{cfg.serving.frontend_url}{haproxy.MONITOR_URI}"},
+        cwd=str(home),
+        start_timeout=30,
+        stop_signal=15,
+    )
 
 
 def router_service(cfg: XRegionConfig, home: Path, port: int) -> Service:
-    return Service(name="router", region=cfg.primary.name, component="router",
-                   argv=[str(BIN / "xregion"), "router", "run"], listen=("127.0.0.1", port),
-                   health={"type": "http", "url": f"http://127.0.0.1:{port}/healthz"},
-                   env={**child_env(cfg, cfg.primary, home),
-                        "XREGION_HAPROXY_RUNTIME_API": str(haproxy.paths(home)["socket"])},
-                   cwd=str(home), start_timeout=60)
+    return Service(
+        name="router",
+        region=cfg.primary.name,
+        component="router",
+        argv=[str(BIN / "xregion"), "router", "run"],
+        listen=("127.0.0.1", port),
+        health={"type": "http", "url": f"http://127.0.0.1:{port}/healthz"},
+        env={**child_env(cfg, cfg.primary, home), "XREGION_HAPROXY_RUNTIME_API": str(haproxy.paths(home)["socket"])},
+        cwd=str(home),
+        start_timeout=60,
+    )
 
 
 _SPAWN = """
@@ -166,10 +210,17 @@ def spawn_detached(home: Path, svc: Service) -> None:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", _SPAWN, str(home)], input=json.dumps(asdict(svc)),
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", _SPAWN, str(home)],
+        input=json.dumps(asdict(svc)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if out.returncode != 0:
-        raise StartFailed(f"{svc.name}: spawn failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
+        raise StartFailed(
+            f"{svc.name}: spawn failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}"
+        )
 
 
 def _registry_client(cfg: XRegionConfig):
@@ -195,9 +246,17 @@ def wait_servers_up(api: RuntimeAPI, backend: str, servers: list[str], timeout: 
     raise StartFailed(f"HAProxy does not see {backend} servers {servers} UP after {timeout:.0f}s: {status}")
 
 
-def start_serving(cfg: XRegionConfig, home: Path, progress=print, regions: list[str] | None = None, *,
-                  policy: Policy | None = None, tuning: Tuning | None = None, model: str | None = None,
-                  version: str | None = None) -> None:
+def start_serving(
+    cfg: XRegionConfig,
+    home: Path,
+    progress=print,
+    regions: list[str] | None = None,
+    *,
+    policy: Policy | None = None,
+    tuning: Tuning | None = None,
+    model: str | None = None,
+    version: str | None = None,
+) -> None:
     """Model servers for the production version in every region (or ``regions``), HAProxy in front
     of them, and the router that follows the registry. Waits until traffic flows through HAProxy."""
     home = Path(home)
@@ -214,22 +273,40 @@ def start_serving(cfg: XRegionConfig, home: Path, progress=print, regions: list[
         if mv is None:
             raise SupervisorError(
                 f"no version of {model} holds @{cfg.registry.production_alias} or is in "
-                f"{cfg.registry.production_stage}: promote one first (xregion promote {model} VERSION)")
+                f"{cfg.registry.production_stage}: promote one first (xregion promote {model} VERSION)"
+            )
         version = str(mv.version)
     servers = {"bk_blue": {r: _hp(cfg.region(r).serving_url) for r in names}, "bk_green": {r: None for r in names}}
     cfg_path = haproxy.write(cfg, home, servers, "bk_blue", tuning)
     haproxy.check_config(cfg_path)
     metrics_port = free_port()
-    state = {"model": model, "regions": names, "active": "bk_blue", "rejected": {},
-             "slots": {"bk_blue": {"version": version,
-                                   "servers": {r: {"service": f"{r}-serving", "host": servers["bk_blue"][r][0],
-                                                   "port": servers["bk_blue"][r][1]} for r in names}},
-                       "bk_green": None},
-             "next": None, "policy": asdict(policy), "tuning": asdict(tuning), "metrics_port": metrics_port,
-             "runtime_api": str(haproxy.paths(home)["socket"]), "started": time.time()}
+    state = {
+        "model": model,
+        "regions": names,
+        "active": "bk_blue",
+        "rejected": {},
+        "slots": {
+            "bk_blue": {
+                "version": version,
+                "servers": {
+                    r: {"service": f"{r}-serving", "host": servers["bk_blue"][r][0], "port": servers["bk_blue"][r][1]}
+                    for r in names
+                },
+            },
+            "bk_green": None,
+        },
+        "next": None,
+        "policy": asdict(policy),
+        "tuning": asdict(tuning),
+        "metrics_port": metrics_port,
+        "runtime_api": str(haproxy.paths(home)["socket"]),
+        "started": time.time(),
+    }
     save_state(home, state)
-    svcs = [serving_service(cfg, r, home, model, version, servers["bk_blue"][r][1],
-                            start_timeout=policy.start_timeout_s) for r in names]
+    svcs = [
+        serving_service(cfg, r, home, model, version, servers["bk_blue"][r][1], start_timeout=policy.start_timeout_s)
+        for r in names
+    ]
     progress(f"starting model servers for {model} version {version} in region(s) {', '.join(names)}")
     for s in svcs:
         sup.spawn(s)
@@ -240,8 +317,9 @@ def start_serving(cfg: XRegionConfig, home: Path, progress=print, regions: list[
     wait_servers_up(api, "bk_blue", names, timeout=60)
     progress("starting the router")
     sup.start(router_service(cfg, home, metrics_port), progress=progress)
-    events.record("serving.started", home, model=model, version=version, regions=names,
-                  frontend=cfg.serving.frontend_url)
+    events.record(
+        "serving.started", home, model=model, version=version, regions=names, frontend=cfg.serving.frontend_url
+    )
 
 
 def stop_serving(home: Path, progress=None) -> list[str]:
@@ -263,20 +341,40 @@ def serving_status(cfg: XRegionConfig, home: Path) -> dict:
     home = Path(home)
     sup = Supervisor(home)
     state = load_state(home)
-    out: dict = {"running": state is not None, "frontend": cfg.serving.frontend_url,
-                 "stats": cfg.serving.haproxy_stats_url, "services": [], "servers": [], "versions": {}}
+    out: dict = {
+        "running": state is not None,
+        "frontend": cfg.serving.frontend_url,
+        "stats": cfg.serving.haproxy_stats_url,
+        "services": [],
+        "servers": [],
+        "versions": {},
+    }
     for s in sup.known():
         if s.component in ("serving", "haproxy", "router"):
             st = sup.state(s.name)
             healthy = check_health(s, timeout=1.0)[0] if st == "running" else False
-            out["services"].append({"service": s.name, "region": s.region, "component": s.component,
-                                    "state": st, "healthy": healthy,
-                                    "listen": ":".join(map(str, s.listen)) if s.listen else "",
-                                    "version": s.env.get("XREGION_SERVING_VERSION")})
+            out["services"].append(
+                {
+                    "service": s.name,
+                    "region": s.region,
+                    "component": s.component,
+                    "state": st,
+                    "healthy": healthy,
+                    "listen": ":".join(map(str, s.listen)) if s.listen else "",
+                    "version": s.env.get("XREGION_SERVING_VERSION"),
+                }
+            )
     if state:
-        out.update({"model": state["model"], "active": state["active"], "next": state.get("next"),
-                    "policy": state["policy"], "tuning": state["tuning"],
-                    "router_metrics": f"http://127.0.0.1:{state['metrics_port']}/metrics"})
+        out.update(
+            {
+                "model": state["model"],
+                "active": state["active"],
+                "next": state.get("next"),
+                "policy": state["policy"],
+                "tuning": state["tuning"],
+                "router_metrics": f"http://127.0.0.1:{state['metrics_port']}/metrics",
+            }
+        )
         active = state["slots"].get(state["active"]) or {}
         out["versions"] = {r: active.get("version") for r in state["regions"]}
         try:
@@ -284,17 +382,28 @@ def serving_status(cfg: XRegionConfig, home: Path) -> dict:
             out["active"] = api.active_backend(home)
             for r in api.stats():
                 if r["pxname"] in SLOTS:
-                    out["servers"].append({"backend": r["pxname"], "server": r["svname"], "status": r["status"],
-                                           "check": r.get("check_status", ""), "requests": int0(r.get("stot")),
-                                           "http_requests": int0(r.get("req_tot")),
-                                           "errors_5xx": int0(r.get("hrsp_5xx")),
-                                           "errors_4xx": int0(r.get("hrsp_4xx")),
-                                           "avg_response_ms": int0(r.get("rtime")),
-                                           "retries": int0(r.get("wretr")), "redispatches": int0(r.get("wredis"))})
+                    out["servers"].append(
+                        {
+                            "backend": r["pxname"],
+                            "server": r["svname"],
+                            "status": r["status"],
+                            "check": r.get("check_status", ""),
+                            "requests": int0(r.get("stot")),
+                            "http_requests": int0(r.get("req_tot")),
+                            "errors_5xx": int0(r.get("hrsp_5xx")),
+                            "errors_4xx": int0(r.get("hrsp_4xx")),
+                            "avg_response_ms": int0(r.get("rtime")),
+                            "retries": int0(r.get("wretr")),
+                            "redispatches": int0(r.get("wredis")),
+                        }
+                    )
         except RuntimeAPIError as err:
             out["haproxy_error"] = str(err)
-    out["events"] = [e for e in events.read(home) if e.get("kind") in
-                     ("failover", "recovery", "switch", "rollback", "bake.passed", "switch.failed", "promotion")][-20:]
+    out["events"] = [
+        e
+        for e in events.read(home)
+        if e.get("kind") in ("failover", "recovery", "switch", "rollback", "bake.passed", "switch.failed", "promotion")
+    ][-20:]
     return out
 
 
@@ -320,7 +429,7 @@ class RequestLog:
         while not self._stop.is_set():
             try:
                 data = self.sock.recv(4096)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -366,8 +475,9 @@ class Router:
         self.managed = self.state is not None
         addr = runtime_api or os.environ.get("XREGION_HAPROXY_RUNTIME_API") or (self.state or {}).get("runtime_api")
         if not addr:
-            raise SupervisorError("no HAProxy runtime API: set XREGION_HAPROXY_RUNTIME_API or start with "
-                                  "`xregion router start`")
+            raise SupervisorError(
+                "no HAProxy runtime API: set XREGION_HAPROXY_RUNTIME_API or start with `xregion router start`"
+            )
         self.api = RuntimeAPI(addr)
         self.policy = Policy.from_env((self.state or {}).get("policy"))
         self.model = (self.state or {}).get("model") or cfg.registry.model_name
@@ -380,19 +490,34 @@ class Router:
         self.registry_error: str | None = None
         self.reqlog: RequestLog | None = None
         reg = self.metrics_registry = CollectorRegistry()
-        self.g_requests = Gauge("xregion_serving_requests", "HTTP requests seen by HAProxy (counter mirrored)",
-                                ["backend", "server"], registry=reg)
-        self.g_errors = Gauge("xregion_serving_errors", "5xx responses seen by HAProxy (counter mirrored)",
-                              ["backend", "server"], registry=reg)
-        self.g_up = Gauge("xregion_serving_server_up", "1 when HAProxy's health checks say UP",
-                          ["backend", "server"], registry=reg)
-        self.g_latency = Gauge("xregion_serving_latency_ms", "HAProxy total request time over the last 60 s",
-                               ["backend", "quantile"], registry=reg)
+        self.g_requests = Gauge(
+            "xregion_serving_requests",
+            "HTTP requests seen by HAProxy (counter mirrored)",
+            ["backend", "server"],
+            registry=reg,
+        )
+        self.g_errors = Gauge(
+            "xregion_serving_errors",
+            "5xx responses seen by HAProxy (counter mirrored)",
+            ["backend", "server"],
+            registry=reg,
+        )
+        self.g_up = Gauge(
+            "xregion_serving_server_up", "1 when HAProxy's health checks say UP", ["backend", "server"], registry=reg
+        )
+        self.g_latency = Gauge(
+            "xregion_serving_latency_ms",
+            "HAProxy total request time over the last 60 s",
+            ["backend", "quantile"],
+            registry=reg,
+        )
         self.g_version = Gauge("xregion_serving_version", "Version serving in each region", ["region"], registry=reg)
-        self.c_events = Counter("xregion_router_events", "Failovers, recoveries, switches and rollbacks", ["kind"],
-                                registry=reg)
-        self.g_event_ts = Gauge("xregion_router_last_event_timestamp_seconds", "Time of the last event", ["kind"],
-                                registry=reg)
+        self.c_events = Counter(
+            "xregion_router_events", "Failovers, recoveries, switches and rollbacks", ["kind"], registry=reg
+        )
+        self.g_event_ts = Gauge(
+            "xregion_router_last_event_timestamp_seconds", "Time of the last event", ["kind"], registry=reg
+        )
 
     # --- helpers ----------------------------------------------------------------------------
     def _event(self, kind: str, **fields) -> dict:
@@ -441,24 +566,43 @@ class Router:
                     service, version = self._service_of(px, sv)
                     fault = self._last_fault(service, now)
                     lastchg = int0(row.get("lastchg"))
-                    ev = self._event("failover", region=sv, server=f"{px}/{sv}", service=service, version=version,
-                                     check_status=row.get("check_status"), check_detail=row.get("last_chk"),
-                                     detected_at=now, haproxy_down_at=now - lastchg,
-                                     fault_at=fault["ts"] if fault else None, fault=fault["kind"] if fault else None,
-                                     detection_s=round(now - fault["ts"], 3) if fault else None)
+                    ev = self._event(
+                        "failover",
+                        region=sv,
+                        server=f"{px}/{sv}",
+                        service=service,
+                        version=version,
+                        check_status=row.get("check_status"),
+                        check_detail=row.get("last_chk"),
+                        detected_at=now,
+                        haproxy_down_at=now - lastchg,
+                        fault_at=fault["ts"] if fault else None,
+                        fault=fault["kind"] if fault else None,
+                        detection_s=round(now - fault["ts"], 3) if fault else None,
+                    )
                     self.down[key] = ev
                 elif status == "UP" and key in self.down:
                     down = self.down.pop(key)
                     service, version = self._service_of(px, sv)
-                    self._event("recovery", region=sv, server=f"{px}/{sv}", service=service, version=version,
-                                detected_at=now, down_for_s=round(now - down["detected_at"], 3))
+                    self._event(
+                        "recovery",
+                        region=sv,
+                        server=f"{px}/{sv}",
+                        service=service,
+                        version=version,
+                        detected_at=now,
+                        down_for_s=round(now - down["detected_at"], 3),
+                    )
         return rows
 
     def _last_fault(self, service: str | None, now: float) -> dict | None:
         if not service:
             return None
-        faults = [e for e in events.read(self.home, kind="fault", since=now - 120)
-                  if e.get("service") == service and e.get("kind") in ("fault.kill", "fault.freeze", "fault.restart")]
+        faults = [
+            e
+            for e in events.read(self.home, kind="fault", since=now - 120)
+            if e.get("service") == service and e.get("kind") in ("fault.kill", "fault.freeze", "fault.restart")
+        ]
         return faults[-1] if faults else None
 
     def _monitor(self) -> None:
@@ -515,8 +659,18 @@ class Router:
             port = base if old["servers"][r]["port"] != base else free_port(host)
             name = f"{r}-serving-next"
             self.sup.stop(name)
-            svcs.append(serving_service(self.cfg, r, self.home, self.model, version, port, name=name,
-                                        start_timeout=self.policy.start_timeout_s))
+            svcs.append(
+                serving_service(
+                    self.cfg,
+                    r,
+                    self.home,
+                    self.model,
+                    version,
+                    port,
+                    name=name,
+                    start_timeout=self.policy.start_timeout_s,
+                )
+            )
             servers[r] = {"service": name, "host": host, "port": port}
         with self.lock:
             self.state["next"] = {"slot": new_slot, "version": version, "servers": servers, "started": t0}
@@ -530,8 +684,14 @@ class Router:
                 self.api.set_server(new_slot, r, s["host"], s["port"])
             wait_servers_up(self.api, new_slot, list(servers), timeout=60)
         except (SupervisorError, RuntimeAPIError) as err:
-            self._abandon(version, svcs, str(old["version"]), str(err)[:2000],
-                          f"model servers for version {version} did not become healthy: {str(err)[:300]}", t0)
+            self._abandon(
+                version,
+                svcs,
+                str(old["version"]),
+                str(err)[:2000],
+                f"model servers for version {version} did not become healthy: {str(err)[:300]}",
+                t0,
+            )
             return
         failed = self.smoke_test(version, servers) if self.policy.smoke_test else None
         if failed:
@@ -546,11 +706,24 @@ class Router:
             self.state["slots"][new_slot] = {"version": version, "servers": servers}
             self.state["active"] = new_slot
             self._save()
-        self.bake = {"slot": new_slot, "old_slot": old_slot, "version": version, "old_version": old["version"],
-                     "switched_at": t_switch, "base": base}
-        self._event("switch", from_version=old["version"], to_version=version, regions=self.state["regions"],
-                    backend=new_slot, switched_at=t_switch, prepare_s=round(t_switch - t0, 3),
-                    bake_s=self.policy.bake_s)
+        self.bake = {
+            "slot": new_slot,
+            "old_slot": old_slot,
+            "version": version,
+            "old_version": old["version"],
+            "switched_at": t_switch,
+            "base": base,
+        }
+        self._event(
+            "switch",
+            from_version=old["version"],
+            to_version=version,
+            regions=self.state["regions"],
+            backend=new_slot,
+            switched_at=t_switch,
+            prepare_s=round(t_switch - t0, 3),
+            bake_s=self.policy.bake_s,
+        )
 
     def _abandon(self, version: str, svcs: list, good: str, error: str, reason: str, t0: float) -> None:
         """A version that never took traffic: stop its servers, and roll the registry back, since it
@@ -577,14 +750,20 @@ class Router:
             with tempfile.TemporaryDirectory() as tmp:
                 path = mlflow.artifacts.download_artifacts(
                     artifact_uri=f"models:/{self.model}/{version}/serving_input_example.json",
-                    tracking_uri=self.cfg.primary.mlflow_url, dst_path=tmp)
+                    tracking_uri=self.cfg.primary.mlflow_url,
+                    dst_path=tmp,
+                )
                 body = Path(path).read_bytes()
         except Exception as err:  # no example logged with the model: nothing to test with
             log.warning("no smoke test for %s version %s: %s", self.model, version, str(err)[:200])
             return None
         for region, s in servers.items():
-            req = urllib.request.Request(f"http://{s['host']}:{s['port']}/invocations", data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})
+            req = urllib.request.Request(
+                f"http://{s['host']}:{s['port']}/invocations",
+                data=body,
+                method="POST",
+                headers={"Content-Type": "application/json"},
+            )
             try:
                 with urllib.request.urlopen(req, timeout=30) as resp:
                     resp.read()
@@ -597,8 +776,11 @@ class Router:
     def _backend_counters(self, backend: str) -> dict:
         for r in self.api.stats():
             if r["pxname"] == backend and r["svname"] == "BACKEND":
-                return {"requests": int0(r.get("req_tot")), "errors": int0(r.get("hrsp_5xx")),
-                        "client_errors": int0(r.get("hrsp_4xx"))}
+                return {
+                    "requests": int0(r.get("req_tot")),
+                    "errors": int0(r.get("hrsp_5xx")),
+                    "client_errors": int0(r.get("hrsp_4xx")),
+                }
         return {"requests": 0, "errors": 0, "client_errors": 0}
 
     # --- bake window: roll back a bad version ---------------------------------------------------
@@ -611,18 +793,26 @@ class Router:
         requests = c["requests"] - b["base"]["requests"]
         errors = c["errors"] - b["base"]["errors"]
         client_errors = c["client_errors"] - b["base"]["client_errors"]
-        latencies = [r[4] for r in (self.reqlog.window(b["slot"], b["switched_at"]) if self.reqlog else []) if r[4] >= 0]
+        latencies = [
+            r[4] for r in (self.reqlog.window(b["slot"], b["switched_at"]) if self.reqlog else []) if r[4] >= 0
+        ]
         reason = None
         if requests >= p.min_requests and errors / requests > p.max_error_rate:
-            reason = (f"error rate {errors / requests:.1%} > {p.max_error_rate:.1%} "
-                      f"({errors} of {requests} requests) {now - b['switched_at']:.1f}s into the bake window")
+            reason = (
+                f"error rate {errors / requests:.1%} > {p.max_error_rate:.1%} "
+                f"({errors} of {requests} requests) {now - b['switched_at']:.1f}s into the bake window"
+            )
         elif requests >= p.min_requests and client_errors / requests - b["base"]["old_4xx_rate"] > p.max_4xx_increase:
-            reason = (f"4xx rate {client_errors / requests:.1%} vs {b['base']['old_4xx_rate']:.1%} for the previous "
-                      f"version ({client_errors} of {requests} requests: the model rejects what the previous one "
-                      f"answered) {now - b['switched_at']:.1f}s into the bake window")
+            reason = (
+                f"4xx rate {client_errors / requests:.1%} vs {b['base']['old_4xx_rate']:.1%} for the previous "
+                f"version ({client_errors} of {requests} requests: the model rejects what the previous one "
+                f"answered) {now - b['switched_at']:.1f}s into the bake window"
+            )
         elif len(latencies) >= p.min_requests and (p99 := percentile(latencies, 99)) > p.max_p99_ms:
-            reason = (f"p99 latency {p99:.0f} ms > {p.max_p99_ms:.0f} ms over {len(latencies)} requests "
-                      f"{now - b['switched_at']:.1f}s into the bake window")
+            reason = (
+                f"p99 latency {p99:.0f} ms > {p.max_p99_ms:.0f} ms over {len(latencies)} requests "
+                f"{now - b['switched_at']:.1f}s into the bake window"
+            )
         if reason:
             self.rollback(reason, requests=requests, errors=errors, client_errors=client_errors)
         elif now >= b["switched_at"] + p.bake_s:
@@ -650,17 +840,35 @@ class Router:
         for s in (nxt.get("servers") or {}).values():
             self.sup.stop(s["service"])
         self.bake = None
-        self._event("rollback", from_version=b["version"], to_version=str(b["old_version"]), reason=reason,
-                    source="router", switched_at=b["switched_at"], detected_at=t_detect, switched_back_at=t_back,
-                    registry_rolled_back_at=t_registry, rollback_s=round(t_back - b["switched_at"], 3),
-                    switch_back_s=round(t_back - t_detect, 4), registry_error=registry_error, **figures)
+        self._event(
+            "rollback",
+            from_version=b["version"],
+            to_version=str(b["old_version"]),
+            reason=reason,
+            source="router",
+            switched_at=b["switched_at"],
+            detected_at=t_detect,
+            switched_back_at=t_back,
+            registry_rolled_back_at=t_registry,
+            rollback_s=round(t_back - b["switched_at"], 3),
+            switch_back_s=round(t_back - t_detect, 4),
+            registry_error=registry_error,
+            **figures,
+        )
 
     def _registry_rollback_only(self, to_version: str, reason: str) -> str | None:
         try:
             from xregion.plugins.registry_cli import rollback as registry_rollback
 
-            registry_rollback(_registry_client(self.cfg), self.cfg, self.model, reason=reason,
-                              to_version=to_version, who="xregion-router", record=False)
+            registry_rollback(
+                _registry_client(self.cfg),
+                self.cfg,
+                self.model,
+                reason=reason,
+                to_version=to_version,
+                who="xregion-router",
+                record=False,
+            )
             return None
         except Exception as err:  # the data plane is back either way; say why the registry is not
             return str(err)[:2000]
@@ -671,10 +879,20 @@ class Router:
         with self.lock:
             self.state.setdefault("rejected", {})[bad] = int(time.time() * 1000)
             self._save()
-        self._event("rollback", from_version=bad, to_version=good, reason=reason, source="router",
-                    switched_at=None, detected_at=t_detect, switched_back_at=None,
-                    registry_rolled_back_at=time.time(), rollback_s=None, switch_back_s=None,
-                    registry_error=error)
+        self._event(
+            "rollback",
+            from_version=bad,
+            to_version=good,
+            reason=reason,
+            source="router",
+            switched_at=None,
+            detected_at=t_detect,
+            switched_back_at=None,
+            registry_rolled_back_at=time.time(),
+            rollback_s=None,
+            switch_back_s=None,
+            registry_error=error,
+        )
 
     def finish(self, **figures) -> None:
         b = self.bake
@@ -699,8 +917,14 @@ class Router:
             self.state["next"] = None
             self._save()
         self.bake = None
-        self._event("bake.passed", version=b["version"], previous_version=b["old_version"], backend=b["slot"],
-                    baked_s=baked, **figures)
+        self._event(
+            "bake.passed",
+            version=b["version"],
+            previous_version=b["old_version"],
+            backend=b["slot"],
+            baked_s=baked,
+            **figures,
+        )
 
     def recover(self) -> None:
         """After a restart of the router mid-switch: the old colour serves again, the new servers stop."""
@@ -723,7 +947,11 @@ class Router:
 
     # --- run --------------------------------------------------------------------------------------
     def run(self, metrics_port: int | None = None, duration: float | None = None) -> None:
-        port = metrics_port or (self.state or {}).get("metrics_port") or int0(os.environ.get("XREGION_ROUTER_METRICS_PORT"))
+        port = (
+            metrics_port
+            or (self.state or {}).get("metrics_port")
+            or int0(os.environ.get("XREGION_ROUTER_METRICS_PORT"))
+        )
         server = self._serve_metrics(port) if port else None
         if self.managed:
             self.reqlog = RequestLog(haproxy.paths(self.home)["log"])
@@ -752,9 +980,14 @@ class Router:
 
     def status(self) -> dict:
         with self.lock:
-            return {"managed": self.managed, "model": self.model, "state": self.state, "bake": self.bake,
-                    "servers": {f"{k[0]}/{k[1]}": v for k, v in self.server_status.items()},
-                    "registry_error": self.registry_error}
+            return {
+                "managed": self.managed,
+                "model": self.model,
+                "state": self.state,
+                "bake": self.bake,
+                "servers": {f"{k[0]}/{k[1]}": v for k, v in self.server_status.items()},
+                "registry_error": self.registry_error,
+            }
 
     def _serve_metrics(self, port: int) -> ThreadingHTTPServer:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

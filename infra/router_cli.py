@@ -1,4 +1,5 @@
 """`xregion router start|stop|status|run` and `xregion bench router`."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,9 @@ from rich.console import Console
 from rich.table import Table
 
 app = typer.Typer()
-router_app = typer.Typer(help="Serving: model servers per region behind HAProxy, following the registry.",
-                         no_args_is_help=True)
+router_app = typer.Typer(
+    help="Serving: model servers per region behind HAProxy, following the registry.", no_args_is_help=True
+)
 app.add_typer(router_app, name="router")
 bench_app = typer.Typer()
 console = Console(stderr=True)
@@ -27,8 +29,10 @@ def _progress(msg: str) -> None:
 
 
 @router_app.command()
-def start(regions: str = typer.Option(None, "--regions", help="Comma-separated regions in the front door (default: all)."),
-          version: str = typer.Option(None, "--version", help="Serve this version (default: the production one).")) -> None:
+def start(
+    regions: str = typer.Option(None, "--regions", help="Comma-separated regions in the front door (default: all)."),
+    version: str = typer.Option(None, "--version", help="Serve this version (default: the production one)."),
+) -> None:
     """Start model servers for the production version, HAProxy and the router; wait until traffic flows."""
     from xregion.home import xregion_home
 
@@ -37,13 +41,20 @@ def start(regions: str = typer.Option(None, "--regions", help="Comma-separated r
 
     cfg = _cfg()
     try:
-        start_serving(cfg, xregion_home(), _progress, [r.strip() for r in regions.split(",")] if regions else None,
-                      version=version)
+        start_serving(
+            cfg,
+            xregion_home(),
+            _progress,
+            [r.strip() for r in regions.split(",")] if regions else None,
+            version=version,
+        )
     except (SupervisorError, ValueError, FileNotFoundError) as err:
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(1) from None
-    console.print(f"[green]serving[/green] at {cfg.serving.frontend_url}/invocations "
-                  f"(stats {cfg.serving.haproxy_stats_url}/, Prometheus {cfg.serving.haproxy_stats_url}/metrics)")
+    console.print(
+        f"[green]serving[/green] at {cfg.serving.frontend_url}/invocations "
+        f"(stats {cfg.serving.haproxy_stats_url}/, Prometheus {cfg.serving.haproxy_stats_url}/metrics)"
+    )
 
 
 @router_app.command()
@@ -71,17 +82,30 @@ def status(as_json: bool = typer.Option(False, "--json")) -> None:
     if not st["running"]:
         console.print("not serving (xregion router start)")
         raise typer.Exit(1)
-    console.print(f"model {st['model']}: serving backend {st['active']}, versions {st['versions']}"
-                  + (f", baking {st['next']['version']}" if st.get("next") else ""))
+    console.print(
+        f"model {st['model']}: serving backend {st['active']}, versions {st['versions']}"
+        + (f", baking {st['next']['version']}" if st.get("next") else "")
+    )
     table = Table("backend", "server", "status", "check", "requests", "5xx", "4xx", "avg ms", "retries", "redispatches")
     for s in st["servers"]:
-        table.add_row(s["backend"], s["server"], s["status"], s["check"], str(s["http_requests"]),
-                      str(s["errors_5xx"]), str(s["errors_4xx"]), str(s["avg_response_ms"]), str(s["retries"]),
-                      str(s["redispatches"]))
+        table.add_row(
+            s["backend"],
+            s["server"],
+            s["status"],
+            s["check"],
+            str(s["http_requests"]),
+            str(s["errors_5xx"]),
+            str(s["errors_4xx"]),
+            str(s["avg_response_ms"]),
+            str(s["retries"]),
+            str(s["redispatches"]),
+        )
     Console().print(table)
     for e in st["events"][-8:]:
-        console.print(f"  {e['ts']:.3f} {e['kind']} " + ", ".join(f"{k}={v}" for k, v in e.items()
-                                                                  if k not in ("ts", "kind") and v is not None))
+        console.print(
+            f"  {e['ts']:.3f} {e['kind']} "
+            + ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("ts", "kind") and v is not None)
+        )
 
 
 @router_app.command()
@@ -96,9 +120,11 @@ def run(duration: float = typer.Option(None, help="Stop after this many seconds 
 
 
 @bench_app.command("router")
-def bench_router(as_json: bool = typer.Option(False, "--json"),
-                 requests: int = typer.Option(1000, help="Sequential requests per path (direct, through HAProxy)."),
-                 keep: bool = typer.Option(False, help="Leave the bench stack running.")) -> None:
+def bench_router(
+    as_json: bool = typer.Option(False, "--json"),
+    requests: int = typer.Option(1000, help="Sequential requests per path (direct, through HAProxy)."),
+    keep: bool = typer.Option(False, help="Leave the bench stack running."),
+) -> None:
     """Added latency of HAProxy (p50/p99 vs straight to a model server) and failure detection for kill and freeze."""
     import contextlib
     import sys
@@ -112,7 +138,7 @@ def bench_router(as_json: bool = typer.Option(False, "--json"),
 
 
 # --- the benchmark ---------------------------------------------------------------------------------
-BENCH_MODEL = '''
+BENCH_MODEL = """
 import mlflow
 import numpy as np
 import pandas as pd
@@ -133,7 +159,7 @@ class TopK(PythonModel):
         return pd.DataFrame(rows)
 
 mlflow.models.set_model(TopK())
-'''
+"""
 
 
 def _bench_config(home):
@@ -149,8 +175,10 @@ def _bench_config(home):
         r["postgres"] = f"127.0.0.1:{free_port()}"
         r["mlflow_url"] = f"http://127.0.0.1:{free_port()}"
         r["serving_url"] = f"http://127.0.0.1:{free_port()}"
-    data["serving"] = {"frontend_url": f"http://127.0.0.1:{free_port()}",
-                       "haproxy_stats_url": f"http://127.0.0.1:{free_port()}"}
+    data["serving"] = {
+        "frontend_url": f"http://127.0.0.1:{free_port()}",
+        "haproxy_stats_url": f"http://127.0.0.1:{free_port()}",
+    }
     data["env_file"] = str(EMBEDDED_CONFIG.parent / "embedded.env")
     path = home / "regions.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -189,10 +217,10 @@ def run_bench(requests: int = 1000, keep: bool = False, progress=print) -> dict:
     import mlflow
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
+    from xregion.plugins import registry_cli
 
     from xregion import events
     from xregion.config import load_config
-    from xregion.plugins import registry_cli
 
     from . import stack
     from .haproxy import Tuning
@@ -218,9 +246,13 @@ def run_bench(requests: int = 1000, keep: bool = False, progress=print) -> dict:
         src.write_text(BENCH_MODEL)
         sig = ModelSignature(inputs=Schema([ColSpec("long", "user_id"), ColSpec("long", "k", required=False)]))
         with mlflow.start_run():
-            info = mlflow.pyfunc.log_model(name="model", python_model=str(src), signature=sig,
-                                           registered_model_name=cfg.registry.model_name,
-                                           pip_requirements=["mlflow", "numpy", "pandas"])
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(src),
+                signature=sig,
+                registered_model_name=cfg.registry.model_name,
+                pip_requirements=["mlflow", "numpy", "pandas"],
+            )
         version = str(info.registered_model_version)
         registry_cli.promote(registry_cli.client(cfg, url), cfg, cfg.registry.model_name, version, reason="bench")
         progress("starting serving")
@@ -245,8 +277,10 @@ def run_bench(requests: int = 1000, keep: bool = False, progress=print) -> dict:
         front.close()
         out["direct_ms"] = {"p50": _pct(lat_d, 50), "p99": _pct(lat_d, 99)}
         out["haproxy_ms"] = {"p50": _pct(lat_f, 50), "p99": _pct(lat_f, 99)}
-        out["added_ms"] = {"p50": round(out["haproxy_ms"]["p50"] - out["direct_ms"]["p50"], 3),
-                           "p99": round(out["haproxy_ms"]["p99"] - out["direct_ms"]["p99"], 3)}
+        out["added_ms"] = {
+            "p50": round(out["haproxy_ms"]["p50"] - out["direct_ms"]["p50"], 3),
+            "p99": round(out["haproxy_ms"]["p99"] - out["direct_ms"]["p99"], 3),
+        }
         # the median of per-pair differences: less sensitive to a busy machine than p50 - p50
         out["added_ms"]["median_of_pairs"] = _pct([fr - di for fr, di in zip(lat_f, lat_d)], 50)
         out["target_added_p50_ms"] = 0.5
@@ -276,8 +310,9 @@ def run_bench(requests: int = 1000, keep: bool = False, progress=print) -> dict:
             sup.fault(action, [svc])
             ev = None
             while ev is None and time.time() < t0 + 60:
-                ev = next((e for e in events.read(home, kind="failover", since=t0) if e.get("service") == svc.name),
-                          None)
+                ev = next(
+                    (e for e in events.read(home, kind="failover", since=t0) if e.get("service") == svc.name), None
+                )
                 time.sleep(0.05)
             time.sleep(max(0.0, tuning.server_timeout_ms / 1000 + 1 - (time.time() - t0)))
             stop.set()
@@ -289,12 +324,18 @@ def run_bench(requests: int = 1000, keep: bool = False, progress=print) -> dict:
                 sup.fault("restart", [svc])
             rec = None
             while rec is None and time.time() < t_restore + 120:
-                rec = next((e for e in events.read(home, kind="recovery", since=t_restore)
-                            if e.get("service") == svc.name), None)
+                rec = next(
+                    (e for e in events.read(home, kind="recovery", since=t_restore) if e.get("service") == svc.name),
+                    None,
+                )
                 time.sleep(0.05)
-            out[action] = {"detection_s": ev and ev.get("detection_s"), "check_status": ev and ev.get("check_status"),
-                           "requests": len(results), "failed_requests": sum(1 for r in results if r != 200),
-                           "recovered_after_restore_s": rec and round(rec["ts"] - t_restore, 3)}
+            out[action] = {
+                "detection_s": ev and ev.get("detection_s"),
+                "check_status": ev and ev.get("check_status"),
+                "requests": len(results),
+                "failed_requests": sum(1 for r in results if r != 200),
+                "recovered_after_restore_s": rec and round(rec["ts"] - t_restore, 3),
+            }
         return out
     finally:
         if not keep:

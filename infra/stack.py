@@ -3,6 +3,7 @@ node (region a the primary, the others streaming standbys) and an MLflow server.
 
 Services are built from the regions file only; the supervisor runs them.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,11 +43,15 @@ def child_env(cfg: XRegionConfig, region: RegionConfig, home: Path | None = None
 def s3_service(cfg: XRegionConfig, region: RegionConfig) -> Service:
     parts = urlsplit(region.s3.endpoint_url)
     return Service(
-        name=f"{region.name}-s3", region=region.name, component="s3",
+        name=f"{region.name}-s3",
+        region=region.name,
+        component="s3",
         argv=[str(BIN / "moto_server"), "-H", parts.hostname, "-p", str(parts.port)],
         listen=(parts.hostname, parts.port),
         health={"type": "http", "url": f"{region.s3.endpoint_url}/moto-api/"},
-        env=child_env(cfg, region), start_timeout=30)
+        env=child_env(cfg, region),
+        start_timeout=30,
+    )
 
 
 def artifact_destination(cfg: XRegionConfig, region: RegionConfig) -> str:
@@ -72,15 +77,33 @@ def registry_store_uri(cfg: XRegionConfig) -> list[str]:
 
 def mlflow_service(cfg: XRegionConfig, region: RegionConfig, home: Path) -> Service:
     parts = urlsplit(region.mlflow_url)
-    argv = [str(BIN / "mlflow"), "server",
-            "--backend-store-uri", cfg.database_uri(), *registry_store_uri(cfg),
-            "--artifacts-destination", artifact_destination(cfg, region),
-            "--serve-artifacts", "--host", parts.hostname, "--port", str(parts.port), "--workers", "1"]
+    argv = [
+        str(BIN / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        cfg.database_uri(),
+        *registry_store_uri(cfg),
+        "--artifacts-destination",
+        artifact_destination(cfg, region),
+        "--serve-artifacts",
+        "--host",
+        parts.hostname,
+        "--port",
+        str(parts.port),
+        "--workers",
+        "1",
+    ]
     return Service(
-        name=f"{region.name}-mlflow", region=region.name, component="mlflow", argv=argv,
-        listen=(parts.hostname, parts.port), health={"type": "http", "url": f"{region.mlflow_url}/health"},
+        name=f"{region.name}-mlflow",
+        region=region.name,
+        component="mlflow",
+        argv=argv,
+        listen=(parts.hostname, parts.port),
+        health={"type": "http", "url": f"{region.mlflow_url}/health"},
         env={**child_env(cfg, region, home), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        cwd=str(home), start_timeout=120)
+        cwd=str(home),
+        start_timeout=120,
+    )
 
 
 def services(cfg: XRegionConfig, home: Path) -> list[Service]:
@@ -152,7 +175,16 @@ def status(cfg: XRegionConfig, home: Path) -> list[dict]:
         healthy, detail = (False, state)
         if state == "running":
             healthy, detail = check_health(svc, timeout=1.5)
-        rows.append({"service": svc.name, "region": svc.region, "component": svc.component,
-                     "state": state, "pid": proc.pid if proc else None, "healthy": healthy,
-                     "detail": detail, "listen": ":".join(map(str, svc.listen)) if svc.listen else ""})
+        rows.append(
+            {
+                "service": svc.name,
+                "region": svc.region,
+                "component": svc.component,
+                "state": state,
+                "pid": proc.pid if proc else None,
+                "healthy": healthy,
+                "detail": detail,
+                "listen": ":".join(map(str, svc.listen)) if svc.listen else "",
+            }
+        )
     return rows

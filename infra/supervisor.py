@@ -9,6 +9,7 @@ subprocess code.
 Each service runs in its own session (process group), so a signal reaches its workers too:
 ``kill -9`` of a region's MLflow server kills its uvicorn workers as a crashed host would.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,9 +45,9 @@ class StartFailed(SupervisorError):
 class Service:
     """One supervised process and how to tell that it is healthy."""
 
-    name: str                       # unique, e.g. "a-postgres"
+    name: str  # unique, e.g. "a-postgres"
     region: str
-    component: str                  # s3 | postgres | mlflow | serving | haproxy | ...
+    component: str  # s3 | postgres | mlflow | serving | haproxy | ...
     argv: list[str]
     listen: tuple[str, int] | None = None
     health: dict = field(default_factory=dict)  # {"type": "http"|"tcp"|"postgres", ...}
@@ -55,10 +56,10 @@ class Service:
     cwd: str | None = None
     stop_signal: int = signal.SIGTERM
     start_timeout: float = 60.0
-    lock_file: str | None = None    # a pid lock the program refuses to start over (Postgres' postmaster.pid)
+    lock_file: str | None = None  # a pid lock the program refuses to start over (Postgres' postmaster.pid)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Service":
+    def from_dict(cls, data: dict) -> Service:
         data = dict(data)
         if data.get("listen"):
             data["listen"] = tuple(data["listen"])
@@ -194,7 +195,8 @@ class Supervisor:
         if svc.listen and not port_free(*svc.listen):
             raise PortInUse(
                 f"{svc.name}: port {svc.listen[1]} on {svc.listen[0]} is already in use by another program "
-                f"(or a stack with another XREGION_HOME). Stop it, or change the port in the regions file.")
+                f"(or a stack with another XREGION_HOME). Stop it, or change the port in the regions file."
+            )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         logf = open(self.log(svc.name), "ab")
@@ -205,8 +207,16 @@ class Supervisor:
         if svc.user and os.geteuid() == 0:
             kwargs = {"user": svc.user, "group": svc.user, "extra_groups": []}
         try:
-            popen = subprocess.Popen(svc.argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=env, cwd=svc.cwd, start_new_session=True, **kwargs)
+            popen = subprocess.Popen(
+                svc.argv,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=svc.cwd,
+                start_new_session=True,
+                **kwargs,
+            )
         except OSError as exc:
             raise StartFailed(f"{svc.name}: cannot run {svc.argv[0]}: {exc.strerror}") from None
         finally:
@@ -225,16 +235,19 @@ class Supervisor:
         while pending:
             for name, svc in list(pending.items()):
                 if self.process(name) is None:
-                    raise StartFailed(f"{name} exited during start-up. Last lines of {self.log(name)}:\n"
-                                      f"{log_tail(self.log(name))}")
+                    raise StartFailed(
+                        f"{name} exited during start-up. Last lines of {self.log(name)}:\n{log_tail(self.log(name))}"
+                    )
                 ok, detail = check_health(svc, timeout=1.0)
                 if ok:
                     del pending[name]
                     if progress:
                         progress(f"{name} healthy ({detail})")
                 elif time.monotonic() > deadline[name]:
-                    raise StartFailed(f"{name} not healthy after {svc.start_timeout:.0f}s ({detail}). "
-                                      f"Last lines of {self.log(name)}:\n{log_tail(self.log(name))}")
+                    raise StartFailed(
+                        f"{name} not healthy after {svc.start_timeout:.0f}s ({detail}). "
+                        f"Last lines of {self.log(name)}:\n{log_tail(self.log(name))}"
+                    )
             if pending:
                 time.sleep(0.2)
 
@@ -338,8 +351,7 @@ class Supervisor:
                 if progress:
                     progress(f"{svc.name} is not running; nothing to {action}")
                 continue
-            events.record(f"fault.{action}", self.home, service=svc.name, region=svc.region,
-                          component=svc.component)
+            events.record(f"fault.{action}", self.home, service=svc.name, region=svc.region, component=svc.component)
             if action == "restart":
                 self.stop(svc.name)
                 self.start(svc, progress=progress)

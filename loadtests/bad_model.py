@@ -5,6 +5,7 @@ inside the artifact. It fails with ``INTERNAL_ERROR``, which MLflow's scoring se
 HTTP 500: a broken model is the server's fault, not the client's (a plain exception would be
 reported as 400 BAD_REQUEST by the scoring server and look like bad input).
 """
+
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.models import set_model

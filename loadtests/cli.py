@@ -3,13 +3,13 @@
 Merged at the top level of the `xregion` CLI. Never imports Locust (which monkey-patches the
 interpreter for gevent): Locust runs in its own processes.
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -32,24 +32,30 @@ def _fmt(v, unit: str = "", pct: bool = False) -> str:
 
 
 @app.command()
-def drill(scenario: str = typer.Argument(..., help=_SCENARIO_HELP),
-          duration: float = typer.Option(60.0, "--duration", help="Seconds of load (Locust -t)."),
-          users: int = typer.Option(8, "--users", help="Locust users in all (scientists and release managers included)."),
-          workers: int = typer.Option(0, "--workers", help="Distributed mode: a Locust master and N worker processes."),
-          spawn_rate: Optional[float] = typer.Option(None, help="Users started per second (default: all at once)."),
-          fault_at: Optional[float] = typer.Option(None, help="Seconds after the start of the load (default 30 % of it)."),
-          restore_at: Optional[float] = typer.Option(None, help="When to bring the region back (default 75 %)."),
-          objectives: Optional[Path] = typer.Option(None, "--objectives", help="Objectives YAML (default loadtests/objectives.yaml)."),
-          out: Optional[Path] = typer.Option(None, "--out", help="Report directory (default XREGION_HOME/drills/<time>-<scenario>)."),
-          max_requests: Optional[int] = typer.Option(None, help="Stop the load after this many requests."),
-          scientists: Optional[int] = typer.Option(None, help="Scientist users (default per scenario)."),
-          release_managers: Optional[int] = typer.Option(None, help="Release manager users (default per scenario)."),
-          serving_rate: float = typer.Option(2.0, help="Requests/s per serving user."),
-          scientist_rate: float = typer.Option(2.0, help="Operations/s per scientist."),
-          timeout: float = typer.Option(5.0, help="Client timeout (s) per request or operation; slower counts as failed."),
-          seed: int = typer.Option(0, help="Seed of the request mix."),
-          no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not log the drill as an MLflow run."),
-          as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout.")) -> None:
+def drill(
+    scenario: str = typer.Argument(..., help=_SCENARIO_HELP),
+    duration: float = typer.Option(60.0, "--duration", help="Seconds of load (Locust -t)."),
+    users: int = typer.Option(8, "--users", help="Locust users in all (scientists and release managers included)."),
+    workers: int = typer.Option(0, "--workers", help="Distributed mode: a Locust master and N worker processes."),
+    spawn_rate: float | None = typer.Option(None, help="Users started per second (default: all at once)."),
+    fault_at: float | None = typer.Option(None, help="Seconds after the start of the load (default 30 % of it)."),
+    restore_at: float | None = typer.Option(None, help="When to bring the region back (default 75 %)."),
+    objectives: Path | None = typer.Option(
+        None, "--objectives", help="Objectives YAML (default loadtests/objectives.yaml)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Report directory (default XREGION_HOME/drills/<time>-<scenario>)."
+    ),
+    max_requests: int | None = typer.Option(None, help="Stop the load after this many requests."),
+    scientists: int | None = typer.Option(None, help="Scientist users (default per scenario)."),
+    release_managers: int | None = typer.Option(None, help="Release manager users (default per scenario)."),
+    serving_rate: float = typer.Option(2.0, help="Requests/s per serving user."),
+    scientist_rate: float = typer.Option(2.0, help="Operations/s per scientist."),
+    timeout: float = typer.Option(5.0, help="Client timeout (s) per request or operation; slower counts as failed."),
+    seed: int = typer.Option(0, help="Seed of the request mix."),
+    no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not log the drill as an MLflow run."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
     """Run a drill: load through the front door and MLflow, inject the scenario's faults, measure
     availability, RTO, latency and RPO, write an HTML report and log it to MLflow (experiment
     `drills`). Exit 0 when the objectives are met, 1 when not, 2 when the drill cannot run."""
@@ -67,11 +73,28 @@ def drill(scenario: str = typer.Argument(..., help=_SCENARIO_HELP),
 
     try:
         with contextlib.redirect_stdout(sys.stderr):  # MLflow prints run links; stdout is for --json
-            summary = run_drill(scenario, duration=duration, users=users, workers=workers, spawn_rate=spawn_rate,
-                                fault_at=fault_at, restore_at=restore_at, objectives_file=objectives, out_dir=out,
-                                max_requests=max_requests, scientists=scientists, release_managers=release_managers,
-                                serving_rate=serving_rate, scientist_rate=scientist_rate, timeout=timeout, seed=seed,
-                                to_mlflow=not no_mlflow, cfg=cfg, home=xregion_home(), progress=progress)
+            summary = run_drill(
+                scenario,
+                duration=duration,
+                users=users,
+                workers=workers,
+                spawn_rate=spawn_rate,
+                fault_at=fault_at,
+                restore_at=restore_at,
+                objectives_file=objectives,
+                out_dir=out,
+                max_requests=max_requests,
+                scientists=scientists,
+                release_managers=release_managers,
+                serving_rate=serving_rate,
+                scientist_rate=scientist_rate,
+                timeout=timeout,
+                seed=seed,
+                to_mlflow=not no_mlflow,
+                cfg=cfg,
+                home=xregion_home(),
+                progress=progress,
+            )
     except (DrillError, ObjectivesError) as err:
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(2) from None
@@ -84,32 +107,79 @@ def drill(scenario: str = typer.Argument(..., help=_SCENARIO_HELP),
 
 def brief(s: dict) -> dict:
     """The JSON summary printed by --json (the full one is summary.json next to the report)."""
-    keys = ["scenario", "objectives_met", "objectives", "gate_kind", "gated", "requests", "failed", "availability",
-            "by_kind", "rto_s", "restore_rto_s", "failed_after_restore", "latency_steady", "latency_failover",
-            "rpo", "schedule", "fault_ts", "recovered_ts", "load_start", "load_end", "users", "workers", "mix",
-            "failed_steps", "steps", "errors", "report", "out_dir", "mlflow", "definition", "promoted_ts",
-            "switched_to_bad", "rollback_after_switch_s", "events"]
+    keys = [
+        "scenario",
+        "objectives_met",
+        "objectives",
+        "gate_kind",
+        "gated",
+        "requests",
+        "failed",
+        "availability",
+        "by_kind",
+        "rto_s",
+        "restore_rto_s",
+        "failed_after_restore",
+        "latency_steady",
+        "latency_failover",
+        "rpo",
+        "schedule",
+        "fault_ts",
+        "recovered_ts",
+        "load_start",
+        "load_end",
+        "users",
+        "workers",
+        "mix",
+        "failed_steps",
+        "steps",
+        "errors",
+        "report",
+        "out_dir",
+        "mlflow",
+        "definition",
+        "promoted_ts",
+        "switched_to_bad",
+        "rollback_after_switch_s",
+        "events",
+    ]
     return {k: s.get(k) for k in keys if k in s}
 
 
 def show(s: dict) -> None:
     out = Console()
-    table = Table("objective", "target", "measured", "met", "note",
-                  title=f"drill {s['scenario']}: {'[green]objectives met[/green]' if s['objectives_met'] else '[red]objectives NOT met[/red]'}")
+    table = Table(
+        "objective",
+        "target",
+        "measured",
+        "met",
+        "note",
+        title=f"drill {s['scenario']}: {'[green]objectives met[/green]' if s['objectives_met'] else '[red]objectives NOT met[/red]'}",
+    )
     for o in s["objectives"]:
         pct = o["objective"] == "availability"
-        table.add_row(o["objective"], _fmt(o["target"], pct=pct and o["target"] is not None),
-                      _fmt(o["actual"], pct=pct and o["actual"] is not None),
-                      {True: "[green]yes[/green]", False: "[red]no[/red]", None: "n/a"}[o["met"]], o["note"])
+        table.add_row(
+            o["objective"],
+            _fmt(o["target"], pct=pct and o["target"] is not None),
+            _fmt(o["actual"], pct=pct and o["actual"] is not None),
+            {True: "[green]yes[/green]", False: "[red]no[/red]", None: "n/a"}[o["met"]],
+            o["note"],
+        )
     out.print(table)
     ls, lf = s["latency_steady"], s["latency_failover"]
-    out.print(f"{s['gated']['requests']} {s['gate_kind']} requests, {s['gated']['failed']} failed "
-              f"({s['requests']} requests in all, {s['failed']} failed)")
-    out.print(f"latency p50/p95/p99: steady {_fmt(ls['p50_ms'])}/{_fmt(ls['p95_ms'])}/{_fmt(ls['p99_ms'])} ms, "
-              f"failover {_fmt(lf['p50_ms'])}/{_fmt(lf['p95_ms'])}/{_fmt(lf['p99_ms'])} ms")
+    out.print(
+        f"{s['gated']['requests']} {s['gate_kind']} requests, {s['gated']['failed']} failed "
+        f"({s['requests']} requests in all, {s['failed']} failed)"
+    )
+    out.print(
+        f"latency p50/p95/p99: steady {_fmt(ls['p50_ms'])}/{_fmt(ls['p95_ms'])}/{_fmt(ls['p99_ms'])} ms, "
+        f"failover {_fmt(lf['p50_ms'])}/{_fmt(lf['p95_ms'])}/{_fmt(lf['p99_ms'])} ms"
+    )
     for k, v in (s.get("rpo") or {}).items():
-        out.print(f"RPO {k}: " + (v["error"] if v.get("error") else f"{v['missing']} of {v['acknowledged']} "
-                                                                      f"acknowledged missing"))
+        out.print(
+            f"RPO {k}: "
+            + (v["error"] if v.get("error") else f"{v['missing']} of {v['acknowledged']} acknowledged missing")
+        )
     out.print(f"report: {s['report']}")
     if (s.get("mlflow") or {}).get("run_id"):
         out.print(f"MLflow: {s['mlflow']['tracking_uri']} experiment drills, run {s['mlflow']['run_id']}")

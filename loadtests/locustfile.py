@@ -19,6 +19,7 @@ Options (``--xr-*``, or the ``XR_*`` environment variables) choose the mix, the 
 the request log goes; the regions file (``XREGION_CONFIG``) gives every URL.
 Every process that runs users appends each request to ``<run dir>/requests-<pid>.csv``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,9 +33,8 @@ from pathlib import Path
 
 import gevent
 import requests
-from locust import HttpUser, User, between, constant, constant_throughput, events, task
+from locust import HttpUser, User, constant, constant_throughput, events, task
 from locust.runners import MasterRunner, WorkerRunner
-
 from xregion.loadtests.requestlog import Ack, AckWriter, RequestWriter
 
 # --- options -----------------------------------------------------------------------------------
@@ -43,32 +43,88 @@ from xregion.loadtests.requestlog import Ack, AckWriter, RequestWriter
 @events.init_command_line_parser.add_listener
 def _options(parser):
     g = parser.add_argument_group("xregion")
-    g.add_argument("--xr-run-dir", env_var="XR_RUN_DIR", default="locust-run",
-                   help="Directory of the per-request logs (requests-<pid>.csv, acks-<pid>.csv).")
-    g.add_argument("--xr-scientists", env_var="XR_SCIENTISTS", type=int, default=1,
-                   help="Number of ScientistUser (fixed); ServingUser gets the rest of -u.")
-    g.add_argument("--xr-release-managers", env_var="XR_RELEASE_MANAGERS", type=int, default=0,
-                   help="Number of ReleaseManagerUser (fixed).")
-    g.add_argument("--xr-serving-rate", env_var="XR_SERVING_RATE", type=float, default=2.0,
-                   help="Requests per second per ServingUser.")
-    g.add_argument("--xr-scientist-rate", env_var="XR_SCIENTIST_RATE", type=float, default=2.0,
-                   help="Operations per second per ScientistUser.")
-    g.add_argument("--xr-release-interval", env_var="XR_RELEASE_INTERVAL", type=float, default=30.0,
-                   help="Seconds between two registry changes of a ReleaseManagerUser.")
-    g.add_argument("--xr-release-versions", env_var="XR_RELEASE_VERSIONS", default="",
-                   help="Comma-separated good model versions the release managers promote in turn.")
-    g.add_argument("--xr-user-ids", env_var="XR_USER_IDS", default="1-1000",
-                   help="Known user ids: a file with one id per line, or a range A-B.")
+    g.add_argument(
+        "--xr-run-dir",
+        env_var="XR_RUN_DIR",
+        default="locust-run",
+        help="Directory of the per-request logs (requests-<pid>.csv, acks-<pid>.csv).",
+    )
+    g.add_argument(
+        "--xr-scientists",
+        env_var="XR_SCIENTISTS",
+        type=int,
+        default=1,
+        help="Number of ScientistUser (fixed); ServingUser gets the rest of -u.",
+    )
+    g.add_argument(
+        "--xr-release-managers",
+        env_var="XR_RELEASE_MANAGERS",
+        type=int,
+        default=0,
+        help="Number of ReleaseManagerUser (fixed).",
+    )
+    g.add_argument(
+        "--xr-serving-rate",
+        env_var="XR_SERVING_RATE",
+        type=float,
+        default=2.0,
+        help="Requests per second per ServingUser.",
+    )
+    g.add_argument(
+        "--xr-scientist-rate",
+        env_var="XR_SCIENTIST_RATE",
+        type=float,
+        default=2.0,
+        help="Operations per second per ScientistUser.",
+    )
+    g.add_argument(
+        "--xr-release-interval",
+        env_var="XR_RELEASE_INTERVAL",
+        type=float,
+        default=30.0,
+        help="Seconds between two registry changes of a ReleaseManagerUser.",
+    )
+    g.add_argument(
+        "--xr-release-versions",
+        env_var="XR_RELEASE_VERSIONS",
+        default="",
+        help="Comma-separated good model versions the release managers promote in turn.",
+    )
+    g.add_argument(
+        "--xr-user-ids",
+        env_var="XR_USER_IDS",
+        default="1-1000",
+        help="Known user ids: a file with one id per line, or a range A-B.",
+    )
     g.add_argument("--xr-zipf", env_var="XR_ZIPF", type=float, default=1.1, help="Zipf exponent of user popularity.")
-    g.add_argument("--xr-unknown-users", env_var="XR_UNKNOWN_USERS", type=float, default=0.01,
-                   help="Share of requests for users the model does not know (cold start).")
-    g.add_argument("--xr-timeout", env_var="XR_TIMEOUT", type=float, default=5.0,
-                   help="Client timeout (s) of one request or operation; longer counts as a failure.")
-    g.add_argument("--xr-max-requests", env_var="XR_MAX_REQUESTS", type=int, default=0,
-                   help="Stop the whole run after this many requests (0: no bound besides -t).")
+    g.add_argument(
+        "--xr-unknown-users",
+        env_var="XR_UNKNOWN_USERS",
+        type=float,
+        default=0.01,
+        help="Share of requests for users the model does not know (cold start).",
+    )
+    g.add_argument(
+        "--xr-timeout",
+        env_var="XR_TIMEOUT",
+        type=float,
+        default=5.0,
+        help="Client timeout (s) of one request or operation; longer counts as a failure.",
+    )
+    g.add_argument(
+        "--xr-max-requests",
+        env_var="XR_MAX_REQUESTS",
+        type=int,
+        default=0,
+        help="Stop the whole run after this many requests (0: no bound besides -t).",
+    )
     g.add_argument("--xr-seed", env_var="XR_SEED", type=int, default=0, help="Seed of the request mix.")
-    g.add_argument("--xr-experiment", env_var="XR_EXPERIMENT", default="drill-scientists",
-                   help="MLflow experiment the scientists log to.")
+    g.add_argument(
+        "--xr-experiment",
+        env_var="XR_EXPERIMENT",
+        default="drill-scientists",
+        help="MLflow experiment the scientists log to.",
+    )
 
 
 def _config():
@@ -188,7 +244,7 @@ class ZipfUsers:
     def __init__(self, ids: list[int], s: float, unknown: float, rng: random.Random):
         self.ids = list(ids)
         rng.shuffle(self.ids)
-        self.cum = list(accumulate(1.0 / (r ** s) for r in range(1, len(self.ids) + 1)))
+        self.cum = list(accumulate(1.0 / (r**s) for r in range(1, len(self.ids) + 1)))
         self.unknown = unknown
         self.unknown_base = max(self.ids) + 1_000_000
         self.rng = rng
@@ -218,16 +274,25 @@ class ServingUser(HttpUser):
             _users_cache[spec] = _known_users(spec)
         seed = (opts.xr_seed if opts else 0) * 1_000_003 + id(self) % 1_000_003
         self.rng = random.Random(seed)
-        self.users = ZipfUsers(_users_cache[spec], opts.xr_zipf if opts else 1.1,
-                               opts.xr_unknown_users if opts else 0.01, random.Random(opts.xr_seed if opts else 0))
+        self.users = ZipfUsers(
+            _users_cache[spec],
+            opts.xr_zipf if opts else 1.1,
+            opts.xr_unknown_users if opts else 0.01,
+            random.Random(opts.xr_seed if opts else 0),
+        )
         self.users.rng = self.rng  # one popularity order for every user, its own draws
         self.timeout = (min(1.0, opts.xr_timeout), opts.xr_timeout) if opts else (1.0, 3.0)
 
     @task
     def recommend(self):
         uid, k = self.users.draw(), self.rng.choices(self.ks, self.k_weights)[0]
-        with self.client.post("/invocations", json={"dataframe_records": [{"user_id": uid, "k": k}]},
-                              name="serving: invocations", timeout=self.timeout, catch_response=True) as resp:
+        with self.client.post(
+            "/invocations",
+            json={"dataframe_records": [{"user_id": uid, "k": k}]},
+            name="serving: invocations",
+            timeout=self.timeout,
+            catch_response=True,
+        ) as resp:
             if resp.status_code != 200:
                 resp.failure(f"HTTP {resp.status_code}: {resp.text[:120]}")
                 return
@@ -264,8 +329,9 @@ class MlflowRest:
             if left <= 0.05:
                 break
             try:
-                resp = self.session.request(method, ep + path, json=json_body, data=data, params=params,
-                                            timeout=(min(1.0, left), left))
+                resp = self.session.request(
+                    method, ep + path, json=json_body, data=data, params=params, timeout=(min(1.0, left), left)
+                )
             except requests.RequestException as exc:
                 errors.append(f"{ep}: {type(exc).__name__}")
                 continue
@@ -296,8 +362,14 @@ class _TimedUser(User):
         except Exception as e:  # reported as a failed request, never raised into Locust
             exc = e
         self.environment.events.request.fire(
-            request_type="MLFLOW", name=name, response_time=(time.perf_counter() - t0) * 1000.0,
-            response_length=0, exception=exc, context={}, start_time=start)
+            request_type="MLFLOW",
+            name=name,
+            response_time=(time.perf_counter() - t0) * 1000.0,
+            response_length=0,
+            exception=exc,
+            context={},
+            start_time=start,
+        )
         return result, exc
 
 
@@ -322,29 +394,39 @@ class ScientistUser(_TimedUser):
 
     def _experiment_id(self) -> str:
         try:
-            body, _ = self.mlflow.call("GET", "/api/2.0/mlflow/experiments/get-by-name",
-                                       params={"experiment_name": self.experiment})
+            body, _ = self.mlflow.call(
+                "GET", "/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": self.experiment}
+            )
             return body["experiment"]["experiment_id"]
         except Unavailable as exc:
             if "RESOURCE_DOES_NOT_EXIST" not in str(exc):
                 raise
         try:
-            body, _ = self.mlflow.call("POST", "/api/2.0/mlflow/experiments/create", json_body={"name": self.experiment})
+            body, _ = self.mlflow.call(
+                "POST", "/api/2.0/mlflow/experiments/create", json_body={"name": self.experiment}
+            )
             return body["experiment_id"]
         except Unavailable as exc:  # another scientist created it meanwhile
             if "RESOURCE_ALREADY_EXISTS" not in str(exc):
                 raise
-            body, _ = self.mlflow.call("GET", "/api/2.0/mlflow/experiments/get-by-name",
-                                       params={"experiment_name": self.experiment})
+            body, _ = self.mlflow.call(
+                "GET", "/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": self.experiment}
+            )
             return body["experiment"]["experiment_id"]
 
     def _create_run(self):
         if self.experiment_id is None:
             self.experiment_id = self._experiment_id()
-        body, _ = self.mlflow.call("POST", "/api/2.0/mlflow/runs/create", json_body={
-            "experiment_id": self.experiment_id, "start_time": int(time.time() * 1000),
-            "run_name": f"drill-scientist-{os.getpid()}-{id(self) % 100000}",
-            "tags": [{"key": "xregion.drill", "value": "scientist"}]})
+        body, _ = self.mlflow.call(
+            "POST",
+            "/api/2.0/mlflow/runs/create",
+            json_body={
+                "experiment_id": self.experiment_id,
+                "start_time": int(time.time() * 1000),
+                "run_name": f"drill-scientist-{os.getpid()}-{id(self) % 100000}",
+                "tags": [{"key": "xregion.drill", "value": "scientist"}],
+            },
+        )
         info = body["run"]["info"]
         uri = info.get("artifact_uri", "")
         if not uri.startswith("mlflow-artifacts:"):
@@ -355,23 +437,42 @@ class ScientistUser(_TimedUser):
 
     def _log_metric(self):
         step, value = self.step, round(random.random(), 6)
-        _, ep = self.mlflow.call("POST", "/api/2.0/mlflow/runs/log-batch", json_body={
-            "run_id": self.run_id,
-            "metrics": [{"key": "loss", "value": value, "timestamp": int(time.time() * 1000), "step": step}]})
+        _, ep = self.mlflow.call(
+            "POST",
+            "/api/2.0/mlflow/runs/log-batch",
+            json_body={
+                "run_id": self.run_id,
+                "metrics": [{"key": "loss", "value": value, "timestamp": int(time.time() * 1000), "step": step}],
+            },
+        )
         acks().add(Ack(time.time(), "metric", self.run_id, "loss", step, repr(value), "", ep))
 
     def _log_artifact(self):
         step = self.step
         content = f"run {self.run_id} step {step} {random.random()}\n".encode() * 16
         name = f"notes/step-{step:04d}.txt"
-        _, ep = self.mlflow.call("PUT", f"/api/2.0/mlflow-artifacts/artifacts/{self.artifact_path}/{name}",
-                                 data=content)
-        acks().add(Ack(time.time(), "artifact", self.run_id, f"{self.artifact_path}/{name}", step, "",
-                       hashlib.sha256(content).hexdigest(), ep))
+        _, ep = self.mlflow.call(
+            "PUT", f"/api/2.0/mlflow-artifacts/artifacts/{self.artifact_path}/{name}", data=content
+        )
+        acks().add(
+            Ack(
+                time.time(),
+                "artifact",
+                self.run_id,
+                f"{self.artifact_path}/{name}",
+                step,
+                "",
+                hashlib.sha256(content).hexdigest(),
+                ep,
+            )
+        )
 
     def _finish(self):
-        self.mlflow.call("POST", "/api/2.0/mlflow/runs/update", json_body={
-            "run_id": self.run_id, "status": "FINISHED", "end_time": int(time.time() * 1000)})
+        self.mlflow.call(
+            "POST",
+            "/api/2.0/mlflow/runs/update",
+            json_body={"run_id": self.run_id, "status": "FINISHED", "end_time": int(time.time() * 1000)},
+        )
         self.run_id = None
 
     @task
@@ -408,10 +509,16 @@ class ReleaseManagerUser(_TimedUser):
         gevent.sleep(random.random() * 2)  # release managers do not act in lock-step
 
     def _move(self, version: str):
-        self.mlflow.call("POST", "/api/2.0/mlflow/model-versions/transition-stage", json_body={
-            "name": self.model, "version": version, "stage": self.stage, "archive_existing_versions": True})
-        self.mlflow.call("POST", "/api/2.0/mlflow/registered-models/alias",
-                         json_body={"name": self.model, "alias": self.alias, "version": version})
+        self.mlflow.call(
+            "POST",
+            "/api/2.0/mlflow/model-versions/transition-stage",
+            json_body={"name": self.model, "version": version, "stage": self.stage, "archive_existing_versions": True},
+        )
+        self.mlflow.call(
+            "POST",
+            "/api/2.0/mlflow/registered-models/alias",
+            json_body={"name": self.model, "alias": self.alias, "version": version},
+        )
 
     @task
     def release(self):

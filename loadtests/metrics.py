@@ -24,6 +24,7 @@ Definitions (README.md, "What is measured", is the reference and says the same):
   (``t_f + RTO + W``), or to ``t_end`` when there was no recovery.
 * RPO = acknowledged writes that cannot be read back afterwards.
 """
+
 from __future__ import annotations
 
 import math
@@ -74,12 +75,22 @@ def percentile(values: Sequence[float], p: float) -> float | None:
 def latency(reqs: Iterable[Request]) -> dict:
     """p50/p95/p99 and count of the successful requests' latencies, in ms."""
     vals = [r.latency_ms for r in reqs if r.ok]
-    return {"n": len(vals), "p50_ms": percentile(vals, 50), "p95_ms": percentile(vals, 95),
-            "p99_ms": percentile(vals, 99)}
+    return {
+        "n": len(vals),
+        "p50_ms": percentile(vals, 50),
+        "p95_ms": percentile(vals, 95),
+        "p99_ms": percentile(vals, 99),
+    }
 
 
-def windows(reqs: Sequence[Request], fault_ts: float, phase_end: float, window: float = WINDOW_S,
-            threshold: float = THRESHOLD, resolution: float = RESOLUTION_S) -> list[dict]:
+def windows(
+    reqs: Sequence[Request],
+    fault_ts: float,
+    phase_end: float,
+    window: float = WINDOW_S,
+    threshold: float = THRESHOLD,
+    resolution: float = RESOLUTION_S,
+) -> list[dict]:
     """Every candidate window of the RTO definition: start, requests, successes, good."""
     starts = sorted(r.ts for r in reqs)
     oks = [0]
@@ -99,8 +110,14 @@ def windows(reqs: Sequence[Request], fault_ts: float, phase_end: float, window: 
     return out
 
 
-def rto(reqs: Sequence[Request], fault_ts: float, phase_end: float, window: float = WINDOW_S,
-        threshold: float = THRESHOLD, resolution: float = RESOLUTION_S) -> float | None:
+def rto(
+    reqs: Sequence[Request],
+    fault_ts: float,
+    phase_end: float,
+    window: float = WINDOW_S,
+    threshold: float = THRESHOLD,
+    resolution: float = RESOLUTION_S,
+) -> float | None:
     """Seconds from the fault to the start of the first good window after which every window is good.
 
     None when the service is not back within the phase (or the phase is shorter than a window).
@@ -129,8 +146,15 @@ def timeline(reqs: Sequence[Request], start: float, end: float, bin_s: float = 1
     for b in range(nbins):
         rs = bins.get(b, [])
         lat = [r.latency_ms for r in rs if r.ok]
-        out.append({"t": b * bin_s, "ok": sum(1 for r in rs if r.ok), "failed": sum(1 for r in rs if not r.ok),
-                    "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99)})
+        out.append(
+            {
+                "t": b * bin_s,
+                "ok": sum(1 for r in rs if r.ok),
+                "failed": sum(1 for r in rs if not r.ok),
+                "p50_ms": percentile(lat, 50),
+                "p99_ms": percentile(lat, 99),
+            }
+        )
     return out
 
 
@@ -151,16 +175,30 @@ def error_counts(reqs: Iterable[Request], top: int = 10) -> list[dict]:
     return [{"name": n, "error": e, "count": c} for (n, e), c in rows]
 
 
-def summarize(reqs: Sequence[Request], *, load_start: float, load_end: float, fault_ts: float | None,
-              phase_end: float | None, gate_kind: str | None, warmup_s: float = 3.0,
-              window: float = WINDOW_S, threshold: float = THRESHOLD, resolution: float = RESOLUTION_S) -> dict:
+def summarize(
+    reqs: Sequence[Request],
+    *,
+    load_start: float,
+    load_end: float,
+    fault_ts: float | None,
+    phase_end: float | None,
+    gate_kind: str | None,
+    warmup_s: float = 3.0,
+    window: float = WINDOW_S,
+    threshold: float = THRESHOLD,
+    resolution: float = RESOLUTION_S,
+) -> dict:
     """The drill's figures: overall, per traffic kind, and for the gated kind RTO and latencies."""
     gated = of_kind(reqs, gate_kind)
     out: dict = {
-        "requests": len(reqs), "failed": failed(reqs), "availability": availability(reqs),
+        "requests": len(reqs),
+        "failed": failed(reqs),
+        "availability": availability(reqs),
         "gate_kind": gate_kind,
-        "by_kind": {k: {"requests": len(v), "failed": failed(v), "availability": availability(v)}
-                    for k, v in sorted(_group(reqs).items())},
+        "by_kind": {
+            k: {"requests": len(v), "failed": failed(v), "availability": availability(v)}
+            for k, v in sorted(_group(reqs).items())
+        },
         "gated": {"requests": len(gated), "failed": failed(gated), "availability": availability(gated)},
         "definition": {"window_s": window, "threshold": threshold, "resolution_s": resolution},
         "load_seconds": round(load_end - load_start, 3),
@@ -174,7 +212,8 @@ def summarize(reqs: Sequence[Request], *, load_start: float, load_end: float, fa
     r = rto(gated, fault_ts, end, window, threshold, resolution)
     fo_end = fault_ts + r + window if r is not None else end
     out.update(
-        rto_s=r, recovered_ts=fault_ts + r if r is not None else None,
+        rto_s=r,
+        recovered_ts=fault_ts + r if r is not None else None,
         failover_window=[fault_ts, fo_end],
         latency_failover=latency(between(gated, fault_ts, fo_end)),
         failed_in_phase=failed(between(gated, fault_ts, end)),

@@ -1,5 +1,6 @@
 """Drill objectives: loaded from a YAML file (default ``loadtests/objectives.yaml``) and checked
 against a drill summary. Pure apart from reading the file."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,7 +24,9 @@ def load(path: Path | str | None = None, scenario: str | None = None) -> dict:
     except (OSError, yaml.YAMLError) as err:
         raise ObjectivesError(f"cannot read objectives file {path}: {err}") from None
     if not isinstance(data, dict) or set(data) - {"defaults", "scenarios"}:
-        raise ObjectivesError(f"{path}: expected the keys 'defaults' and 'scenarios' only, got {sorted(data) if isinstance(data, dict) else type(data).__name__}")
+        raise ObjectivesError(
+            f"{path}: expected the keys 'defaults' and 'scenarios' only, got {sorted(data) if isinstance(data, dict) else type(data).__name__}"
+        )
     out = dict(DEFAULTS)
     layers = [("defaults", data.get("defaults") or {})]
     if scenario:
@@ -33,8 +36,9 @@ def load(path: Path | str | None = None, scenario: str | None = None) -> dict:
             raise ObjectivesError(f"{path}: {where} must be a mapping")
         unknown = set(layer) - KEYS
         if unknown:
-            raise ObjectivesError(f"{path}: {where}: unknown objective(s) {', '.join(sorted(unknown))}; "
-                                  f"known: {', '.join(sorted(KEYS))}")
+            raise ObjectivesError(
+                f"{path}: {where}: unknown objective(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(KEYS))}"
+            )
         for k, v in layer.items():
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
                 raise ObjectivesError(f"{path}: {where}.{k} must be a non-negative number or null, got {v!r}")
@@ -80,8 +84,13 @@ def check(objectives: dict, summary: dict) -> list[dict]:
         elif got.get("error"):
             row(f"rpo_{kind}", target, None, None if target is None else False, got["error"])
         else:
-            row(f"rpo_{kind}", target, got["missing"], None if target is None else got["missing"] <= target,
-                f"{got['missing']} of {got['acknowledged']} acknowledged missing")
+            row(
+                f"rpo_{kind}",
+                target,
+                got["missing"],
+                None if target is None else got["missing"] <= target,
+                f"{got['missing']} of {got['acknowledged']} acknowledged missing",
+            )
     return rows
 
 

@@ -9,6 +9,7 @@ way; RPO is computed by reading them back after the drill.
 
 No Locust import here: the drill process reads these files without gevent.
 """
+
 from __future__ import annotations
 
 import csv
@@ -26,8 +27,8 @@ class Request:
     """One request: ``ts`` is the wall-clock time it started (seconds since the epoch)."""
 
     ts: float
-    kind: str          # the persona's traffic class: serving | tracking | release
-    name: str          # the Locust request name, e.g. "serving: invocations"
+    kind: str  # the persona's traffic class: serving | tracking | release
+    name: str  # the Locust request name, e.g. "serving: invocations"
     ok: bool
     latency_ms: float
     error: str = ""
@@ -42,13 +43,13 @@ class Ack:
     """A write the client was told succeeded: a metric value (key, step) or an artifact (key = path)."""
 
     ts: float
-    kind: str          # metric | artifact
+    kind: str  # metric | artifact
     run_id: str
     key: str
     step: int
-    value: str         # the metric value as logged, or "" for an artifact
-    sha256: str        # artifact content hash, "" for a metric
-    endpoint: str      # the MLflow server that acknowledged it
+    value: str  # the metric value as logged, or "" for an artifact
+    sha256: str  # artifact content hash, "" for a metric
+    endpoint: str  # the MLflow server that acknowledged it
 
 
 class _CsvAppender:
@@ -132,8 +133,16 @@ def read_requests(paths: list[Path] | Path) -> list[Request]:
     for path in paths:
         for row in _rows(path):
             try:
-                out.append(Request(ts=float(row["ts"]), kind=row["kind"], name=row["name"], ok=row["ok"] == "1",
-                                   latency_ms=float(row["latency_ms"]), error=row.get("error") or ""))
+                out.append(
+                    Request(
+                        ts=float(row["ts"]),
+                        kind=row["kind"],
+                        name=row["name"],
+                        ok=row["ok"] == "1",
+                        latency_ms=float(row["latency_ms"]),
+                        error=row.get("error") or "",
+                    )
+                )
             except (TypeError, ValueError, KeyError):
                 continue
     out.sort(key=lambda r: r.ts)
@@ -147,9 +156,18 @@ def read_acks(paths: list[Path] | Path) -> list[Ack]:
     for path in paths:
         for row in _rows(path):
             try:
-                out.append(Ack(ts=float(row["ts"]), kind=row["kind"], run_id=row["run_id"], key=row["key"],
-                               step=int(row["step"]), value=row["value"], sha256=row["sha256"],
-                               endpoint=row["endpoint"]))
+                out.append(
+                    Ack(
+                        ts=float(row["ts"]),
+                        kind=row["kind"],
+                        run_id=row["run_id"],
+                        key=row["key"],
+                        step=int(row["step"]),
+                        value=row["value"],
+                        sha256=row["sha256"],
+                        endpoint=row["endpoint"],
+                    )
+                )
             except (TypeError, ValueError, KeyError):
                 continue
     out.sort(key=lambda a: a.ts)

@@ -10,6 +10,7 @@ Bounds: the load lasts ``duration`` seconds (Locust's ``-t``), stops early after
 requests, and the Locust processes are killed if they outlive ``duration + 60`` seconds.
 Everything binds and connects to the regions file's loopback endpoints.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -46,8 +47,11 @@ DRILLS_EXPERIMENT = "drills"
 
 def probe_serving(cfg: XRegionConfig, user_id: int = 1, timeout: float = 3.0) -> tuple[bool, str]:
     try:
-        resp = requests.post(f"{cfg.serving.frontend_url}/invocations", timeout=timeout,
-                             json={"dataframe_records": [{"user_id": user_id, "k": 5}]})
+        resp = requests.post(
+            f"{cfg.serving.frontend_url}/invocations",
+            timeout=timeout,
+            json={"dataframe_records": [{"user_id": user_id, "k": 5}]},
+        )
     except requests.RequestException as exc:
         return False, f"{type(exc).__name__}: {exc}"
     if resp.status_code != 200:
@@ -75,7 +79,6 @@ def wait_serving(cfg: XRegionConfig, timeout: float = 90.0, consecutive: int = 5
 def known_user_ids(cfg: XRegionConfig, run_dir: Path, progress: Callable[[str], None]) -> str:
     """A file of the production model's known user ids (from its towers artifact), for the Zipf draw."""
     import numpy as np
-
     from xregion.plugins import registry_cli
 
     try:
@@ -87,8 +90,9 @@ def known_user_ids(cfg: XRegionConfig, run_dir: Path, progress: Callable[[str], 
 
         source = cl.get_model_version_download_uri(cfg.registry.model_name, mv.version)
         with tempfile.TemporaryDirectory() as tmp:
-            towers = mlflow.artifacts.download_artifacts(artifact_uri=f"{source}/artifacts/towers.npz", dst_path=tmp,
-                                                         tracking_uri=cfg.primary.mlflow_url)
+            towers = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{source}/artifacts/towers.npz", dst_path=tmp, tracking_uri=cfg.primary.mlflow_url
+            )
             ids = np.load(towers)["user_ids"]
         path = run_dir / "user_ids.txt"
         path.write_text("\n".join(str(int(i)) for i in ids) + "\n")
@@ -111,32 +115,81 @@ def _free_port() -> int:
 class LoadProcesses:
     """Locust, headless: one local process, or a master and ``workers`` workers on loopback."""
 
-    def __init__(self, run_dir: Path, host: str, users: int, spawn_rate: float, duration: float,
-                 workers: int, xr_args: list[str], classes: list[str], env: dict[str, str]):
+    def __init__(
+        self,
+        run_dir: Path,
+        host: str,
+        users: int,
+        spawn_rate: float,
+        duration: float,
+        workers: int,
+        xr_args: list[str],
+        classes: list[str],
+        env: dict[str, str],
+    ):
         self.run_dir = run_dir
         self.procs: list[subprocess.Popen] = []
         self.duration = duration
         common = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--loglevel", "WARNING", *xr_args]
-        run = ["--headless", "--host", host, "-u", str(users), "-r", str(spawn_rate), "-t", f"{int(round(duration))}s",
-               "--stop-timeout", "3", "--only-summary", "--csv", str(run_dir / "locust"), *classes]
+        run = [
+            "--headless",
+            "--host",
+            host,
+            "-u",
+            str(users),
+            "-r",
+            str(spawn_rate),
+            "-t",
+            f"{int(round(duration))}s",
+            "--stop-timeout",
+            "3",
+            "--only-summary",
+            "--csv",
+            str(run_dir / "locust"),
+            *classes,
+        ]
         self.env = {**os.environ, **env}
         if workers <= 0:
             self.cmds = [("locust", common + run)]
         else:
             port = _free_port()
-            self.cmds = [("locust-master", common + run + ["--master", "--master-bind-host", "127.0.0.1",
-                                                           "--master-bind-port", str(port),
-                                                           "--expect-workers", str(workers),
-                                                           "--expect-workers-max-wait", "60"])]
-            self.cmds += [(f"locust-worker-{i}", common + ["--worker", "--master-host", "127.0.0.1",
-                                                           "--master-port", str(port)])
-                          for i in range(1, workers + 1)]
+            self.cmds = [
+                (
+                    "locust-master",
+                    common
+                    + run
+                    + [
+                        "--master",
+                        "--master-bind-host",
+                        "127.0.0.1",
+                        "--master-bind-port",
+                        str(port),
+                        "--expect-workers",
+                        str(workers),
+                        "--expect-workers-max-wait",
+                        "60",
+                    ],
+                )
+            ]
+            self.cmds += [
+                (f"locust-worker-{i}", common + ["--worker", "--master-host", "127.0.0.1", "--master-port", str(port)])
+                for i in range(1, workers + 1)
+            ]
 
     def start(self) -> None:
         for name, cmd in self.cmds:
             log = open(self.run_dir / f"{name}.log", "wb")
-            self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                               env=self.env, cwd=str(self.run_dir), start_new_session=True))
+            self.procs.append(
+                subprocess.Popen(
+                    cmd,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=self.env,
+                    cwd=str(self.run_dir),
+                    start_new_session=True,
+                )
+            )
             log.close()
 
     def wait_started(self, timeout: float = 90.0) -> float:
@@ -148,8 +201,9 @@ class LoadProcesses:
                 return min(json.loads(m.read_text())["ts"] for m in marks)
             dead = [p for p in self.procs if p.poll() is not None]
             if dead:
-                raise DrillError(f"Locust exited before the test started; see {self.run_dir}/locust*.log:\n"
-                                 + self.tail())
+                raise DrillError(
+                    f"Locust exited before the test started; see {self.run_dir}/locust*.log:\n" + self.tail()
+                )
             time.sleep(0.1)
         raise DrillError(f"Locust did not start within {timeout:.0f}s; see {self.run_dir}/locust*.log")
 
@@ -215,8 +269,15 @@ def run_step(ctx: Ctx, label: str, fn: Callable[[Ctx], dict], t0: float) -> dict
         result, error = None, f"{type(exc).__name__}: {exc}"
         ctx.progress(f"[red]step {label} failed: {error}[/red]")
     end = time.time()
-    return {"label": label, "t": start - t0, "ts_start": start, "ts_end": end, "seconds": round(end - start, 3),
-            "result": result, "error": error}
+    return {
+        "label": label,
+        "t": start - t0,
+        "ts_start": start,
+        "ts_end": end,
+        "seconds": round(end - start, 3),
+        "result": result,
+        "error": error,
+    }
 
 
 # --- read-back (RPO) -----------------------------------------------------------------------------
@@ -291,7 +352,6 @@ def _in_every_region(cfg: XRegionConfig, art_acks: list) -> dict:
 def log_to_mlflow(cfg: XRegionConfig, home: Path, out_dir: Path, summary: dict) -> dict:
     """The report, the raw CSV and the summary as a run of the ``drills`` experiment."""
     from mlflow.tracking import MlflowClient
-
     from xregion.dr.nodes import effective_config
 
     eff = effective_config(cfg, home)
@@ -309,21 +369,43 @@ def log_to_mlflow(cfg: XRegionConfig, home: Path, out_dir: Path, summary: dict) 
     exp = cl.get_experiment_by_name(DRILLS_EXPERIMENT)
     exp_id = exp.experiment_id if exp else cl.create_experiment(DRILLS_EXPERIMENT)
     s = summary
-    run = cl.create_run(exp_id, run_name=f"{s['scenario']} {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(s['load_start']))}",
-                        tags={"xregion.drill.scenario": s["scenario"], "xregion.drill.objectives_met": str(s["objectives_met"]),
-                              "xregion.drill.gate": s["gate_kind"]})
+    run = cl.create_run(
+        exp_id,
+        run_name=f"{s['scenario']} {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(s['load_start']))}",
+        tags={
+            "xregion.drill.scenario": s["scenario"],
+            "xregion.drill.objectives_met": str(s["objectives_met"]),
+            "xregion.drill.gate": s["gate_kind"],
+        },
+    )
     rid = run.info.run_id
-    params = {"scenario": s["scenario"], "duration_s": s["duration"], "users": s["users"], "workers": s["workers"],
-              "mix": json.dumps(s["mix"]), "fault_at_s": s["schedule"]["fault_at"],
-              "restore_at_s": s["schedule"]["restore_at"], "objectives": json.dumps(s["objectives_target"])}
+    params = {
+        "scenario": s["scenario"],
+        "duration_s": s["duration"],
+        "users": s["users"],
+        "workers": s["workers"],
+        "mix": json.dumps(s["mix"]),
+        "fault_at_s": s["schedule"]["fault_at"],
+        "restore_at_s": s["schedule"]["restore_at"],
+        "objectives": json.dumps(s["objectives_target"]),
+    }
     for k, v in params.items():
         cl.log_param(rid, k, str(v))
-    mets = {"availability": s["gated"]["availability"], "availability_all": s["availability"],
-            "failed": s["gated"]["failed"], "failed_all": s["failed"], "requests": s["gated"]["requests"],
-            "rto_s": s["rto_s"], "p50_ms": s["latency_steady"]["p50_ms"], "p95_ms": s["latency_steady"]["p95_ms"],
-            "p99_ms": s["latency_steady"]["p99_ms"], "failover_p50_ms": s["latency_failover"]["p50_ms"],
-            "failover_p95_ms": s["latency_failover"]["p95_ms"], "failover_p99_ms": s["latency_failover"]["p99_ms"],
-            "objectives_met": 1.0 if s["objectives_met"] else 0.0}
+    mets = {
+        "availability": s["gated"]["availability"],
+        "availability_all": s["availability"],
+        "failed": s["gated"]["failed"],
+        "failed_all": s["failed"],
+        "requests": s["gated"]["requests"],
+        "rto_s": s["rto_s"],
+        "p50_ms": s["latency_steady"]["p50_ms"],
+        "p95_ms": s["latency_steady"]["p95_ms"],
+        "p99_ms": s["latency_steady"]["p99_ms"],
+        "failover_p50_ms": s["latency_failover"]["p50_ms"],
+        "failover_p95_ms": s["latency_failover"]["p95_ms"],
+        "failover_p99_ms": s["latency_failover"]["p99_ms"],
+        "objectives_met": 1.0 if s["objectives_met"] else 0.0,
+    }
     for kind, v in (s.get("rpo") or {}).items():
         if "missing" in v:
             mets[f"rpo_{kind}"] = v["missing"]
@@ -340,8 +422,9 @@ def log_to_mlflow(cfg: XRegionConfig, home: Path, out_dir: Path, summary: dict) 
 # --- the drill -----------------------------------------------------------------------------------
 
 
-def default_schedule(duration: float, scenario: Scenario, fault_at: float | None, restore_at: float | None,
-                     window: float = M.WINDOW_S) -> tuple[float | None, float | None]:
+def default_schedule(
+    duration: float, scenario: Scenario, fault_at: float | None, restore_at: float | None, window: float = M.WINDOW_S
+) -> tuple[float | None, float | None]:
     if scenario.inject is None:
         return None, None
     fault_at = float(fault_at) if fault_at is not None else round(max(5.0, 0.3 * duration), 1)
@@ -351,21 +434,38 @@ def default_schedule(duration: float, scenario: Scenario, fault_at: float | None
         restore_at = None
     end = restore_at if restore_at is not None else duration
     if fault_at < 0 or end - fault_at < window:
-        raise DrillError(f"the fault phase (t={fault_at:g}s to t={end:g}s) must last at least one {window:g} s "
-                         f"window for RTO to be measurable; change --duration, --fault-at or --restore-at")
+        raise DrillError(
+            f"the fault phase (t={fault_at:g}s to t={end:g}s) must last at least one {window:g} s "
+            f"window for RTO to be measurable; change --duration, --fault-at or --restore-at"
+        )
     if restore_at is not None and restore_at > duration:
         raise DrillError(f"--restore-at {restore_at:g} is after the end of the load ({duration:g} s)")
     return fault_at, restore_at
 
 
-def run_drill(scenario: str, *, duration: float = 60.0, users: int = 8, workers: int = 0,
-              spawn_rate: float | None = None, fault_at: float | None = None, restore_at: float | None = None,
-              objectives_file: str | Path | None = None, out_dir: Path | None = None,
-              max_requests: int | None = None, scientists: int | None = None,
-              release_managers: int | None = None, serving_rate: float = 2.0, scientist_rate: float = 2.0,
-              timeout: float = 5.0, seed: int = 0, to_mlflow: bool = True,
-              cfg: XRegionConfig | None = None, home: Path | None = None,
-              progress: Callable[[str], None] = print) -> dict:
+def run_drill(
+    scenario: str,
+    *,
+    duration: float = 60.0,
+    users: int = 8,
+    workers: int = 0,
+    spawn_rate: float | None = None,
+    fault_at: float | None = None,
+    restore_at: float | None = None,
+    objectives_file: str | Path | None = None,
+    out_dir: Path | None = None,
+    max_requests: int | None = None,
+    scientists: int | None = None,
+    release_managers: int | None = None,
+    serving_rate: float = 2.0,
+    scientist_rate: float = 2.0,
+    timeout: float = 5.0,
+    seed: int = 0,
+    to_mlflow: bool = True,
+    cfg: XRegionConfig | None = None,
+    home: Path | None = None,
+    progress: Callable[[str], None] = print,
+) -> dict:
     """Run one drill end to end and return its summary (``objectives_met`` says whether it passed)."""
     from xregion.infra.supervisor import Supervisor
 
@@ -379,8 +479,9 @@ def run_drill(scenario: str, *, duration: float = 60.0, users: int = 8, workers:
     n_sci = sc.scientists if scientists is None else scientists
     n_rm = sc.release_managers if release_managers is None else release_managers
     if users < n_sci + n_rm + (1 if sc.gate == "serving" else 0):
-        raise DrillError(f"--users {users} is too few for {n_sci} scientist(s), {n_rm} release manager(s) and "
-                         f"the serving users")
+        raise DrillError(
+            f"--users {users} is too few for {n_sci} scientist(s), {n_rm} release manager(s) and the serving users"
+        )
     fault_at, restore_at = default_schedule(duration, sc, fault_at, restore_at)
     objectives = O.load(objectives_file, scenario)
     if max_requests is None:
@@ -394,8 +495,10 @@ def run_drill(scenario: str, *, duration: float = 60.0, users: int = 8, workers:
     # preflight: the platform must be healthy before it is measured
     ok, detail = wait_serving(cfg, timeout=30, consecutive=3)
     if not ok:
-        raise DrillError(f"the serving front door {cfg.serving.frontend_url} does not answer scoring requests "
-                         f"({detail}); start serving first (`xregion router start`)")
+        raise DrillError(
+            f"the serving front door {cfg.serving.frontend_url} does not answer scoring requests "
+            f"({detail}); start serving first (`xregion router start`)"
+        )
     versions = good_versions(ctx)
     steps_before = []
     if sc.prepare:
@@ -404,26 +507,50 @@ def run_drill(scenario: str, *, duration: float = 60.0, users: int = 8, workers:
             raise DrillError(f"prepare failed: {steps_before[-1]['error']}")
     user_ids = known_user_ids(cfg, run_dir, progress)
 
-    xr = ["--xr-run-dir", str(run_dir), "--xr-scientists", str(n_sci), "--xr-release-managers", str(n_rm),
-          "--xr-serving-rate", str(serving_rate), "--xr-scientist-rate", str(scientist_rate),
-          "--xr-release-versions", ",".join(versions[:2]), "--xr-user-ids", user_ids,
-          "--xr-timeout", str(timeout), "--xr-max-requests", str(max_requests), "--xr-seed", str(seed)]
-    classes = (["ServingUser"] if users > n_sci + n_rm else []) + (["ScientistUser"] if n_sci else []) + \
-              (["ReleaseManagerUser"] if n_rm else [])
+    xr = [
+        "--xr-run-dir",
+        str(run_dir),
+        "--xr-scientists",
+        str(n_sci),
+        "--xr-release-managers",
+        str(n_rm),
+        "--xr-serving-rate",
+        str(serving_rate),
+        "--xr-scientist-rate",
+        str(scientist_rate),
+        "--xr-release-versions",
+        ",".join(versions[:2]),
+        "--xr-user-ids",
+        user_ids,
+        "--xr-timeout",
+        str(timeout),
+        "--xr-max-requests",
+        str(max_requests),
+        "--xr-seed",
+        str(seed),
+    ]
+    classes = (
+        (["ServingUser"] if users > n_sci + n_rm else [])
+        + (["ScientistUser"] if n_sci else [])
+        + (["ReleaseManagerUser"] if n_rm else [])
+    )
     env = {"XREGION_HOME": str(home)}
     if cfg.source:
         env["XREGION_CONFIG"] = str(Path(cfg.source).resolve())
-    load = LoadProcesses(run_dir, cfg.serving.frontend_url, users, spawn_rate or users, duration, workers,
-                         xr, classes, env)
+    load = LoadProcesses(
+        run_dir, cfg.serving.frontend_url, users, spawn_rate or users, duration, workers, xr, classes, env
+    )
     steps: list[tuple[float, str, Callable]] = []
     if sc.inject:
         steps.append((fault_at, "fault", sc.inject))
     if sc.restore and restore_at is not None:
         steps.append((restore_at, "restore", sc.restore))
-    progress(f"drill {scenario}: {users} users for {duration:g}s"
-             + (f" ({workers} workers)" if workers else "")
-             + (f", fault at t={fault_at:g}s" if fault_at is not None else "")
-             + (f", restore at t={restore_at:g}s" if restore_at is not None else ""))
+    progress(
+        f"drill {scenario}: {users} users for {duration:g}s"
+        + (f" ({workers} workers)" if workers else "")
+        + (f", fault at t={fault_at:g}s" if fault_at is not None else "")
+        + (f", restore at t={restore_at:g}s" if restore_at is not None else "")
+    )
     schedule = None
     try:
         load.start()
@@ -453,37 +580,63 @@ def run_drill(scenario: str, *, duration: float = 60.0, users: int = 8, workers:
     fault_ts = None
     summary_extra: dict = {}
     if fault_step:
-        faults = [e["ts"] for e in evs if e["kind"].startswith("fault.") and e["kind"] != "fault.thaw"
-                  and fault_step["ts_start"] - 0.5 <= e["ts"] <= fault_step["ts_end"] + 0.5]
+        faults = [
+            e["ts"]
+            for e in evs
+            if e["kind"].startswith("fault.")
+            and e["kind"] != "fault.thaw"
+            and fault_step["ts_start"] - 0.5 <= e["ts"] <= fault_step["ts_end"] + 0.5
+        ]
         if scenario == "bad-model-promotion":
             # the fault reaches the clients when the router switches traffic to the bad version,
             # not when the registry is changed (the new servers take a while to start)
             bad = str(ctx.state.get("bad"))
-            faults = [e["ts"] for e in evs if e["kind"] == "switch" and str(e.get("to_version")) == bad
-                      and e["ts"] >= fault_step["ts_start"]][:1]
+            faults = [
+                e["ts"]
+                for e in evs
+                if e["kind"] == "switch" and str(e.get("to_version")) == bad and e["ts"] >= fault_step["ts_start"]
+            ][:1]
             summary_extra["promoted_ts"] = fault_step["ts_end"]
             summary_extra["switched_to_bad"] = bool(faults)
             if not faults:
                 faults = [fault_step["ts_end"]]
-            rb = [e["ts"] for e in evs if e["kind"] == "rollback" and str(e.get("from_version")) == bad
-                  and e["ts"] >= faults[0]]
+            rb = [
+                e["ts"]
+                for e in evs
+                if e["kind"] == "rollback" and str(e.get("from_version")) == bad and e["ts"] >= faults[0]
+            ]
             summary_extra["rollback_after_switch_s"] = round(rb[0] - faults[0], 3) if rb else None
         fault_ts = min(faults) if faults else fault_step["ts_start"]
     phase_end = restore_step["ts_start"] if restore_step else (load_end if fault_ts is not None else None)
-    summary = M.summarize(reqs, load_start=t0, load_end=load_end, fault_ts=fault_ts, phase_end=phase_end,
-                          gate_kind=sc.gate)
-    summary.update({
-        "scenario": scenario, "description": sc.description, "duration": duration, "users": users,
-        "workers": workers, "mix": {"serving": max(0, users - n_sci - n_rm), "scientists": n_sci,
-                                    "release_managers": n_rm},
-        "schedule": {"fault_at": fault_at, "restore_at": restore_at},
-        "load_start": t0, "load_end": load_end, "fault_ts": fault_ts, "fault_label": sc.fault_label,
-        "restore_ts": restore_step["ts_start"] if restore_step else None, "restore_label": sc.restore_label,
-        "phase_end": phase_end, "steps": steps_before + done, "locust_exit_codes": codes,
-        "errors": M.error_counts(reqs), "serving_healthy_after": healthy, "max_requests": max_requests,
-        "events": [{k: v for k, v in e.items()} for e in evs if not e["kind"].startswith("drill.step")],
-        "out_dir": str(out_dir), **summary_extra,
-    })
+    summary = M.summarize(
+        reqs, load_start=t0, load_end=load_end, fault_ts=fault_ts, phase_end=phase_end, gate_kind=sc.gate
+    )
+    summary.update(
+        {
+            "scenario": scenario,
+            "description": sc.description,
+            "duration": duration,
+            "users": users,
+            "workers": workers,
+            "mix": {"serving": max(0, users - n_sci - n_rm), "scientists": n_sci, "release_managers": n_rm},
+            "schedule": {"fault_at": fault_at, "restore_at": restore_at},
+            "load_start": t0,
+            "load_end": load_end,
+            "fault_ts": fault_ts,
+            "fault_label": sc.fault_label,
+            "restore_ts": restore_step["ts_start"] if restore_step else None,
+            "restore_label": sc.restore_label,
+            "phase_end": phase_end,
+            "steps": steps_before + done,
+            "locust_exit_codes": codes,
+            "errors": M.error_counts(reqs),
+            "serving_healthy_after": healthy,
+            "max_requests": max_requests,
+            "events": [{k: v for k, v in e.items()} for e in evs if not e["kind"].startswith("drill.step")],
+            "out_dir": str(out_dir),
+            **summary_extra,
+        }
+    )
     if restore_step and restore_step["ts_start"] + M.WINDOW_S <= load_end:
         gated = M.of_kind(reqs, sc.gate)
         summary["restore_rto_s"] = M.rto(gated, restore_step["ts_start"], load_end)
@@ -495,8 +648,15 @@ def run_drill(scenario: str, *, duration: float = 60.0, users: int = 8, workers:
     summary["failed_steps"] = failed_steps
     checks = O.check(objectives, summary)
     if failed_steps:
-        checks.append({"objective": "drill steps", "target": "all ran", "actual": ", ".join(failed_steps),
-                       "met": False, "note": "a fault or repair step failed; see steps"})
+        checks.append(
+            {
+                "objective": "drill steps",
+                "target": "all ran",
+                "actual": ", ".join(failed_steps),
+                "met": False,
+                "note": "a fault or repair step failed; see steps",
+            }
+        )
     summary["objectives"] = checks
     summary["objectives_target"] = {k: v for k, v in objectives.items() if k != "source"}
     summary["objectives_source"] = objectives["source"]

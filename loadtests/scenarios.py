@@ -12,6 +12,7 @@ the database failover goes through ``xregion.dr``; promotions through the gated 
 * ``gate``: the traffic whose availability and RTO the objectives judge (``serving`` for the
   front door, ``tracking`` for the scientists' writes), and the default persona mix.
 """
+
 from __future__ import annotations
 
 import time
@@ -33,7 +34,7 @@ class DrillError(RuntimeError):
 class Ctx:
     cfg: XRegionConfig
     home: Path
-    sup: object                       # xregion.infra.supervisor.Supervisor
+    sup: object  # xregion.infra.supervisor.Supervisor
     progress: Callable[[str], None]
     run_dir: Path
     state: dict = field(default_factory=dict)
@@ -43,8 +44,8 @@ class Ctx:
 class Scenario:
     name: str
     description: str
-    gate: str                                     # serving | tracking
-    scientists: int                               # default fixed number of ScientistUser
+    gate: str  # serving | tracking
+    scientists: int  # default fixed number of ScientistUser
     release_managers: int = 0
     fault_label: str = ""
     restore_label: str = ""
@@ -52,7 +53,7 @@ class Scenario:
     inject: Callable[[Ctx], dict] | None = None
     restore: Callable[[Ctx], dict] | None = None
     finish: Callable[[Ctx], dict] | None = None
-    rpo: bool = False                             # read acknowledged writes back afterwards
+    rpo: bool = False  # read acknowledged writes back afterwards
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -71,9 +72,12 @@ def services(ctx: Ctx, region: str, components: tuple[str, ...]) -> list:
         found[s.component].append(s)
     missing = [c for c in components if c not in found]
     if missing:
-        raise DrillError(f"region {region} has no {', '.join(missing)} service (have: {', '.join(sorted(found))}); "
-                         f"start serving first (`xregion router start`)" if "serving" in missing else
-                         f"region {region} has no {', '.join(missing)} service")
+        raise DrillError(
+            f"region {region} has no {', '.join(missing)} service (have: {', '.join(sorted(found))}); "
+            f"start serving first (`xregion router start`)"
+            if "serving" in missing
+            else f"region {region} has no {', '.join(missing)} service"
+        )
     return [s for c in components for s in found[c]]
 
 
@@ -113,7 +117,9 @@ def resync(ctx: Ctx) -> dict:
         if pool is not None:
             pool.shutdown(wait=False)
     return {k: res[k] for k in ("objects", "differences", "repaired", "still_owed")} | {
-        "unreachable": res["unreachable"], "unrepairable": len(res["unrepairable"])}
+        "unreachable": res["unreachable"],
+        "unrepairable": len(res["unrepairable"]),
+    }
 
 
 def _primary_region(ctx: Ctx) -> str:
@@ -170,8 +176,10 @@ def serving_restore(ctx: Ctx) -> dict:
 def db_prepare(ctx: Ctx) -> dict:
     primary = _primary_region(ctx)
     if primary != ctx.cfg.primary.name:
-        raise DrillError(f"the database primary is {primary}, not {ctx.cfg.primary.name} as the regions file says; "
-                         f"switch back first (`xregion dr switchover --to {ctx.cfg.primary.name}`)")
+        raise DrillError(
+            f"the database primary is {primary}, not {ctx.cfg.primary.name} as the regions file says; "
+            f"switch back first (`xregion dr switchover --to {ctx.cfg.primary.name}`)"
+        )
     ctx.state["old_primary"] = primary
     ctx.state["target"] = next(r.name for r in ctx.cfg.regions if r.name != primary)
     return {"primary": primary, "failover_to": ctx.state["target"]}
@@ -183,8 +191,13 @@ def db_inject(ctx: Ctx) -> dict:
     old, target = ctx.state["old_primary"], ctx.state["target"]
     killed = ctx.sup.fault("kill", services(ctx, old, ("postgres",)), ctx.progress)
     res = fo.failover(ctx.cfg, ctx.home, target, progress=ctx.progress)
-    return {"killed": killed, "failover": {k: res[k] for k in ("from", "to", "rto_seconds", "database_writable_seconds",
-                                                                "command_seconds", "lag", "ok")}}
+    return {
+        "killed": killed,
+        "failover": {
+            k: res[k]
+            for k in ("from", "to", "rto_seconds", "database_writable_seconds", "command_seconds", "lag", "ok")
+        },
+    }
 
 
 def db_finish(ctx: Ctx) -> dict:
@@ -224,9 +237,13 @@ def bad_version(ctx: Ctx) -> str:
     mlflow.set_experiment("drills")
     with mlflow.start_run(run_name="bad-model-for-drills"):
         # like every release of the recommender, it carries an input example
-        info = mlflow.pyfunc.log_model(name="model", python_model=str(Path(__file__).with_name("bad_model.py")),
-                                       registered_model_name=name, pip_requirements=["mlflow"],
-                                       input_example=pd.DataFrame({"user_id": [1], "k": [10]}))
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(Path(__file__).with_name("bad_model.py")),
+            registered_model_name=name,
+            pip_requirements=["mlflow"],
+            input_example=pd.DataFrame({"user_id": [1], "k": [10]}),
+        )
     version = str(info.registered_model_version)
     cl.set_model_version_tag(name, version, BAD_MODEL_TAG, "bad-model")
     return version
@@ -240,11 +257,19 @@ def good_versions(ctx: Ctx) -> list[str]:
     if current is None:
         raise DrillError(f"{name} has no production version; train and promote one first")
     if current.tags.get(BAD_MODEL_TAG) == "bad-model":
-        raise DrillError(f"{name} version {current.version} in production is the drills' bad model; "
-                         f"roll back first (`xregion rollback {name}`)")
-    others = sorted((str(mv.version) for mv in cl.search_model_versions(f"name='{name}'")
-                     if mv.tags.get(BAD_MODEL_TAG) != "bad-model" and str(mv.version) != str(current.version)),
-                    key=int, reverse=True)
+        raise DrillError(
+            f"{name} version {current.version} in production is the drills' bad model; "
+            f"roll back first (`xregion rollback {name}`)"
+        )
+    others = sorted(
+        (
+            str(mv.version)
+            for mv in cl.search_model_versions(f"name='{name}'")
+            if mv.tags.get(BAD_MODEL_TAG) != "bad-model" and str(mv.version) != str(current.version)
+        ),
+        key=int,
+        reverse=True,
+    )
     return [str(current.version)] + others
 
 
@@ -266,42 +291,101 @@ def bad_inject(ctx: Ctx) -> dict:
 def bad_finish(ctx: Ctx) -> dict:
     reg, cl = _registry(ctx)
     name = ctx.cfg.registry.model_name
-    rollbacks = [e for e in events.read(ctx.home, kind="rollback", since=ctx.state.get("promoted_ts", 0))
-                 if str(e.get("from_version")) == str(ctx.state["bad"])]
+    rollbacks = [
+        e
+        for e in events.read(ctx.home, kind="rollback", since=ctx.state.get("promoted_ts", 0))
+        if str(e.get("from_version")) == str(ctx.state["bad"])
+    ]
     current = reg.production_version(cl, ctx.cfg, name)
-    out = {"rolled_back_automatically": bool(rollbacks),
-           "rollback_after_s": round(rollbacks[0]["ts"] - ctx.state["promoted_ts"], 3) if rollbacks else None,
-           "rollback_source": rollbacks[0].get("source") if rollbacks else None}
+    out = {
+        "rolled_back_automatically": bool(rollbacks),
+        "rollback_after_s": round(rollbacks[0]["ts"] - ctx.state["promoted_ts"], 3) if rollbacks else None,
+        "rollback_source": rollbacks[0].get("source") if rollbacks else None,
+    }
     if current is not None and str(current.version) == str(ctx.state["bad"]):
         ctx.progress(f"{name} {ctx.state['bad']} is still in production: rolling back by hand")
-        out["manual_rollback"] = reg.rollback(cl, ctx.cfg, name, reason="drill: bad model left in production",
-                                              to_version=ctx.state["good"], who="xregion-drill", source="drill")
+        out["manual_rollback"] = reg.rollback(
+            cl,
+            ctx.cfg,
+            name,
+            reason="drill: bad model left in production",
+            to_version=ctx.state["good"],
+            who="xregion-drill",
+            source="drill",
+        )
     return out
 
 
 # --- the table -----------------------------------------------------------------------------------
 
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
-    Scenario("baseline", "no fault: the steady state of every persona, release managers included",
-             gate="serving", scientists=1, release_managers=1),
-    Scenario("region-outage", "kill -9 region a's S3 endpoint, MLflow server and model server; restart them later "
-             "(its Postgres primary is left to db-primary-loss); resync its bucket afterwards",
-             gate="serving", scientists=1, fault_label="kill -9 region a (s3, mlflow, serving)",
-             restore_label="restart region a", inject=outage_inject, restore=outage_restore, finish=outage_finish,
-             rpo=True),
-    Scenario("model-server-crash", "kill -9 region a's model server; restart it later if nothing did",
-             gate="serving", scientists=0, fault_label="kill -9 a-serving", restore_label="restart a-serving",
-             inject=crash_inject, restore=serving_restore, finish=serving_restore),
-    Scenario("freeze", "SIGSTOP region a's model server (it accepts connections and never answers: the "
-             "partition-like case); SIGCONT later",
-             gate="serving", scientists=0, fault_label="SIGSTOP a-serving", restore_label="SIGCONT a-serving",
-             inject=freeze_inject, restore=serving_restore, finish=serving_restore),
-    Scenario("db-primary-loss", "kill -9 the Postgres primary and fail over to the standby (xregion dr failover); "
-             "afterwards rejoin the old primary and switch back",
-             gate="tracking", scientists=3, fault_label="kill -9 a-postgres + dr failover",
-             prepare=db_prepare, inject=db_inject, finish=db_finish, rpo=True),
-    Scenario("bad-model-promotion", "promote a model version that fails every prediction; the control plane "
-             "should roll it back (if it does not, the drill rolls back by hand afterwards)",
-             gate="serving", scientists=0, fault_label="promote a failing model version",
-             prepare=bad_prepare, inject=bad_inject, finish=bad_finish),
-]}
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in [
+        Scenario(
+            "baseline",
+            "no fault: the steady state of every persona, release managers included",
+            gate="serving",
+            scientists=1,
+            release_managers=1,
+        ),
+        Scenario(
+            "region-outage",
+            "kill -9 region a's S3 endpoint, MLflow server and model server; restart them later "
+            "(its Postgres primary is left to db-primary-loss); resync its bucket afterwards",
+            gate="serving",
+            scientists=1,
+            fault_label="kill -9 region a (s3, mlflow, serving)",
+            restore_label="restart region a",
+            inject=outage_inject,
+            restore=outage_restore,
+            finish=outage_finish,
+            rpo=True,
+        ),
+        Scenario(
+            "model-server-crash",
+            "kill -9 region a's model server; restart it later if nothing did",
+            gate="serving",
+            scientists=0,
+            fault_label="kill -9 a-serving",
+            restore_label="restart a-serving",
+            inject=crash_inject,
+            restore=serving_restore,
+            finish=serving_restore,
+        ),
+        Scenario(
+            "freeze",
+            "SIGSTOP region a's model server (it accepts connections and never answers: the "
+            "partition-like case); SIGCONT later",
+            gate="serving",
+            scientists=0,
+            fault_label="SIGSTOP a-serving",
+            restore_label="SIGCONT a-serving",
+            inject=freeze_inject,
+            restore=serving_restore,
+            finish=serving_restore,
+        ),
+        Scenario(
+            "db-primary-loss",
+            "kill -9 the Postgres primary and fail over to the standby (xregion dr failover); "
+            "afterwards rejoin the old primary and switch back",
+            gate="tracking",
+            scientists=3,
+            fault_label="kill -9 a-postgres + dr failover",
+            prepare=db_prepare,
+            inject=db_inject,
+            finish=db_finish,
+            rpo=True,
+        ),
+        Scenario(
+            "bad-model-promotion",
+            "promote a model version that fails every prediction; the control plane "
+            "should roll it back (if it does not, the drill rolls back by hand afterwards)",
+            gate="serving",
+            scientists=0,
+            fault_label="promote a failing model version",
+            prepare=bad_prepare,
+            inject=bad_inject,
+            finish=bad_finish,
+        ),
+    ]
+}

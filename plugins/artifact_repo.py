@@ -7,6 +7,7 @@ server writes), as ``--default-artifact-root xregion:///mlartifacts`` (clients w
 with the regions file and credentials in their environment), or as an experiment's
 artifact_location.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,8 +44,7 @@ class XRegionArtifactRepository(ArtifactRepository):
 
     @staticmethod
     def _unavailable(err: StoreError) -> MlflowException:
-        return MlflowException(f"artifact store unavailable in every region: {err}",
-                               error_code=TEMPORARILY_UNAVAILABLE)
+        return MlflowException(f"artifact store unavailable in every region: {err}", error_code=TEMPORARILY_UNAVAILABLE)
 
     def log_artifact(self, local_file, artifact_path=None):
         try:
@@ -56,7 +56,11 @@ class XRegionArtifactRepository(ArtifactRepository):
         local_dir = os.path.abspath(local_dir)
         for root, _, filenames in os.walk(local_dir):
             rel = os.path.relpath(root, local_dir)
-            sub = artifact_path if rel == "." else posixpath.join(artifact_path or "", relative_path_to_artifact_path(rel))
+            sub = (
+                artifact_path
+                if rel == "."
+                else posixpath.join(artifact_path or "", relative_path_to_artifact_path(rel))
+            )
             for name in filenames:
                 try:
                     self.replicator.put_file(self._key(sub, name), os.path.join(root, name))
@@ -71,8 +75,11 @@ class XRegionArtifactRepository(ArtifactRepository):
         except StoreError as err:
             raise self._unavailable(err) from None
         infos = [FileInfo(posixpath.relpath(d.rstrip("/"), self.root or "."), True, None) for d in dirs]
-        infos += [FileInfo(posixpath.relpath(k, self.root or "."), False, size)
-                  for k, size in files.items() if not k.endswith("/")]
+        infos += [
+            FileInfo(posixpath.relpath(k, self.root or "."), False, size)
+            for k, size in files.items()
+            if not k.endswith("/")
+        ]
         return sorted(infos, key=lambda f: f.path)
 
     def _download_file(self, remote_file_path, local_path):

@@ -5,6 +5,7 @@
 region one after the other. Throughputs are compared as ratios to (a), measured in the same run
 and interleaved over rounds, because absolute times drift on a shared machine.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,6 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-
-import boto3
 
 from xregion.config import load_config
 from xregion.store import RegionStore
@@ -60,8 +59,12 @@ def run_bench(max_mib: int = 64, rounds: int = 4, progress=print) -> dict:
     cfg = load_config()
     stores = {r.name: RegionStore(r) for r in cfg.write_order()}
     primary = stores[cfg.primary.name]
-    times: dict[str, list[float]] = {"a_plain_boto3": [], "b_xregion_sync": [], "c_xregion_async": [],
-                                     "d_sequential_regions": []}
+    times: dict[str, list[float]] = {
+        "a_plain_boto3": [],
+        "b_xregion_sync": [],
+        "c_xregion_async": [],
+        "d_sequential_regions": [],
+    }
     lags: list[float] = []
     full: list[float] = []
     with tempfile.TemporaryDirectory(prefix="xregion-bench-") as tmp:
@@ -72,7 +75,8 @@ def run_bench(max_mib: int = 64, rounds: int = 4, progress=print) -> dict:
             run = f"xregion-bench/{time.time_ns()}"
             times["a_plain_boto3"].append(_timed(lambda: _plain(primary, files, f"{run}/a")))
             times["d_sequential_regions"].append(
-                _timed(lambda: [_plain(s, files, f"{run}/d") for s in stores.values()]))
+                _timed(lambda: [_plain(s, files, f"{run}/d") for s in stores.values()])
+            )
             sync = Replicator(cfg, Path(tmp) / f"sync-{rnd}.sqlite", mode="sync")
             times["b_xregion_sync"].append(_timed(lambda: [sync.put_file(f"{run}/b/{p.name}", p) for p in files]))
             sync.close()
@@ -94,13 +98,20 @@ def run_bench(max_mib: int = 64, rounds: int = 4, progress=print) -> dict:
     mibs = {k: total / 2**20 / v for k, v in best.items()}
     base = mibs["a_plain_boto3"]
     return {
-        "artifact_set": {"files": len(files), "bytes": total, "sizes_kib": [s for s in SIZES_KIB if s <= max_mib * 1024]},
-        "regions": list(stores), "rounds": rounds,
+        "artifact_set": {
+            "files": len(files),
+            "bytes": total,
+            "sizes_kib": [s for s in SIZES_KIB if s <= max_mib * 1024],
+        },
+        "regions": list(stores),
+        "rounds": rounds,
         "seconds": {k: round(v, 3) for k, v in best.items()},
         "throughput_mib_s": {k: round(v, 1) for k, v in mibs.items()},
-        "ratios": {"b_over_a": round(mibs["b_xregion_sync"] / base, 3),
-                   "c_over_a": round(mibs["c_xregion_async"] / base, 3),
-                   "d_over_a": round(mibs["d_sequential_regions"] / base, 3)},
+        "ratios": {
+            "b_over_a": round(mibs["b_xregion_sync"] / base, 3),
+            "c_over_a": round(mibs["c_xregion_async"] / base, 3),
+            "d_over_a": round(mibs["d_sequential_regions"] / base, 3),
+        },
         "async_lag_s": {"p50": round(pct(lags, 50), 3), "p99": round(pct(lags, 99), 3), "samples": len(lags)},
         "async_fully_replicated_s": round(statistics.median(full), 3),
         "targets": {"c_over_a": ">= 0.9", "b_over_a": ">= 0.7 and above d_over_a", "async_lag_p99_s": "<= 2"},
@@ -110,14 +121,25 @@ def run_bench(max_mib: int = 64, rounds: int = 4, progress=print) -> dict:
 def render(result: dict, console) -> None:
     from rich.table import Table
 
-    t = Table("method", "seconds", "MiB/s", "ratio to (a)",
-              title=f"replication benchmark: {result['artifact_set']['files']} files, "
-                    f"{result['artifact_set']['bytes'] / 2**20:.1f} MiB, regions {', '.join(result['regions'])}")
-    ratio = {"a_plain_boto3": 1.0, "b_xregion_sync": result["ratios"]["b_over_a"],
-             "c_xregion_async": result["ratios"]["c_over_a"], "d_sequential_regions": result["ratios"]["d_over_a"]}
+    t = Table(
+        "method",
+        "seconds",
+        "MiB/s",
+        "ratio to (a)",
+        title=f"replication benchmark: {result['artifact_set']['files']} files, "
+        f"{result['artifact_set']['bytes'] / 2**20:.1f} MiB, regions {', '.join(result['regions'])}",
+    )
+    ratio = {
+        "a_plain_boto3": 1.0,
+        "b_xregion_sync": result["ratios"]["b_over_a"],
+        "c_xregion_async": result["ratios"]["c_over_a"],
+        "d_sequential_regions": result["ratios"]["d_over_a"],
+    }
     for k, s in result["seconds"].items():
         t.add_row(k, f"{s:.2f}", f"{result['throughput_mib_s'][k]:.1f}", f"{ratio[k]:.2f}")
     console.print(t)
     lag = result["async_lag_s"]
-    console.print(f"async lag p50 {lag['p50']}s, p99 {lag['p99']}s ({lag['samples']} objects); "
-                  f"async set fully replicated after {result['async_fully_replicated_s']}s")
+    console.print(
+        f"async lag p50 {lag['p50']}s, p99 {lag['p99']}s ({lag['samples']} objects); "
+        f"async set fully replicated after {result['async_fully_replicated_s']}s"
+    )

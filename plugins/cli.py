@@ -1,4 +1,5 @@
 """`xregion replicate status | verify | resync | run` and `xregion bench replication`."""
+
 from __future__ import annotations
 
 import json
@@ -30,33 +31,60 @@ def status(as_json: bool = typer.Option(False, "--json")) -> None:
     rows = []
     for name, store in rep.stores.items():
         p = pending.get(name, {})
-        rows.append({"region": name, "healthy": store.healthy(), "pending_objects": p.get("objects", 0),
-                     "pending_bytes": p.get("bytes", 0),
-                     "oldest_pending_s": round(time.time() - p["oldest"], 1) if p.get("oldest") else 0,
-                     "last_error": p.get("last_error")})
+        rows.append(
+            {
+                "region": name,
+                "healthy": store.healthy(),
+                "pending_objects": p.get("objects", 0),
+                "pending_bytes": p.get("bytes", 0),
+                "oldest_pending_s": round(time.time() - p["oldest"], 1) if p.get("oldest") else 0,
+                "last_error": p.get("last_error"),
+            }
+        )
     if as_json:
         print(json.dumps({"mode": rep.mode, "regions": rows}, indent=2))
         return
-    table = Table("region", "store", "owed objects", "owed bytes", "oldest owed", "last error",
-                  title=f"artifact replication ({rep.mode})")
+    table = Table(
+        "region",
+        "store",
+        "owed objects",
+        "owed bytes",
+        "oldest owed",
+        "last error",
+        title=f"artifact replication ({rep.mode})",
+    )
     for r in rows:
-        table.add_row(r["region"], "[green]up[/green]" if r["healthy"] else "[red]down[/red]",
-                      str(r["pending_objects"]), str(r["pending_bytes"]), f"{r['oldest_pending_s']}s",
-                      r["last_error"] or "")
+        table.add_row(
+            r["region"],
+            "[green]up[/green]" if r["healthy"] else "[red]down[/red]",
+            str(r["pending_objects"]),
+            str(r["pending_bytes"]),
+            f"{r['oldest_pending_s']}s",
+            r["last_error"] or "",
+        )
     Console().print(table)
 
 
 def _bar() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
 
 
 @replicate_app.command()
-def verify(prefix: str = typer.Option("", help="Only keys under this prefix."),
-           deep: bool = typer.Option(False, help="Download and hash every copy, not only suspects."),
-           as_json: bool = typer.Option(False, "--json")) -> None:
+def verify(
+    prefix: str = typer.Option("", help="Only keys under this prefix."),
+    deep: bool = typer.Option(False, help="Download and hash every copy, not only suspects."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """Compare every object in every region (key, size, hash). Exit 1 on any difference."""
-    from .verify import as_rows, verify as run_verify
+    from .verify import as_rows
+    from .verify import verify as run_verify
 
     rep = _replicator()
     with _bar() as bar:
@@ -65,8 +93,14 @@ def verify(prefix: str = typer.Option("", help="Only keys under this prefix."),
     if as_json:
         print(json.dumps({"objects": total, "regions": list(rep.stores), "differences": as_rows(diffs)}, indent=2))
     else:
-        table = Table("key", "region", "problem", "detail", "good copy in",
-                      title=f"{total} objects in {len(rep.stores)} regions: {len(diffs)} difference(s)")
+        table = Table(
+            "key",
+            "region",
+            "problem",
+            "detail",
+            "good copy in",
+            title=f"{total} objects in {len(rep.stores)} regions: {len(diffs)} difference(s)",
+        )
         for d in diffs:
             table.add_row(d.key, d.region, d.problem, d.detail, d.good_source or "-")
         Console().print(table)
@@ -76,9 +110,11 @@ def verify(prefix: str = typer.Option("", help="Only keys under this prefix."),
 
 
 @replicate_app.command()
-def resync(prefix: str = typer.Option("", help="Only keys under this prefix."),
-           deep: bool = typer.Option(False, help="Hash every copy to find silent corruption."),
-           as_json: bool = typer.Option(False, "--json")) -> None:
+def resync(
+    prefix: str = typer.Option("", help="Only keys under this prefix."),
+    deep: bool = typer.Option(False, help="Hash every copy to find silent corruption."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """Repair every difference from a good copy, and pay everything owed. Safe to run again."""
     from .verify import resync as run_resync
 
@@ -95,8 +131,10 @@ def resync(prefix: str = typer.Option("", help="Only keys under this prefix."),
     if as_json:
         print(json.dumps(result, indent=2))
     else:
-        console.print(f"{result['objects']} objects, {result['differences']} difference(s), "
-                      f"{result['repaired']} operation(s) applied, {result['still_owed']} still owed")
+        console.print(
+            f"{result['objects']} objects, {result['differences']} difference(s), "
+            f"{result['repaired']} operation(s) applied, {result['still_owed']} still owed"
+        )
         for region in result["unreachable"]:
             console.print(f"[red]region {region} unreachable[/red]: run resync again when it is back")
         for d in result["unrepairable"]:
@@ -105,8 +143,10 @@ def resync(prefix: str = typer.Option("", help="Only keys under this prefix."),
 
 
 @replicate_app.command()
-def run(metrics_port: int = typer.Option(0, help="Serve Prometheus metrics on this port (0: off)."),
-        seconds: float = typer.Option(0, help="Stop after this many seconds (0: run until stopped).")) -> None:
+def run(
+    metrics_port: int = typer.Option(0, help="Serve Prometheus metrics on this port (0: off)."),
+    seconds: float = typer.Option(0, help="Stop after this many seconds (0: run until stopped)."),
+) -> None:
     """Run the replicator: pay what regions are owed, as it is owed (a long-running service)."""
     from prometheus_client import start_http_server
 
@@ -121,8 +161,10 @@ def run(metrics_port: int = typer.Option(0, help="Serve Prometheus metrics on th
 
 
 @bench_app.command()
-def replication(as_json: bool = typer.Option(False, "--json"),
-                max_mib: int = typer.Option(64, help="Largest file of the artifact set, MiB.")) -> None:
+def replication(
+    as_json: bool = typer.Option(False, "--json"),
+    max_mib: int = typer.Option(64, help="Largest file of the artifact set, MiB."),
+) -> None:
     """Upload one artifact set by plain boto3, xregion sync, xregion async and two sequential uploads."""
     from .bench_replication import render, run_bench
 

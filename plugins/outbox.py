@@ -5,6 +5,7 @@ the writer at any point). Several processes on a host share it (the MLflow serve
 `xregion replicate run` service, clients): a worker leases a row before copying, so two
 replicators never copy the same object at once, and a lease left by a killed worker expires.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -63,8 +64,18 @@ class Outbox:
             self._local.conn = conn
         return conn
 
-    def owe(self, op: str, key: str, region: str, *, source: str | None = None, sha256: str | None = None,
-            size: int = 0, created: float | None = None, reason: str = "replicate") -> None:
+    def owe(
+        self,
+        op: str,
+        key: str,
+        region: str,
+        *,
+        source: str | None = None,
+        sha256: str | None = None,
+        size: int = 0,
+        created: float | None = None,
+        reason: str = "replicate",
+    ) -> None:
         """Record that ``region`` is owed ``op`` on ``key``; a later operation on the key replaces it."""
         self._conn().execute(
             """insert into owed(op, key, region, source, sha256, size, created, reason)
@@ -72,7 +83,8 @@ class Outbox:
                on conflict(key, region) do update set op=excluded.op, source=excluded.source,
                  sha256=excluded.sha256, size=excluded.size, created=excluded.created,
                  reason=excluded.reason, lease_until=0, attempts=0, last_error=null""",
-            (op, key, region, source, sha256, size, created or time.time(), reason))
+            (op, key, region, source, sha256, size, created or time.time(), reason),
+        )
 
     def lease(self, limit: int = 16, seconds: float = 60.0, skip_regions: frozenset[str] = frozenset()) -> list[Owed]:
         """Claim up to ``limit`` rows nobody else holds, oldest first."""
@@ -84,7 +96,8 @@ class Outbox:
             rows = conn.execute(
                 f"""select id, op, key, region, source, sha256, size, created, attempts, reason from owed
                     where lease_until < ? and region not in ({marks}) order by created limit ?""",
-                (now, *skip_regions, limit)).fetchall()
+                (now, *skip_regions, limit),
+            ).fetchall()
             conn.executemany("update owed set lease_until = ? where id = ?", [(now + seconds, r[0]) for r in rows])
             conn.execute("commit")
         except BaseException:
@@ -94,13 +107,15 @@ class Outbox:
 
     def done(self, item: Owed) -> None:
         # only the row as leased: a newer write to the same key replaced it and stays owed
-        self._conn().execute("delete from owed where id = ? and created = ? and op = ?",
-                             (item.id, item.created, item.op))
+        self._conn().execute(
+            "delete from owed where id = ? and created = ? and op = ?", (item.id, item.created, item.op)
+        )
 
     def failed(self, item: Owed, error: str, retry_in: float) -> None:
         self._conn().execute(
             "update owed set attempts = attempts + 1, last_error = ?, lease_until = ? where id = ? and created = ?",
-            (error[:500], time.time() + retry_in, item.id, item.created))
+            (error[:500], time.time() + retry_in, item.id, item.created),
+        )
 
     def release(self) -> None:
         """Drop every lease and back-off (after a repair run gave up, or an operator's retry)."""
@@ -108,16 +123,25 @@ class Outbox:
 
     def pending(self) -> dict[str, dict]:
         """Per owed region: objects, bytes, oldest write time and the last error."""
-        rows = self._conn().execute(
-            """select region, count(*), coalesce(sum(size), 0), min(created),
+        rows = (
+            self._conn()
+            .execute(
+                """select region, count(*), coalesce(sum(size), 0), min(created),
                       (select last_error from owed o2 where o2.region = owed.region and last_error is not null
                        order by id desc limit 1)
-               from owed group by region""").fetchall()
+               from owed group by region"""
+            )
+            .fetchall()
+        )
         return {r[0]: {"objects": r[1], "bytes": r[2], "oldest": r[3], "last_error": r[4]} for r in rows}
 
     def count(self) -> int:
         return self._conn().execute("select count(*) from owed").fetchone()[0]
 
     def items(self) -> list[Owed]:
-        return [Owed(*r) for r in self._conn().execute(
-            "select id, op, key, region, source, sha256, size, created, attempts, reason from owed order by created")]
+        return [
+            Owed(*r)
+            for r in self._conn().execute(
+                "select id, op, key, region, source, sha256, size, created, attempts, reason from owed order by created"
+            )
+        ]

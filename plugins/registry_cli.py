@@ -6,6 +6,7 @@ whose server answers, primary first), so they pass through the server's registry
 whichever client moves the version. The reason and the declared user travel as the version tags
 ``xregion.reason`` / ``xregion.actor``, which the plugin consumes into its transition record.
 """
+
 from __future__ import annotations
 
 import getpass
@@ -83,8 +84,16 @@ def _clear(cl, model: str, version: str) -> None:
             cl.delete_model_version_tag(model, version, key)
 
 
-def promote(cl, cfg: XRegionConfig, model: str, version: str, stage: str | None = None, alias: str | None = None,
-            reason: str = "", who: str | None = None) -> dict:
+def promote(
+    cl,
+    cfg: XRegionConfig,
+    model: str,
+    version: str,
+    stage: str | None = None,
+    alias: str | None = None,
+    reason: str = "",
+    who: str | None = None,
+) -> dict:
     """Move ``version`` to ``stage`` and/or point ``alias`` at it (both production ones when neither
     is given). Raises MlflowException (the gate's refusal) and leaves nothing half-annotated."""
     version = str(version)
@@ -108,8 +117,16 @@ def promote(cl, cfg: XRegionConfig, model: str, version: str, stage: str | None 
     return done
 
 
-def rollback(cl, cfg: XRegionConfig, model: str, reason: str = "", to_version: str | None = None,
-             who: str | None = None, record: bool = True, source: str = "cli") -> dict:
+def rollback(
+    cl,
+    cfg: XRegionConfig,
+    model: str,
+    reason: str = "",
+    to_version: str | None = None,
+    who: str | None = None,
+    record: bool = True,
+    source: str = "cli",
+) -> dict:
     """The previous production version back in production (stage and alias), the current one archived."""
     current = production_version(cl, cfg, model)
     if to_version is None:
@@ -128,21 +145,42 @@ def rollback(cl, cfg: XRegionConfig, model: str, reason: str = "", to_version: s
             to_version = v
             break
     if to_version is None:
-        raise RegistryError(f"{model}: no previous production version to roll back to "
-                            f"(history: {HISTORY_TAG} on the registered model)")
+        raise RegistryError(
+            f"{model}: no previous production version to roll back to (history: {HISTORY_TAG} on the registered model)"
+        )
     full_reason = f"rollback from version {current.version if current else '-'}" + (f": {reason}" if reason else "")
-    done = promote(cl, cfg, model, to_version, stage=cfg.registry.production_stage,
-                   alias=cfg.registry.production_alias, reason=full_reason, who=who)
+    done = promote(
+        cl,
+        cfg,
+        model,
+        to_version,
+        stage=cfg.registry.production_stage,
+        alias=cfg.registry.production_alias,
+        reason=full_reason,
+        who=who,
+    )
     if current is not None and str(current.version) != str(to_version):
         cur = cl.get_model_version(model, str(current.version))
         if cur.current_stage != ARCHIVED:
             _annotate(cl, model, str(current.version), full_reason, who or whoami())
             cl.transition_model_version_stage(model, str(current.version), ARCHIVED, archive_existing_versions=False)
-    done.update({"from_version": str(current.version) if current else None, "to_version": str(to_version),
-                 "reason": full_reason})
+    done.update(
+        {
+            "from_version": str(current.version) if current else None,
+            "to_version": str(to_version),
+            "reason": full_reason,
+        }
+    )
     if record:
-        events.record("rollback", model=model, from_version=done["from_version"], to_version=done["to_version"],
-                      reason=full_reason, who=who or whoami(), source=source)
+        events.record(
+            "rollback",
+            model=model,
+            from_version=done["from_version"],
+            to_version=done["to_version"],
+            reason=full_reason,
+            who=who or whoami(),
+            source=source,
+        )
     return done
 
 
@@ -159,13 +197,15 @@ def _fail(err: Exception) -> None:
 
 
 @app.command("promote")
-def promote_cmd(model: str = typer.Argument(..., help="Registered model name."),
-                version: str = typer.Argument(..., help="Version number."),
-                stage: str = typer.Option(None, "--stage", help="Stage to move it to (e.g. Production)."),
-                alias: str = typer.Option(None, "--alias", help="Alias to point at it (e.g. champion)."),
-                reason: str = typer.Option("", "--reason", help="Why; recorded with the transition."),
-                tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow server (default: a healthy region's)."),
-                as_json: bool = typer.Option(False, "--json")) -> None:
+def promote_cmd(
+    model: str = typer.Argument(..., help="Registered model name."),
+    version: str = typer.Argument(..., help="Version number."),
+    stage: str = typer.Option(None, "--stage", help="Stage to move it to (e.g. Production)."),
+    alias: str = typer.Option(None, "--alias", help="Alias to point at it (e.g. champion)."),
+    reason: str = typer.Option("", "--reason", help="Why; recorded with the transition."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow server (default: a healthy region's)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """Promote a version (default: the production stage and alias), gated on replication in every region."""
     cfg = _config()
     try:
@@ -175,16 +215,20 @@ def promote_cmd(model: str = typer.Argument(..., help="Registered model name."),
     if as_json:
         print(json.dumps(done))
     else:
-        console.print(f"[green]{model} version {version}:[/green] "
-                      + ", ".join(f"{k} {v}" for k, v in done.items() if k in ("stage", "alias")))
+        console.print(
+            f"[green]{model} version {version}:[/green] "
+            + ", ".join(f"{k} {v}" for k, v in done.items() if k in ("stage", "alias"))
+        )
 
 
 @app.command("rollback")
-def rollback_cmd(model: str = typer.Argument(..., help="Registered model name."),
-                 reason: str = typer.Option("", "--reason", help="Why; recorded with the transition."),
-                 to: str = typer.Option(None, "--to", help="Version to go back to (default: the previous production one)."),
-                 tracking_uri: str = typer.Option(None, "--tracking-uri"),
-                 as_json: bool = typer.Option(False, "--json")) -> None:
+def rollback_cmd(
+    model: str = typer.Argument(..., help="Registered model name."),
+    reason: str = typer.Option("", "--reason", help="Why; recorded with the transition."),
+    to: str = typer.Option(None, "--to", help="Version to go back to (default: the previous production one)."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """Put the previous production version back (stage and alias); archive the current one."""
     cfg = _config()
     try:
@@ -194,5 +238,7 @@ def rollback_cmd(model: str = typer.Argument(..., help="Registered model name.")
     if as_json:
         print(json.dumps(done))
     else:
-        console.print(f"[green]{model}: version {done['to_version']} back in production[/green], "
-                      f"version {done['from_version']} archived ({done['reason']})")
+        console.print(
+            f"[green]{model}: version {done['to_version']} back in production[/green], "
+            f"version {done['from_version']} archived ({done['reason']})"
+        )

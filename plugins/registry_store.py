@@ -22,13 +22,14 @@ every client are gated, not only the Python client.
   ``MLFLOW_TRACKING_USERNAME`` or the OS user), else the server's OS user. Why: the tag
   ``xregion.reason``, set by the client before the call; both are consumed (deleted) by it.
 """
+
 from __future__ import annotations
 
 import getpass
 import json
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from mlflow.entities.model_registry import ModelVersionTag, RegisteredModelTag
@@ -78,8 +79,10 @@ def check_replicated(cfg: XRegionConfig, artifact_uri: str) -> tuple[str, int, l
     total, diffs = verify(_Stores(cfg), prefix.rstrip("/") + "/")
     problems = [{"key": d.key, "region": d.region, "problem": d.problem, "detail": d.detail} for d in diffs]
     if total == 0 and not problems:
-        problems = [{"key": prefix + "/", "region": r.name, "problem": "empty", "detail": "no objects under the prefix"}
-                    for r in cfg.regions]
+        problems = [
+            {"key": prefix + "/", "region": r.name, "problem": "empty", "detail": "no objects under the prefix"}
+            for r in cfg.regions
+        ]
     return prefix, total, problems
 
 
@@ -87,9 +90,12 @@ def refusal_message(model: str, version: str, target: str, prefix: str, problems
     by_region: dict[str, list[str]] = {}
     for p in problems:
         by_region.setdefault(p["region"], []).append(
-            f"{p['key']} ({p['problem']}{': ' + p['detail'] if p['detail'] and p['problem'] != 'missing' else ''})")
-    lines = [f"promotion of {model} version {version} to {target} refused: its artifacts are not verified in "
-             f"every region (regions: {', '.join(sorted(by_region))})."]
+            f"{p['key']} ({p['problem']}{': ' + p['detail'] if p['detail'] and p['problem'] != 'missing' else ''})"
+        )
+    lines = [
+        f"promotion of {model} version {version} to {target} refused: its artifacts are not verified in "
+        f"every region (regions: {', '.join(sorted(by_region))})."
+    ]
     for region in sorted(by_region):
         objs = by_region[region]
         shown = objs[:10] + ([f"... and {len(objs) - 10} more"] if len(objs) > 10 else [])
@@ -127,9 +133,9 @@ class XRegionRegistryStore(SqlAlchemyStore):
     """MLflow's SqlAlchemyStore for the registry, with promotion gated on cross-region replication."""
 
     def __init__(self, store_uri: str, tracking_uri: str | None = None, read_db_uri: str | None = None, **_):
-        db_uri = store_uri[len(PREFIX):] if store_uri.startswith(PREFIX) else store_uri
+        db_uri = store_uri[len(PREFIX) :] if store_uri.startswith(PREFIX) else store_uri
         if read_db_uri and read_db_uri.startswith(PREFIX):
-            read_db_uri = read_db_uri[len(PREFIX):]
+            read_db_uri = read_db_uri[len(PREFIX) :]
         from mlflow.server.constants import READ_REPLICA_BACKEND_STORE_URI_ENV_VAR
 
         read_db_uri = read_db_uri or os.environ.get(READ_REPLICA_BACKEND_STORE_URI_ENV_VAR) or None
@@ -158,10 +164,14 @@ class XRegionRegistryStore(SqlAlchemyStore):
         except NotReplicatedURI as err:
             raise ReplicationGateError(
                 f"promotion of {name} version {version} to {target} refused: {err}. Only versions whose "
-                f"artifacts live in a replicated location can go to production.", [], "") from None
+                f"artifacts live in a replicated location can go to production.",
+                [],
+                "",
+            ) from None
         if problems:
-            events.record("gate.refused", model=name, version=str(version), target=target, prefix=prefix,
-                          problems=problems[:50])
+            events.record(
+                "gate.refused", model=name, version=str(version), target=target, prefix=prefix, problems=problems[:50]
+            )
             raise ReplicationGateError(refusal_message(name, version, target, prefix, problems), problems, prefix)
         return {"prefix": prefix, "objects": total}
 
@@ -207,19 +217,48 @@ class XRegionRegistryStore(SqlAlchemyStore):
             displaced = [mv for mv in super().get_latest_versions(name, [stage]) if str(mv.version) != str(version)]
         who, reason = self._consume(name, version)
         result = super().transition_model_version_stage(name, version, stage, archive_existing_versions)
-        when = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        when = datetime.now(UTC).isoformat(timespec="milliseconds")
         via = _request_via()
-        self._record(name, version, {"who": who, "when": when, "from": before.current_stage,
-                                     "to": result.current_stage, "reason": reason, "via": via})
+        self._record(
+            name,
+            version,
+            {
+                "who": who,
+                "when": when,
+                "from": before.current_stage,
+                "to": result.current_stage,
+                "reason": reason,
+                "via": via,
+            },
+        )
         for mv in displaced:
-            self._record(name, mv.version, {"who": who, "when": when, "from": mv.current_stage, "to": ARCHIVED,
-                                            "reason": f"archived: version {version} moved to {result.current_stage}"
-                                                      + (f" ({reason})" if reason else ""), "via": via})
+            self._record(
+                name,
+                mv.version,
+                {
+                    "who": who,
+                    "when": when,
+                    "from": mv.current_stage,
+                    "to": ARCHIVED,
+                    "reason": f"archived: version {version} moved to {result.current_stage}"
+                    + (f" ({reason})" if reason else ""),
+                    "via": via,
+                },
+            )
         if production:
             self._push_history(name, version)
-            events.record("promotion", model=name, version=str(version), stage=result.current_stage,
-                          previous_stage=before.current_stage, archived=[str(mv.version) for mv in displaced],
-                          who=who, reason=reason, objects=verified["objects"], prefix=verified["prefix"])
+            events.record(
+                "promotion",
+                model=name,
+                version=str(version),
+                stage=result.current_stage,
+                previous_stage=before.current_stage,
+                archived=[str(mv.version) for mv in displaced],
+                who=who,
+                reason=reason,
+                objects=verified["objects"],
+                prefix=verified["prefix"],
+            )
         return result
 
     def set_registered_model_alias(self, name, alias, version):
@@ -228,12 +267,25 @@ class XRegionRegistryStore(SqlAlchemyStore):
         previous = (super().get_registered_model(name).aliases or {}).get(alias)
         who, reason = self._consume(name, version)
         super().set_registered_model_alias(name, alias, version)
-        record = {"who": who, "when": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                  "from": f"@{alias} on version {previous}" if previous else f"@{alias} unset",
-                  "to": f"@{alias}", "reason": reason, "via": _request_via()}
+        record = {
+            "who": who,
+            "when": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "from": f"@{alias} on version {previous}" if previous else f"@{alias} unset",
+            "to": f"@{alias}",
+            "reason": reason,
+            "via": _request_via(),
+        }
         self._record(name, version, record)
         if production:
             self._push_history(name, version)
-            events.record("promotion", model=name, version=str(version), alias=alias,
-                          previous_version=str(previous) if previous else None, who=who, reason=reason,
-                          objects=verified["objects"], prefix=verified["prefix"])
+            events.record(
+                "promotion",
+                model=name,
+                version=str(version),
+                alias=alias,
+                previous_version=str(previous) if previous else None,
+                who=who,
+                reason=reason,
+                objects=verified["objects"],
+                prefix=verified["prefix"],
+            )

@@ -7,6 +7,7 @@ once the first region holds it and the outbox owes the rest. A region that is do
 owed the write; it is never skipped silently. Reads try the local region first and check the
 content hash recorded at write, falling back to another region and owing a repair.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,8 +29,11 @@ from .outbox import Outbox, Owed
 
 log = logging.getLogger(__name__)
 
-LAG = Histogram("xregion_replication_lag_seconds", "First region ack to last region ack, per object",
-                buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300))
+LAG = Histogram(
+    "xregion_replication_lag_seconds",
+    "First region ack to last region ack, per object",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+)
 PENDING_OBJECTS = Gauge("xregion_replication_pending_objects", "Objects owed to a region", ["region"])
 PENDING_BYTES = Gauge("xregion_replication_pending_bytes", "Bytes owed to a region", ["region"])
 FAILURES = Counter("xregion_replication_failures_total", "Failed region operations", ["region", "op"])
@@ -96,13 +100,23 @@ class Replicator:
             # every region the breaker skipped gets one real attempt before we give up
             acked = self._put_first(key, path, digest, [r for r in order if r not in healthy])
         if not acked:
-            raise NoRegionAvailable(f"no region accepted {key}: " + ", ".join(
-                f"{r} ({self.stores[r].region.s3.endpoint_url})" for r in order))
+            raise NoRegionAvailable(
+                f"no region accepted {key}: "
+                + ", ".join(f"{r} ({self.stores[r].region.s3.endpoint_url})" for r in order)
+            )
         now = time.time()
         for region in order:
             if region not in acked:
-                self.outbox.owe("put", key, region, source=acked[0], sha256=digest, size=size, created=now,
-                                reason="replicate" if region in healthy else "region-down")
+                self.outbox.owe(
+                    "put",
+                    key,
+                    region,
+                    source=acked[0],
+                    sha256=digest,
+                    size=size,
+                    created=now,
+                    reason="replicate" if region in healthy else "region-down",
+                )
         if len(acked) == len(order):
             self._lag(0.0)
         else:
@@ -266,7 +280,7 @@ class Replicator:
         except StoreError as err:
             FAILURES.labels(item.region, item.op).inc()
             self.health.failed(item.region)
-            self.outbox.failed(item, str(err), retry_in=min(30.0, 0.5 * 2 ** item.attempts))
+            self.outbox.failed(item, str(err), retry_in=min(30.0, 0.5 * 2**item.attempts))
             return False
         self.health.ok(item.region)
         self.outbox.done(item)

@@ -4,6 +4,7 @@ Listing gives key, size and the store's ETag; the hash recorded at write comes f
 copy. Copies whose ETags disagree while everything else agrees are hashed (downloaded) to tell
 a corrupt copy from a different multipart layout; ``deep`` hashes every copy.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -21,7 +22,7 @@ from .replication import Replicator
 class Difference:
     key: str
     region: str
-    problem: str            # missing | size | hash | corrupt | unreachable
+    problem: str  # missing | size | hash | corrupt | unreachable
     detail: str
     good_source: str | None  # a region holding a verified good copy
 
@@ -36,8 +37,9 @@ def _content_hash(rep: Replicator, region: str, key: str, tmp: Path) -> str | No
         return None
 
 
-def verify(rep: Replicator, prefix: str = "", deep: bool = False,
-           progress: Callable[[int, int], None] | None = None) -> tuple[int, list[Difference]]:
+def verify(
+    rep: Replicator, prefix: str = "", deep: bool = False, progress: Callable[[int, int], None] | None = None
+) -> tuple[int, list[Difference]]:
     """(objects compared, differences). A region that cannot be listed is one difference."""
     listings: dict[str, dict[str, ObjectInfo]] = {}
     diffs: list[Difference] = []
@@ -57,7 +59,9 @@ def verify(rep: Replicator, prefix: str = "", deep: bool = False,
     return len(keys), diffs
 
 
-def _compare(rep: Replicator, key: str, copies: dict[str, ObjectInfo | None], deep: bool, tmp: Path) -> list[Difference]:
+def _compare(
+    rep: Replicator, key: str, copies: dict[str, ObjectInfo | None], deep: bool, tmp: Path
+) -> list[Difference]:
     present = {r: o for r, o in copies.items() if o is not None}
     heads = {}
     for r in present:
@@ -78,15 +82,27 @@ def _compare(rep: Replicator, key: str, copies: dict[str, ObjectInfo | None], de
         if obj is None:
             out.append(Difference(key, region, "missing", "not in this region", source))
         elif content and recorded and content.get(region) != recorded:
-            out.append(Difference(key, region, "corrupt",
-                                  f"content sha256 {str(content.get(region))[:12]} != recorded {recorded[:12]}", source))
+            out.append(
+                Difference(
+                    key,
+                    region,
+                    "corrupt",
+                    f"content sha256 {str(content.get(region))[:12]} != recorded {recorded[:12]}",
+                    source,
+                )
+            )
         elif not content and heads.get(region) and heads[region].sha256 != recorded:
             out.append(Difference(key, region, "hash", "recorded hash differs from other regions", source))
     return out
 
 
-def resync(rep: Replicator, prefix: str = "", deep: bool = False,
-           progress: Callable[[str, int, int], None] | None = None, timeout: float = 120.0) -> dict:
+def resync(
+    rep: Replicator,
+    prefix: str = "",
+    deep: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+    timeout: float = 120.0,
+) -> dict:
     """Owe every difference a repair from a good copy, then pay everything owed. Idempotent."""
     total, diffs = verify(rep, prefix, deep, (lambda i, n: progress("verify", i, n)) if progress else None)
     unrepairable = [d for d in diffs if d.good_source is None and d.problem != "unreachable"]
@@ -107,9 +123,14 @@ def resync(rep: Replicator, prefix: str = "", deep: bool = False,
             time.sleep(0.5)  # a failed copy is retried once its back-off lease expires
     if rep.outbox.count():
         rep.outbox.release()  # leave what is still owed ready for the next replicator
-    return {"objects": total, "differences": len(diffs), "repaired": done, "still_owed": rep.outbox.count(),
-            "unrepairable": [d.as_dict() for d in unrepairable],
-            "unreachable": [d.region for d in diffs if d.problem == "unreachable"]}
+    return {
+        "objects": total,
+        "differences": len(diffs),
+        "repaired": done,
+        "still_owed": rep.outbox.count(),
+        "unrepairable": [d.as_dict() for d in unrepairable],
+        "unreachable": [d.region for d in diffs if d.problem == "unreachable"],
+    }
 
 
 def as_rows(diffs: list[Difference]) -> list[dict]:

@@ -41,24 +41,48 @@ class ModelServer:
     """``mlflow models serve`` as a supervised service (its own XREGION_HOME-like directory),
     so that it is started, health-checked and stopped like every other process of the platform."""
 
-    def __init__(self, model_uri: str, tracking_uri: str | None = None, port: int | None = None,
-                 log_path: str | None = None, startup_timeout: float = 240.0):
+    def __init__(
+        self,
+        model_uri: str,
+        tracking_uri: str | None = None,
+        port: int | None = None,
+        log_path: str | None = None,
+        startup_timeout: float = 240.0,
+    ):
         from xregion.infra.supervisor import Service, Supervisor
 
         self.model_uri, self.tracking_uri = model_uri, tracking_uri
         self.port = port or free_port()
         self.home = Path(tempfile.mkdtemp(prefix="mlflow-serve-"))
         self.sup = Supervisor(self.home)
-        env = {"PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", ""),  # serve execs `uvicorn`
-               "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+        env = {
+            "PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", ""),  # serve execs `uvicorn`
+            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+        }
         if tracking_uri:  # models:/ URIs resolve in this registry, whatever this process inherited
             env["MLFLOW_TRACKING_URI"] = env["MLFLOW_REGISTRY_URI"] = tracking_uri
         self.service = Service(
-            name=f"serve-{self.port}", region="local", component="serving",
-            argv=[os.path.join(VENV_BIN, "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-                  "-h", "127.0.0.1", "-p", str(self.port)],
-            listen=("127.0.0.1", self.port), health={"type": "http", "url": f"http://127.0.0.1:{self.port}/ping"},
-            env=env, start_timeout=startup_timeout)
+            name=f"serve-{self.port}",
+            region="local",
+            component="serving",
+            argv=[
+                os.path.join(VENV_BIN, "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                model_uri,
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+            ],
+            listen=("127.0.0.1", self.port),
+            health={"type": "http", "url": f"http://127.0.0.1:{self.port}/ping"},
+            env=env,
+            start_timeout=startup_timeout,
+        )
         self.log_path = log_path or str(self.sup.log(self.service.name))
 
     @property
@@ -66,11 +90,11 @@ class ModelServer:
         proc = self.sup.process(self.service.name)
         return proc.pid if proc else None
 
-    def start(self) -> "ModelServer":
+    def start(self) -> ModelServer:
         self.sup.spawn(self.service)
         return self
 
-    def wait_ready(self) -> "ModelServer":
+    def wait_ready(self) -> ModelServer:
         from xregion.infra.supervisor import SupervisorError
 
         try:
@@ -108,7 +132,7 @@ class ModelServer:
             if own:
                 conn.close()
 
-    def __enter__(self) -> "ModelServer":
+    def __enter__(self) -> ModelServer:
         try:
             return self.start().wait_ready()
         except BaseException:
@@ -123,8 +147,7 @@ def _payloads(kind: str, users: np.ndarray, n: int) -> list[bytes]:
     out = []
     for j in range(n):
         u = int(users[j % len(users)])
-        body = ({"dataframe_split": {"columns": ["user_id"], "data": [[u]]}} if kind == "ours"
-                else {"inputs": [u]})
+        body = {"dataframe_split": {"columns": ["user_id"], "data": [[u]]}} if kind == "ours" else {"inputs": [u]}
         out.append(json.dumps(body).encode())
     return out
 
@@ -146,8 +169,13 @@ def sequential(server: ModelServer, payloads: list[bytes], seconds: float) -> di
     finally:
         conn.close()
     ms = np.array(lat) * 1000
-    return {"requests": len(lat), "errors": errors, "p50_ms": float(np.percentile(ms, 50)),
-            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())}
+    return {
+        "requests": len(lat),
+        "errors": errors,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+    }
 
 
 def concurrent(server: ModelServer, payloads: list[bytes], clients: int, seconds: float) -> dict:
@@ -164,8 +192,7 @@ def concurrent(server: ModelServer, payloads: list[bytes], clients: int, seconds
                         return
                     p = payloads[state["next"]]
                     state["next"] += 1
-                conn.request("POST", "/invocations", body=p,
-                             headers={"Content-Type": "application/json"})
+                conn.request("POST", "/invocations", body=p, headers={"Content-Type": "application/json"})
                 r = conn.getresponse()
                 r.read()
                 with lock:
@@ -181,12 +208,25 @@ def concurrent(server: ModelServer, payloads: list[bytes], clients: int, seconds
     for t in threads:
         t.join(timeout=seconds + 90)
     wall = time.perf_counter() - t0
-    return {"clients": clients, "requests": state["done"], "errors": state["errors"],
-            "seconds": wall, "rps": state["done"] / wall if wall else 0.0}
+    return {
+        "clients": clients,
+        "requests": state["done"],
+        "errors": state["errors"],
+        "seconds": wall,
+        "rps": state["done"] / wall if wall else 0.0,
+    }
 
 
-def measure(server: ModelServer, kind: str, users: np.ndarray, requests: int, levels: list[int],
-            per_level: int, seconds: float, say=lambda *_: None) -> dict:
+def measure(
+    server: ModelServer,
+    kind: str,
+    users: np.ndarray,
+    requests: int,
+    levels: list[int],
+    per_level: int,
+    seconds: float,
+    say=lambda *_: None,
+) -> dict:
     warm = _payloads(kind, users[::-1], 20)
     for p in warm:
         status, body = server.post(p)
@@ -210,17 +250,30 @@ def log_stock_model(keras_model, example_users: np.ndarray):
     import tensorflow as tf
 
     example = np.asarray(example_users[:2], dtype=np.int64)
-    reqs = [f"mlflow=={mlflow.__version__}", f"tensorflow-cpu=={tf.__version__}",
-            f"keras=={keras.__version__}", f"numpy=={np.__version__}"]
+    reqs = [
+        f"mlflow=={mlflow.__version__}",
+        f"tensorflow-cpu=={tf.__version__}",
+        f"keras=={keras.__version__}",
+        f"numpy=={np.__version__}",
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return mlflow.tensorflow.log_model(keras_model, name="stock_keras", input_example=example,
-                                           pip_requirements=reqs)
+        return mlflow.tensorflow.log_model(
+            keras_model, name="stock_keras", input_example=example, pip_requirements=reqs
+        )
 
 
-def run_bench(requests: int = 200, levels=(1, 4, 8), per_level: int = 400, seconds: float = 10.0,
-              epochs: int | None = None, seed: int = 42, console=None, workdir: str | None = None,
-              synthetic_kwargs: dict | None = None) -> dict:
+def run_bench(
+    requests: int = 200,
+    levels=(1, 4, 8),
+    per_level: int = 400,
+    seconds: float = 10.0,
+    epochs: int | None = None,
+    seed: int = 42,
+    console=None,
+    workdir: str | None = None,
+    synthetic_kwargs: dict | None = None,
+) -> dict:
     import platform
 
     import mlflow
@@ -236,9 +289,16 @@ def run_bench(requests: int = 200, levels=(1, 4, 8), per_level: int = 400, secon
     if mlflow.get_experiment_by_name(exp) is None:
         mlflow.create_experiment(exp, artifact_location=(work / "artifacts").as_uri())
 
-    res = run_training(epochs=epochs, tracking_uri=tracking_uri, model_name=None, experiment=exp,
-                       seed=seed, synthetic_kwargs=synthetic_kwargs, console=console,
-                       progress=console is not None)
+    res = run_training(
+        epochs=epochs,
+        tracking_uri=tracking_uri,
+        model_name=None,
+        experiment=exp,
+        seed=seed,
+        synthetic_kwargs=synthetic_kwargs,
+        console=console,
+        progress=console is not None,
+    )
     with mlflow.start_run(run_id=res.run_id):
         stock_info = log_stock_model(res.keras_model, res.split.user_ids)
     users = np.random.default_rng(seed).permutation(res.split.user_ids)
@@ -256,8 +316,7 @@ def run_bench(requests: int = 200, levels=(1, 4, 8), per_level: int = 400, secon
         say(f"servers ready after {time.perf_counter() - t0:.1f}s")
         out["ours"] = measure(ours, "ours", users, requests, list(levels), per_level, seconds, say)
         # The stock path is ~10x slower: bound its request counts so the run stays short.
-        out["stock"] = measure(stock, "stock", users, requests, list(levels),
-                               max(20, per_level // 4), seconds, say)
+        out["stock"] = measure(stock, "stock", users, requests, list(levels), max(20, per_level // 4), seconds, say)
     finally:
         ours.stop()
         stock.stop()
@@ -265,13 +324,22 @@ def run_bench(requests: int = 200, levels=(1, 4, 8), per_level: int = 400, secon
     m = res.metrics
     p50o, p50s = out["ours"]["sequential"]["p50_ms"], out["stock"]["sequential"]["p50_ms"]
     return {
-        "host": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                 "mlflow": mlflow.__version__, "loopback": True, "server_workers": 1},
+        "host": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "mlflow": mlflow.__version__,
+            "loopback": True,
+            "server_workers": 1,
+        },
         "models": {"ours": res.model_uri, "stock": stock_info.model_uri, "run_id": res.run_id},
-        "ours": out["ours"], "stock": out["stock"],
+        "ours": out["ours"],
+        "stock": out["stock"],
         "ratio_stock_p50_over_ours_p50": p50s / p50o if p50o else None,
-        "targets": {"ours_p50_le_5ms": p50o <= 5.0, "ratio_ge_10x": (p50s / p50o) >= 10.0,
-                    "hr10_ge_2x_popularity": m["hr_at_10_sampled_lift_over_pop"] >= 2.0},
+        "targets": {
+            "ours_p50_le_5ms": p50o <= 5.0,
+            "ratio_ge_10x": (p50s / p50o) >= 10.0,
+            "hr10_ge_2x_popularity": m["hr_at_10_sampled_lift_over_pop"] >= 2.0,
+        },
         "quality": {k: m[k] for k in sorted(m) if k.startswith(("hr_", "ndcg_", "pop_"))},
         "train_seconds": res.train_seconds,
         "workdir": str(work),
@@ -282,15 +350,21 @@ def render_table(result: dict):
     from rich.table import Table
 
     t = Table(title=f"mlflow models serve, loopback, {result['host']['cpus']} CPUs, 1 worker")
-    for c in ("path", "p50 ms", "p99 ms", *[f"rps c={c['clients']}" for c in result["ours"]["concurrency"]],
-              "errors"):
+    for c in ("path", "p50 ms", "p99 ms", *[f"rps c={c['clients']}" for c in result["ours"]["concurrency"]], "errors"):
         t.add_column(c, justify="right")
     for name in ("ours", "stock"):
         r = result[name]
         errs = r["sequential"]["errors"] + sum(c["errors"] for c in r["concurrency"])
-        t.add_row(name, f"{r['sequential']['p50_ms']:.2f}", f"{r['sequential']['p99_ms']:.2f}",
-                  *[f"{c['rps']:.0f}" for c in r["concurrency"]], str(errs))
+        t.add_row(
+            name,
+            f"{r['sequential']['p50_ms']:.2f}",
+            f"{r['sequential']['p99_ms']:.2f}",
+            *[f"{c['rps']:.0f}" for c in r["concurrency"]],
+            str(errs),
+        )
     q = result["quality"]
-    t.caption = (f"stock p50 / ours p50 = {result['ratio_stock_p50_over_ours_p50']:.1f}x; "
-                 f"HR@10 (99 neg) {q['hr_at_10_sampled']:.3f} vs popularity {q['pop_hr_at_10_sampled']:.3f}")
+    t.caption = (
+        f"stock p50 / ours p50 = {result['ratio_stock_p50_over_ours_p50']:.1f}x; "
+        f"HR@10 (99 neg) {q['hr_at_10_sampled']:.3f} vs popularity {q['pop_hr_at_10_sampled']:.3f}"
+    )
     return t

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -23,19 +21,25 @@ def _bench() -> None:
 
 @app.command("train")
 def train(
-    data: Optional[str] = typer.Option(
-        None, "--data", help="MovieLens directory or ratings file (u.data, ratings.dat, "
-        "ratings.csv). Default: the built-in seeded synthetic data set."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Training epochs (default 12)."),
-    tracking_uri: Optional[str] = typer.Option(
-        None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI."),
+    data: str | None = typer.Option(
+        None,
+        "--data",
+        help="MovieLens directory or ratings file (u.data, ratings.dat, "
+        "ratings.csv). Default: the built-in seeded synthetic data set.",
+    ),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Training epochs (default 12)."),
+    tracking_uri: str | None = typer.Option(
+        None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI."
+    ),
     model_name: str = typer.Option("recsys", "--model-name", help="Registered model name ('' to skip)."),
     experiment: str = typer.Option("recsys", "--experiment", help="MLflow experiment name."),
     seed: int = typer.Option(42, "--seed", help="Seed for data generation, sampling and training."),
     promote: bool = typer.Option(
-        False, "--promote/--no-promote",
+        False,
+        "--promote/--no-promote",
         help="Move the new version to the Production stage and the @champion alias "
-             "(single-region development; the platform promotes through its gate)."),
+        "(single-region development; the platform promotes through its gate).",
+    ),
 ) -> None:
     """Train, evaluate against popularity (leave-one-out), log and register the model."""
     from .data import DataFormatError
@@ -43,9 +47,16 @@ def train(
 
     console = Console(stderr=True)
     try:
-        res = run_training(data_path=data, epochs=epochs, tracking_uri=tracking_uri,
-                           model_name=model_name, experiment=experiment, seed=seed,
-                           promote_to_production=promote, console=console)
+        res = run_training(
+            data_path=data,
+            epochs=epochs,
+            tracking_uri=tracking_uri,
+            model_name=model_name,
+            experiment=experiment,
+            seed=seed,
+            promote_to_production=promote,
+            console=console,
+        )
     except DataFormatError as e:
         console.print(f"[red]data error:[/red] {e}")
         raise typer.Exit(2)
@@ -54,13 +65,20 @@ def train(
     for c in ("protocol", "HR@10 model", "HR@10 popularity", "NDCG@10 model", "NDCG@10 popularity"):
         t.add_column(c)
     for p, label in (("sampled", "99 sampled negatives"), ("full", "full catalogue")):
-        t.add_row(label, f"{m[f'hr_at_10_{p}']:.4f}", f"{m[f'pop_hr_at_10_{p}']:.4f}",
-                  f"{m[f'ndcg_at_10_{p}']:.4f}", f"{m[f'pop_ndcg_at_10_{p}']:.4f}")
+        t.add_row(
+            label,
+            f"{m[f'hr_at_10_{p}']:.4f}",
+            f"{m[f'pop_hr_at_10_{p}']:.4f}",
+            f"{m[f'ndcg_at_10_{p}']:.4f}",
+            f"{m[f'pop_ndcg_at_10_{p}']:.4f}",
+        )
     console.print(t)
     console.print(f"trained in {res.train_seconds:.1f}s; run {res.run_id}; model {res.model_uri}")
     if res.version:
-        console.print(f"registered [bold]{res.registered_name}[/bold] version {res.version}"
-                      + (" -> Production, @champion" if promote else ""))
+        console.print(
+            f"registered [bold]{res.registered_name}[/bold] version {res.version}"
+            + (" -> Production, @champion" if promote else "")
+        )
 
 
 @bench_app.command("serving")
@@ -68,10 +86,9 @@ def serving(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON document on stdout."),
     requests: int = typer.Option(200, "--requests", min=20, help="Sequential requests per server."),
     concurrency: str = typer.Option("1,4,8", "--concurrency", help="Concurrency levels."),
-    per_level: int = typer.Option(400, "--per-level", min=10,
-                                  help="Max requests per concurrency level (ours)."),
+    per_level: int = typer.Option(400, "--per-level", min=10, help="Max requests per concurrency level (ours)."),
     seconds: float = typer.Option(10.0, "--seconds", help="Time cap per measurement."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Training epochs."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Training epochs."),
     seed: int = typer.Option(42, "--seed"),
 ) -> None:
     """Stock mlflow.tensorflow flavor vs our pyfunc, same model, both via `mlflow models serve`."""
@@ -82,8 +99,15 @@ def serving(
     # Keras and MLflow print progress on stdout while the stock model is logged; keep stdout
     # for the JSON document only.
     with contextlib.redirect_stdout(sys.stderr):
-        result = run_bench(requests=requests, levels=levels, per_level=per_level,
-                           seconds=seconds, epochs=epochs, seed=seed, console=console)
+        result = run_bench(
+            requests=requests,
+            levels=levels,
+            per_level=per_level,
+            seconds=seconds,
+            epochs=epochs,
+            seed=seed,
+            console=console,
+        )
     console.print(render_table(result))
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")

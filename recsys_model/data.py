@@ -152,16 +152,27 @@ def _parse_delimited(path: Path, text: str, sep: str, header: list[str] | None, 
     if bad.size:
         i = int(bad[0])
         raise _fail_line(
-            path, lines, first + keep[i] + 1,
+            path,
+            lines,
+            first + keep[i] + 1,
             f"expected 4 fields separated by {sep!r} ({fmt}), found {int(nfields[i])}",
         )
     df = pd.read_csv(
-        io.StringIO("\n".join(rows)), sep=csep, header=None, names=["u", "i", "r", "t"],
-        dtype=str, keep_default_na=False, engine="c",
+        io.StringIO("\n".join(rows)),
+        sep=csep,
+        header=None,
+        names=["u", "i", "r", "t"],
+        dtype=str,
+        keep_default_na=False,
+        engine="c",
     )
     out = {}
-    for col, name, kind in (("u", "user id", "int"), ("i", "item id", "int"),
-                            ("r", "rating", "float"), ("t", "timestamp", "int")):
+    for col, name, kind in (
+        ("u", "user id", "int"),
+        ("i", "item id", "int"),
+        ("r", "rating", "float"),
+        ("t", "timestamp", "int"),
+    ):
         s = df[col].str.strip()
         num = pd.to_numeric(s, errors="coerce")
         bad_mask = num.isna().to_numpy().copy()
@@ -173,11 +184,13 @@ def _parse_delimited(path: Path, text: str, sep: str, header: list[str] | None, 
             want = "a non-negative integer" if kind == "int" else "a number"
             raise _fail_line(path, lines, first + keep[i] + 1, f"{name} {s.iloc[i]!r} is not {want}")
         out[col] = num
-    return pd.DataFrame({
-        "user_id": out["u"].astype(np.int64),
-        "item_id": out["i"].astype(np.int64),
-        "timestamp": out["t"].astype(np.int64),
-    })
+    return pd.DataFrame(
+        {
+            "user_id": out["u"].astype(np.int64),
+            "item_id": out["i"].astype(np.int64),
+            "timestamp": out["t"].astype(np.int64),
+        }
+    )
 
 
 def detect_format(path: Path) -> str:
@@ -221,9 +234,7 @@ def load_movielens(path: str | os.PathLike, fmt: str | None = None) -> Interacti
     if p.is_dir():
         found = [p / n for n in KNOWN_FILES if (p / n).is_file()]
         if not found:
-            raise DataFormatError(
-                f"{p}: directory contains none of {', '.join(KNOWN_FILES)} (MovieLens ratings files)"
-            )
+            raise DataFormatError(f"{p}: directory contains none of {', '.join(KNOWN_FILES)} (MovieLens ratings files)")
         p = found[0]
     fmt = fmt or detect_format(p)
     df = _load_file(p, fmt)
@@ -280,8 +291,12 @@ def leave_one_out(data: Interactions) -> Split:
     counts = np.bincount(u, minlength=len(user_ids))
     held = last & (counts[u] >= 2)
     return Split(
-        user_ids=user_ids.astype(np.int64), item_ids=item_ids.astype(np.int64),
-        train_users=u[~held].astype(np.int64), train_items=i[~held].astype(np.int64),
-        test_users=u[held].astype(np.int64), test_items=i[held].astype(np.int64),
-        all_users=u.astype(np.int64), all_items=i.astype(np.int64),
+        user_ids=user_ids.astype(np.int64),
+        item_ids=item_ids.astype(np.int64),
+        train_users=u[~held].astype(np.int64),
+        train_items=i[~held].astype(np.int64),
+        test_users=u[held].astype(np.int64),
+        test_items=i[held].astype(np.int64),
+        all_users=u.astype(np.int64),
+        all_items=i.astype(np.int64),
     )

@@ -15,7 +15,7 @@ popularity baseline, where many items share a count.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -41,8 +41,9 @@ def popularity(split: Split) -> np.ndarray:
     return np.bincount(split.train_items, minlength=split.n_items).astype(np.float64)
 
 
-def sample_negatives(split: Split, n_neg: int = 99, seed: int = 0,
-                     max_users: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sample_negatives(
+    split: Split, n_neg: int = 99, seed: int = 0, max_users: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pick evaluated users and, for each, ``n_neg`` items it never interacted with.
 
     Returns (users, held_out_items, negatives[len(users), n_neg]). With ``max_users`` a seeded
@@ -56,7 +57,7 @@ def sample_negatives(split: Split, n_neg: int = 99, seed: int = 0,
     indptr, indices = seen_csr(split.all_users, split.all_items, split.n_users)
     negs = np.empty((len(users), n_neg), dtype=np.int64)
     for k, u in enumerate(users):
-        seen = indices[indptr[u]:indptr[u + 1]]
+        seen = indices[indptr[u] : indptr[u + 1]]
         n_free = split.n_items - len(seen)
         if n_free >= n_neg:
             # Rejection sampling is fast when the user has seen a small part of the catalogue.
@@ -74,8 +75,9 @@ def sample_negatives(split: Split, n_neg: int = 99, seed: int = 0,
     return users, targets, negs
 
 
-def _rank(target_scores: np.ndarray, cand_scores: np.ndarray, cand_valid: np.ndarray,
-          rng: np.random.Generator) -> np.ndarray:
+def _rank(
+    target_scores: np.ndarray, cand_scores: np.ndarray, cand_valid: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     greater = ((cand_scores > target_scores[:, None]) & cand_valid).sum(axis=1)
     ties = ((cand_scores == target_scores[:, None]) & cand_valid).sum(axis=1)
     return greater + rng.integers(0, ties + 1)
@@ -87,27 +89,34 @@ def _metrics(ranks: np.ndarray, k: int) -> tuple[float, float]:
     return float(hit.mean()), float(ndcg.mean())
 
 
-def evaluate(score_fn: ScoreFn, split: Split, k: int = 10, n_neg: int = 99, seed: int = 0,
-             protocols: tuple[str, ...] = ("sampled", "full"), max_users: int | None = None,
-             batch: int = 1024, negatives=None) -> dict[str, float]:
+def evaluate(
+    score_fn: ScoreFn,
+    split: Split,
+    k: int = 10,
+    n_neg: int = 99,
+    seed: int = 0,
+    protocols: tuple[str, ...] = ("sampled", "full"),
+    max_users: int | None = None,
+    batch: int = 1024,
+    negatives=None,
+) -> dict[str, float]:
     """HR@k and NDCG@k of ``score_fn`` under the requested protocols."""
-    users, targets, negs = negatives if negatives is not None else sample_negatives(
-        split, n_neg, seed, max_users)
+    users, targets, negs = negatives if negatives is not None else sample_negatives(split, n_neg, seed, max_users)
     rng = np.random.default_rng(seed + 1)
     train_ptr, train_idx = seen_csr(split.train_users, split.train_items, split.n_users)
     ranks = {p: [] for p in protocols}
     for s in range(0, len(users), batch):
-        ub, tb = users[s:s + batch], targets[s:s + batch]
+        ub, tb = users[s : s + batch], targets[s : s + batch]
         scores = np.asarray(score_fn(ub), dtype=np.float64)
         rows = np.arange(len(ub))
         tscore = scores[rows, tb]
         if "sampled" in protocols:
-            ns = scores[rows[:, None], negs[s:s + batch]]
+            ns = scores[rows[:, None], negs[s : s + batch]]
             ranks["sampled"].append(_rank(tscore, ns, np.ones_like(ns, dtype=bool), rng))
         if "full" in protocols:
             valid = np.ones_like(scores, dtype=bool)
             for r, u in enumerate(ub):
-                valid[r, train_idx[train_ptr[u]:train_ptr[u + 1]]] = False
+                valid[r, train_idx[train_ptr[u] : train_ptr[u + 1]]] = False
             valid[rows, tb] = False  # the target itself is not a competitor
             ranks["full"].append(_rank(tscore, scores, valid, rng))
     out = {}

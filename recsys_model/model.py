@@ -60,10 +60,11 @@ def build_model(user_ids: np.ndarray, n_items: int, cfg: ModelConfig) -> keras.M
     reg = keras.regularizers.L2(cfg.l2) if cfg.l2 else None
     user_in = keras.Input(shape=(), dtype="int64", name="user_id")
     idx = keras.layers.IntegerLookup(
-        vocabulary=np.asarray(user_ids, dtype=np.int64), num_oov_indices=1, mask_token=None,
-        name="user_lookup")(user_in)
-    x = keras.layers.Embedding(len(user_ids) + 1, cfg.embedding_dim, embeddings_regularizer=reg,
-                               name="user_embedding")(idx)
+        vocabulary=np.asarray(user_ids, dtype=np.int64), num_oov_indices=1, mask_token=None, name="user_lookup"
+    )(user_in)
+    x = keras.layers.Embedding(len(user_ids) + 1, cfg.embedding_dim, embeddings_regularizer=reg, name="user_embedding")(
+        idx
+    )
     for n, h in enumerate(cfg.hidden_units):
         if cfg.dropout:
             x = keras.layers.Dropout(cfg.dropout, name=f"user_dropout_{n}")(x)
@@ -96,20 +97,18 @@ class Towers:
         return self.user_vectors[user_rows] @ self.item_vectors.T + self.item_bias
 
 
-def export_towers(model: keras.Model, user_ids: np.ndarray, item_ids: np.ndarray,
-                  chunk: int = 65536) -> Towers:
+def export_towers(model: keras.Model, user_ids: np.ndarray, item_ids: np.ndarray, chunk: int = 65536) -> Towers:
     fn = getattr(model, "_xregion_user_fn", None)
     if fn is None:  # one compiled function per model, so per-epoch exports do not retrace
         tower = user_tower(model)
-        fn = tf.function(lambda x: tower(x, training=False),
-                         input_signature=[tf.TensorSpec([None], tf.int64)])
+        fn = tf.function(lambda x: tower(x, training=False), input_signature=[tf.TensorSpec([None], tf.int64)])
         model._xregion_user_fn = fn
-    vecs = [fn(tf.constant(user_ids[s:s + chunk], dtype=tf.int64)).numpy()
-            for s in range(0, len(user_ids), chunk)]
+    vecs = [fn(tf.constant(user_ids[s : s + chunk], dtype=tf.int64)).numpy() for s in range(0, len(user_ids), chunk)]
     item_layer = model.get_layer("item_tower")
     kernel, bias = (w.numpy() if hasattr(w, "numpy") else np.asarray(w) for w in item_layer.weights)
     return Towers(
-        user_ids=np.asarray(user_ids, dtype=np.int64), item_ids=np.asarray(item_ids, dtype=np.int64),
+        user_ids=np.asarray(user_ids, dtype=np.int64),
+        item_ids=np.asarray(item_ids, dtype=np.int64),
         user_vectors=np.concatenate(vecs).astype(np.float32),
         item_vectors=np.ascontiguousarray(np.asarray(kernel).T, dtype=np.float32),
         item_bias=np.asarray(bias, dtype=np.float32),
@@ -143,8 +142,9 @@ class EpochHook(keras.callbacks.Callback):
         logs.update(extra or {})
         if self.task is not None:
             info = " ".join(f"{k}={v:.4f}" for k, v in logs.items() if k != "epoch_seconds")
-            self.progress.update(self.task, completed=(epoch + 1) * self.steps,
-                                 description=f"epoch {epoch + 1}/{self.epochs}", info=info)
+            self.progress.update(
+                self.task, completed=(epoch + 1) * self.steps, description=f"epoch {epoch + 1}/{self.epochs}", info=info
+            )
 
 
 def train(split: Split, cfg: ModelConfig, on_epoch=None, progress=None) -> keras.Model:
@@ -155,6 +155,5 @@ def train(split: Split, cfg: ModelConfig, on_epoch=None, progress=None) -> keras
     y = split.train_items
     steps = int(np.ceil(len(x) / cfg.batch_size))
     hook = EpochHook(steps, cfg.epochs, on_epoch=on_epoch, progress=progress)
-    model.fit(x, y, batch_size=cfg.batch_size, epochs=cfg.epochs, shuffle=True, verbose=0,
-              callbacks=[hook])
+    model.fit(x, y, batch_size=cfg.batch_size, epochs=cfg.epochs, shuffle=True, verbose=0, callbacks=[hook])
     return model

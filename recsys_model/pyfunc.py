@@ -44,10 +44,9 @@ the top k.
 
 from __future__ import annotations
 
+import mlflow
 import numpy as np
 import pandas as pd
-
-import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
@@ -114,8 +113,11 @@ class RecsysTopK(mlflow.pyfunc.PythonModel):
         users = _int_column(model_input["user_id"], "user_id")
         if "k" in model_input.columns:
             kcol = model_input["k"]
-            ks = _int_column(kcol.fillna(DEFAULT_K), "k") if kcol.notna().any() else np.full(
-                len(users), DEFAULT_K, dtype=np.int64)
+            ks = (
+                _int_column(kcol.fillna(DEFAULT_K), "k")
+                if kcol.notna().any()
+                else np.full(len(users), DEFAULT_K, dtype=np.int64)
+            )
             bad = (ks < 1) | (ks > MAX_K)
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
@@ -125,8 +127,7 @@ class RecsysTopK(mlflow.pyfunc.PythonModel):
         return users, ks
 
     def recommend(self, users: np.ndarray, ks: np.ndarray) -> pd.DataFrame:
-        rows = np.fromiter((self.user_row.get(int(u), -1) for u in users), dtype=np.int64,
-                           count=len(users))
+        rows = np.fromiter((self.user_row.get(int(u), -1) for u in users), dtype=np.int64, count=len(users))
         known = np.flatnonzero(rows >= 0)
         if len(known):
             scores = self.user_vectors[rows[known]] @ self.item_vectors_t
@@ -138,7 +139,7 @@ class RecsysTopK(mlflow.pyfunc.PythonModel):
             if row >= 0:
                 s = scores[kpos]
                 kpos += 1
-                seen = self.seen_indices[self.seen_indptr[row]:self.seen_indptr[row + 1]]
+                seen = self.seen_indices[self.seen_indptr[row] : self.seen_indptr[row + 1]]
                 s[seen] = -np.inf
                 kk = min(k, self.n_items - len(seen))
                 if kk <= 0:
@@ -155,16 +156,24 @@ class RecsysTopK(mlflow.pyfunc.PythonModel):
             out_s.append(vals)
             out_src.extend([src] * len(top))
         if not out_u:
-            return pd.DataFrame({"user_id": pd.Series([], dtype=np.int64),
-                                 "rank": pd.Series([], dtype=np.int64),
-                                 "item_id": pd.Series([], dtype=np.int64),
-                                 "score": pd.Series([], dtype=np.float64),
-                                 "source": pd.Series([], dtype=object)})
-        return pd.DataFrame({
-            "user_id": np.concatenate(out_u), "rank": np.concatenate(out_r),
-            "item_id": np.concatenate(out_i).astype(np.int64), "score": np.concatenate(out_s),
-            "source": out_src,
-        })
+            return pd.DataFrame(
+                {
+                    "user_id": pd.Series([], dtype=np.int64),
+                    "rank": pd.Series([], dtype=np.int64),
+                    "item_id": pd.Series([], dtype=np.int64),
+                    "score": pd.Series([], dtype=np.float64),
+                    "source": pd.Series([], dtype=object),
+                }
+            )
+        return pd.DataFrame(
+            {
+                "user_id": np.concatenate(out_u),
+                "rank": np.concatenate(out_r),
+                "item_id": np.concatenate(out_i).astype(np.int64),
+                "score": np.concatenate(out_s),
+                "source": out_src,
+            }
+        )
 
     def predict(self, context, model_input, params=None):
         users, ks = self._parse(model_input)

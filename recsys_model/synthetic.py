@@ -15,8 +15,7 @@ import pandas as pd
 
 from .data import Interactions
 
-DEFAULTS = dict(n_users=1000, n_items=500, mean_interactions=50, n_factors=8,
-                temperature=0.4, popularity_exponent=0.8)
+DEFAULTS = dict(n_users=1000, n_items=500, mean_interactions=50, n_factors=8, temperature=0.4, popularity_exponent=0.8)
 
 
 def generate(
@@ -54,14 +53,21 @@ def generate(
         items.append(picked.astype(np.int64) + 1)
         stamps.append(ts.astype(np.int64))
 
-    df = pd.DataFrame({
-        "user_id": np.concatenate(users),
-        "item_id": np.concatenate(items),
-        "timestamp": np.concatenate(stamps),
-    })
-    params = dict(seed=seed, n_users=n_users, n_items=n_items, mean_interactions=mean_interactions,
-                  n_factors=n_factors, temperature=temperature,
-                  popularity_exponent=popularity_exponent)
+    df = pd.DataFrame(
+        {
+            "user_id": np.concatenate(users),
+            "item_id": np.concatenate(items),
+            "timestamp": np.concatenate(stamps),
+        }
+    )
+    params = dict(
+        seed=seed,
+        n_users=n_users,
+        n_items=n_items,
+        mean_interactions=mean_interactions,
+        n_factors=n_factors,
+        temperature=temperature,
+        popularity_exponent=popularity_exponent,
+    )
     src = "synthetic:" + ",".join(f"{k}={v}" for k, v in params.items())
-    return Interactions(df=df, name="synthetic", source=src, fmt="synthetic",
-                        extra={"generator": params})
+    return Interactions(df=df, name="synthetic", source=src, fmt="synthetic", extra={"generator": params})

@@ -47,10 +47,17 @@ def write_towers(towers, split: Split, path: str) -> str:
     """Save everything the pyfunc needs: tower outputs, seen items (all data), popularity."""
     indptr, indices = ev.seen_csr(split.all_users, split.all_items, split.n_users)
     pop = np.bincount(split.all_items, minlength=split.n_items)
-    np.savez(path, user_ids=towers.user_ids, item_ids=towers.item_ids,
-             user_vectors=towers.user_vectors, item_vectors=towers.item_vectors,
-             item_bias=towers.item_bias, seen_indptr=indptr, seen_indices=indices,
-             popularity=pop)
+    np.savez(
+        path,
+        user_ids=towers.user_ids,
+        item_ids=towers.item_ids,
+        user_vectors=towers.user_vectors,
+        item_vectors=towers.item_vectors,
+        item_bias=towers.item_bias,
+        seen_indptr=indptr,
+        seen_indices=indices,
+        popularity=pop,
+    )
     return path
 
 
@@ -68,9 +75,15 @@ def signature():
 
     return ModelSignature(
         inputs=Schema([ColSpec(AnyType(), "user_id"), ColSpec(AnyType(), "k", required=False)]),
-        outputs=Schema([ColSpec("long", "user_id"), ColSpec("long", "rank"),
-                        ColSpec("long", "item_id"), ColSpec("double", "score"),
-                        ColSpec("string", "source")]),
+        outputs=Schema(
+            [
+                ColSpec("long", "user_id"),
+                ColSpec("long", "rank"),
+                ColSpec("long", "item_id"),
+                ColSpec("double", "score"),
+                ColSpec("string", "source"),
+            ]
+        ),
     )
 
 
@@ -82,10 +95,13 @@ def pip_requirements() -> list[str]:
 
 def log_pyfunc(towers_path: str, example_users, registered_name: str | None = None):
     """Log the top-k pyfunc (code + towers artifact) in the active run; returns ModelInfo."""
-    import mlflow
 
-    example = pd.DataFrame({"user_id": np.asarray(example_users[:2], dtype=np.int64),
-                            "k": np.array([10, 5], dtype=np.int64)[: len(example_users[:2])]})
+    example = pd.DataFrame(
+        {
+            "user_id": np.asarray(example_users[:2], dtype=np.int64),
+            "k": np.array([10, 5], dtype=np.int64)[: len(example_users[:2])],
+        }
+    )
     with warnings.catch_warnings():
         # MLflow suggests type hints (they would change the serving payload contract) and
         # warns that integer columns cannot hold NaN (intended: ids are required integers).
@@ -98,8 +114,12 @@ def _log_pyfunc(towers_path, example, registered_name):
     import mlflow
 
     return mlflow.pyfunc.log_model(
-        name="model", python_model=str(PYFUNC_CODE), artifacts={"towers": towers_path},
-        signature=signature(), input_example=example, pip_requirements=pip_requirements(),
+        name="model",
+        python_model=str(PYFUNC_CODE),
+        artifacts={"towers": towers_path},
+        signature=signature(),
+        input_example=example,
+        pip_requirements=pip_requirements(),
         registered_model_name=registered_name,
     )
 
@@ -113,8 +133,7 @@ def promote(name: str, version: str, alias: str = "champion") -> None:
     client = MlflowClient()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        client.transition_model_version_stage(name, version, "Production",
-                                              archive_existing_versions=True)
+        client.transition_model_version_stage(name, version, "Production", archive_existing_versions=True)
     client.set_registered_model_alias(name, alias, version)
 
 
@@ -122,11 +141,18 @@ def _log_dataset(data: Interactions, desc: dict) -> None:
     import mlflow
 
     mlflow.log_dict(desc, "dataset/description.json")
-    mlflow.set_tags({"dataset.name": desc["name"], "dataset.source": desc["source"],
-                     "dataset.digest": desc["digest"], "dataset.format": desc["format"]})
+    mlflow.set_tags(
+        {
+            "dataset.name": desc["name"],
+            "dataset.source": desc["source"],
+            "dataset.digest": desc["digest"],
+            "dataset.format": desc["format"],
+        }
+    )
     try:
-        ds = mlflow.data.from_pandas(data.df, name=desc["name"],
-                                     source=data.source if data.fmt != "synthetic" else None)
+        ds = mlflow.data.from_pandas(
+            data.df, name=desc["name"], source=data.source if data.fmt != "synthetic" else None
+        )
         mlflow.log_input(ds, context="training")
     except Exception as e:  # the description above is the record of truth; this is a bonus
         mlflow.set_tag("dataset.log_input_error", str(e)[:500])
@@ -161,8 +187,10 @@ def run_training(
 
     data = load_data(data_path, seed=seed, synthetic_kwargs=synthetic_kwargs)
     desc = data.describe()
-    say(f"[bold]data[/bold] {desc['name']}: {desc['n_interactions']} interactions, "
-        f"{desc['n_users']} users, {desc['n_items']} items ({desc['source']})")
+    say(
+        f"[bold]data[/bold] {desc['name']}: {desc['n_interactions']} interactions, "
+        f"{desc['n_users']} users, {desc['n_items']} items ({desc['source']})"
+    )
     split = leave_one_out(data)
     if len(split.test_users) == 0:
         raise ValueError("no user has two interactions; leave-one-out evaluation impossible")
@@ -175,30 +203,39 @@ def run_training(
 
     mlflow.set_experiment(experiment)
     with mlflow.start_run() as run:
-        mlflow.log_params({**{f"model.{k}": v for k, v in cfg.as_params().items()},
-                           "model.type": "two-tower (full-softmax)",
-                           "eval.protocol": "leave-one-out, latest interaction",
-                           "eval.negatives": 99, "eval.k": 10,
-                           "data.path": data_path or "synthetic",
-                           **{f"data.{k}": v for k, v in (desc.get("generator") or {}).items()}})
+        mlflow.log_params(
+            {
+                **{f"model.{k}": v for k, v in cfg.as_params().items()},
+                "model.type": "two-tower (full-softmax)",
+                "eval.protocol": "leave-one-out, latest interaction",
+                "eval.negatives": 99,
+                "eval.k": 10,
+                "data.path": data_path or "synthetic",
+                **{f"data.{k}": v for k, v in (desc.get("generator") or {}).items()},
+            }
+        )
         _log_dataset(data, desc)
 
         def on_epoch(epoch, logs, model):
             towers = M.export_towers(model, split.user_ids, split.item_ids)
             r = ev.evaluate(towers.scores, split, protocols=("sampled",), negatives=epoch_negs)
             out = {"epoch_" + k: v for k, v in r.items()}
-            mlflow.log_metrics({"loss": float(logs["loss"]), "epoch_seconds": logs["epoch_seconds"],
-                                **out}, step=epoch)
+            mlflow.log_metrics({"loss": float(logs["loss"]), "epoch_seconds": logs["epoch_seconds"], **out}, step=epoch)
             return out
 
         t0 = time.perf_counter()
         if progress and console is not None:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn)
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), TextColumn("{task.fields[info]}"),
-                          console=console, transient=False) as prog:
+            with Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=console,
+                transient=False,
+            ) as prog:
                 keras_model = M.train(split, cfg, on_epoch=on_epoch, progress=prog)
         else:
             keras_model = M.train(split, cfg, on_epoch=on_epoch)
@@ -223,10 +260,17 @@ def run_training(
             promote(model_name, version)
         mlflow.set_tag("recsys.model_uri", info.model_uri)
 
-    return TrainResult(run_id=run.info.run_id, model_uri=info.model_uri,
-                       registered_name=model_name or None, version=version, metrics=metrics,
-                       train_seconds=train_seconds, towers_path=towers_path,
-                       keras_model=keras_model, split=split)
+    return TrainResult(
+        run_id=run.info.run_id,
+        model_uri=info.model_uri,
+        registered_name=model_name or None,
+        version=version,
+        metrics=metrics,
+        train_seconds=train_seconds,
+        towers_path=towers_path,
+        keras_model=keras_model,
+        split=split,
+    )
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
 """Shared fixtures: a real two-region stack on free loopback ports, in its own XREGION_HOME."""
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,10 @@ def write_config(home: Path, **overrides) -> Path:
         r["postgres"] = f"127.0.0.1:{next(ports)}"
         r["mlflow_url"] = f"http://127.0.0.1:{next(ports)}"
         r["serving_url"] = f"http://127.0.0.1:{next(ports)}"
-    data["serving"] = {"frontend_url": f"http://127.0.0.1:{next(ports)}",
-                       "haproxy_stats_url": f"http://127.0.0.1:{next(ports)}"}
+    data["serving"] = {
+        "frontend_url": f"http://127.0.0.1:{next(ports)}",
+        "haproxy_stats_url": f"http://127.0.0.1:{next(ports)}",
+    }
     for section, values in overrides.items():
         data.setdefault(section, {}).update(values)
     data["env_file"] = str(EMBEDDED_CONFIG.parent / "embedded.env")

@@ -1,5 +1,5 @@
 """The regions file: one validated object, errors a person can act on."""
-import copy
+
 
 import pytest
 import yaml
@@ -53,8 +53,10 @@ def test_two_primaries(data):
     assert "found 2 (a, b)" in error_of(data)
 
 
-@pytest.mark.parametrize("field,value", [("mlflow_url", "127.0.0.1:5101"), ("serving_url", "ftp://h:1"),
-                                         ("mlflow_url", "http://127.0.0.1:99999")])
+@pytest.mark.parametrize(
+    "field,value",
+    [("mlflow_url", "127.0.0.1:5101"), ("serving_url", "ftp://h:1"), ("mlflow_url", "http://127.0.0.1:99999")],
+)
 def test_malformed_urls(data, field, value):
     data["regions"][0][field] = value
     msg = error_of(data)

@@ -1,5 +1,6 @@
 """The main job in reduced form: small data, a short region-outage drill, on its own stack.
 The summary must carry every figure the demo promises, within the drill's objectives."""
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,15 @@ def test_reduced_demo_summary_has_every_figure_within_objectives(demo_stack):
     from xregion.demo import run_demo
 
     cfg, home = demo_stack
-    s = run_demo(cfg, home, epochs=3, synthetic=dict(n_users=200, n_items=100, mean_interactions=25),
-                 drill_seconds=40, users=6, progress=lambda m: None)
+    s = run_demo(
+        cfg,
+        home,
+        epochs=3,
+        synthetic=dict(n_users=200, n_items=100, mean_interactions=25),
+        drill_seconds=40,
+        users=6,
+        progress=lambda m: None,
+    )
     drill = s["drill"]
     assert drill["scenario"] == "region-outage" and drill["fault_ts"] is not None
     assert drill["objectives_met"] is True, drill["objectives"]

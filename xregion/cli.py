@@ -1,10 +1,10 @@
 """`xregion`: one command line for the platform (stack, replication, registry, DR, drills)."""
+
 from __future__ import annotations
 
 import json
 import sys
 from enum import Enum
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -13,8 +13,12 @@ from rich.table import Table
 from .config import ConfigError, load_config
 from .home import xregion_home
 
-app = typer.Typer(help="mlflow-xregion: keep MLflow models available through the loss of a region.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="mlflow-xregion: keep MLflow models available through the loss of a region.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 console = Console(stderr=True)
 
 
@@ -46,8 +50,10 @@ def up() -> None:
         raise typer.Exit(1) from None
     console.print(f"[green]stack up in {seconds:.1f}s[/green]")
     for r in cfg.regions:
-        console.print(f"  region {r.name} ({r.role}): MLflow {r.mlflow_url}  S3 {r.s3.endpoint_url}/{r.s3.bucket}"
-                      f"  Postgres {r.postgres}")
+        console.print(
+            f"  region {r.name} ({r.role}): MLflow {r.mlflow_url}  S3 {r.s3.endpoint_url}/{r.s3.bucket}"
+            f"  Postgres {r.postgres}"
+        )
     console.print("Check with `xregion status`; stop with `xregion down`.")
 
 
@@ -86,9 +92,11 @@ class FaultAction(str, Enum):
 
 
 @app.command()
-def fault(action: FaultAction = typer.Argument(..., help="kill (SIGKILL), freeze (SIGSTOP), thaw (SIGCONT), restart"),
-          region: str = typer.Argument(..., help="Region name from the regions file."),
-          component: Optional[str] = typer.Argument(None, help="s3, postgres, mlflow, serving, ... (default: all)")) -> None:
+def fault(
+    action: FaultAction = typer.Argument(..., help="kill (SIGKILL), freeze (SIGSTOP), thaw (SIGCONT), restart"),
+    region: str = typer.Argument(..., help="Region name from the regions file."),
+    component: str | None = typer.Argument(None, help="s3, postgres, mlflow, serving, ... (default: all)"),
+) -> None:
     """Inject a fault into real processes of one region; recorded in the event log."""
     from xregion.infra import stack
     from xregion.infra.supervisor import Supervisor, SupervisorError
@@ -126,7 +134,7 @@ def _mount_optional(argv: list[str] | None = None) -> None:
         return
     bench = typer.Typer(help="Benchmarks: print figures, compare side by side in one run.", no_args_is_help=True)
     bench_used = False
-    for module, attr, name, _ in (named or MOUNTS):
+    for module, attr, name, _ in named or MOUNTS:
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as err:

@@ -4,6 +4,7 @@ Loaded from ``XREGION_CONFIG`` (default: the embedded stack's ``infra/embedded/r
 and validated once, so that plugins, router, dr and loadtests never re-parse it or hard-code
 a port. Secrets never live here: a region names the environment variables that hold them.
 """
+
 from __future__ import annotations
 
 import os
@@ -146,7 +147,7 @@ class XRegionConfig(_Strict):
     source: str | None = Field(default=None, exclude=True, description="path this config was read from")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "XRegionConfig":
+    def _consistent(self) -> XRegionConfig:
         names = [r.name for r in self.regions]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -158,11 +159,15 @@ class XRegionConfig(_Strict):
                 + (f" ({', '.join(primaries)})" if primaries else "")
             )
         if self.artifacts.local_region and self.artifacts.local_region not in names:
-            raise ValueError(f"artifacts.local_region {self.artifacts.local_region!r} is not a region ({', '.join(names)})")
+            raise ValueError(
+                f"artifacts.local_region {self.artifacts.local_region!r} is not a region ({', '.join(names)})"
+            )
         seen: dict[tuple[str, int], str] = {}
         listeners = [(f"{r.name}.{c}", hp) for r in self.regions for c, hp in r.endpoints().items()]
-        listeners += [("serving.frontend_url", _host_port(self.serving.frontend_url)),
-                      ("serving.haproxy_stats_url", _host_port(self.serving.haproxy_stats_url))]
+        listeners += [
+            ("serving.frontend_url", _host_port(self.serving.frontend_url)),
+            ("serving.haproxy_stats_url", _host_port(self.serving.haproxy_stats_url)),
+        ]
         for owner, (host, port) in listeners:
             if host not in ("127.0.0.1", "localhost", "::1"):
                 continue  # remote endpoints may be shared (one AWS endpoint, many buckets)
@@ -215,17 +220,18 @@ class XRegionConfig(_Strict):
             password = os.environ.get(pg.password_env)
         auth = pg.user + (f":{password}" if password else "")
         hosts = "&".join(f"host={r.postgres}" for r in self.write_order())
-        return (f"postgresql+psycopg2://{auth}@/{pg.database}?{hosts}"
-                "&target_session_attrs=read-write&connect_timeout=3")
+        return f"postgresql+psycopg2://{auth}@/{pg.database}?{hosts}&target_session_attrs=read-write&connect_timeout=3"
 
     def dsn(self, region: str, database: str | None = None) -> str:
         """A libpq DSN for one region's node only (for health checks, replication status, DR)."""
         r = self.region(region)
         pw = os.environ.get(self.postgres.password_env) if self.postgres.password_env else None
-        return (f"host={r.pg_host} port={r.pg_port} dbname={database or self.postgres.database} "
-                f"user={self.postgres.user} connect_timeout=3" + (f" password={pw}" if pw else ""))
+        return (
+            f"host={r.pg_host} port={r.pg_port} dbname={database or self.postgres.database} "
+            f"user={self.postgres.user} connect_timeout=3" + (f" password={pw}" if pw else "")
+        )
 
-    def with_changes(self, **changes) -> "XRegionConfig":
+    def with_changes(self, **changes) -> XRegionConfig:
         """A validated copy with top-level fields replaced."""
         data = self.model_dump()
         data.update(changes)

@@ -5,6 +5,7 @@ both regions behind the front door -> region-outage drill under Locust -> one su
 Each step says what it does and how long it took; a failing step stops the demo with the
 failing component's log tail and a non-zero exit. The platform is left running.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,6 @@ import os
 import time
 import urllib.request
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -60,8 +60,10 @@ def wait_replicated(cfg, model_uri_or_location: str, timeout: float = 120.0) -> 
         if count and not problems:
             return time.monotonic() - t
         if time.monotonic() - t > timeout:
-            raise DemoFailed(f"model artifacts under {prefix} not in every region after {timeout:.0f}s: {problems[:5]}"
-                             " — run `xregion replicate resync`")
+            raise DemoFailed(
+                f"model artifacts under {prefix} not in every region after {timeout:.0f}s: {problems[:5]}"
+                " — run `xregion replicate resync`"
+            )
         time.sleep(0.2)
 
 
@@ -70,8 +72,9 @@ def serving_latency(url: str, user_ids: list[int], n: int = 200) -> dict:
     lat = []
     for i in range(n):
         body = json.dumps({"dataframe_records": [{"user_id": int(user_ids[i % len(user_ids)]), "k": 10}]}).encode()
-        req = urllib.request.Request(f"{url}/invocations", data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{url}/invocations", data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
         t = time.perf_counter()
         with urllib.request.urlopen(req, timeout=10) as resp:
             resp.read()
@@ -80,8 +83,17 @@ def serving_latency(url: str, user_ids: list[int], n: int = 200) -> dict:
     return {"p50_ms": round(lat[len(lat) // 2], 2), "p99_ms": round(lat[int(len(lat) * 0.99) - 1], 2), "requests": n}
 
 
-def run_demo(cfg, home: Path, *, data: str | None = None, epochs: int | None = None,
-             synthetic: dict | None = None, drill_seconds: float = 60, users: int = 8, progress=None) -> dict:
+def run_demo(
+    cfg,
+    home: Path,
+    *,
+    data: str | None = None,
+    epochs: int | None = None,
+    synthetic: dict | None = None,
+    drill_seconds: float = 60,
+    users: int = 8,
+    progress=None,
+) -> dict:
     from mlflow import MlflowClient
 
     from xregion.infra import router, stack
@@ -99,21 +111,38 @@ def run_demo(cfg, home: Path, *, data: str | None = None, epochs: int | None = N
         summary["platform_up_s"] = round(stack.up(cfg, home, progress), 1)
 
     with steps(f"train the recommender and register it as {model!r} (through region {a.name})"):
-        res = run_training(data_path=data, epochs=epochs, tracking_uri=a.mlflow_url, model_name=model,
-                           synthetic_kwargs=synthetic, console=console)
-        summary["model"] = {"version": res.version, "run_id": res.run_id, "train_s": round(res.train_seconds, 1),
-                            **{k: round(v, 4) for k, v in res.metrics.items()
-                               if k.startswith(("hr_at_10", "ndcg_at_10", "pop_hr_at_10", "pop_ndcg_at_10"))}}
+        res = run_training(
+            data_path=data,
+            epochs=epochs,
+            tracking_uri=a.mlflow_url,
+            model_name=model,
+            synthetic_kwargs=synthetic,
+            console=console,
+        )
+        summary["model"] = {
+            "version": res.version,
+            "run_id": res.run_id,
+            "train_s": round(res.train_seconds, 1),
+            **{
+                k: round(v, 4)
+                for k, v in res.metrics.items()
+                if k.startswith(("hr_at_10", "ndcg_at_10", "pop_hr_at_10", "pop_ndcg_at_10"))
+            },
+        }
 
     client = MlflowClient(a.mlflow_url, registry_uri=a.mlflow_url)
     with steps("check the model's artifacts verify in every region (replication lag)"):
         location = client.get_logged_model(res.model_uri.removeprefix("models:/")).artifact_location
         summary["replication_lag_s"] = round(wait_replicated(cfg, location), 2)
-        progress(f"version {res.version}: every object in {', '.join(summary['regions'])} "
-                 f"{summary['replication_lag_s']}s after registration")
+        progress(
+            f"version {res.version}: every object in {', '.join(summary['regions'])} "
+            f"{summary['replication_lag_s']}s after registration"
+        )
 
-    with steps(f"promote version {res.version} to {cfg.registry.production_stage} and @{cfg.registry.production_alias} "
-               "through the replication gate"):
+    with steps(
+        f"promote version {res.version} to {cfg.registry.production_stage} and @{cfg.registry.production_alias} "
+        "through the replication gate"
+    ):
         summary["promotion"] = registry_cli.promote(client, cfg, model, res.version, reason="xregion demo")
 
     with steps("serve it in every region behind the HAProxy front door"):
@@ -143,27 +172,38 @@ def print_summary(cfg, s: dict) -> None:
     t.add_row("failed requests", f"{d.get('failed', '-')} of {d.get('requests', '-')}")
     t.add_row("replication lag (model)", f"{s['replication_lag_s']} s")
     rpo = d.get("rpo", {}).get("artifacts") if isinstance(d.get("rpo"), dict) else None
-    t.add_row("artifact RPO (acknowledged, missing)", str(rpo.get("missing") if isinstance(rpo, dict) else rpo if rpo is not None else "-"))
+    t.add_row(
+        "artifact RPO (acknowledged, missing)",
+        str(rpo.get("missing") if isinstance(rpo, dict) else rpo if rpo is not None else "-"),
+    )
     t.add_row("serving latency (front door)", f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms")
     t.add_row("HR@10 (99 negatives)", f"{m['hr_at_10_sampled']:.3f} vs popularity {m['pop_hr_at_10_sampled']:.3f}")
-    t.add_row("NDCG@10 (99 negatives)", f"{m['ndcg_at_10_sampled']:.3f} vs popularity {m['pop_ndcg_at_10_sampled']:.3f}")
+    t.add_row(
+        "NDCG@10 (99 negatives)", f"{m['ndcg_at_10_sampled']:.3f} vs popularity {m['pop_ndcg_at_10_sampled']:.3f}"
+    )
     t.add_row("wall time", f"{s['total_s']:.0f} s")
     Console().print(t)
     console.print("Where to look:")
     for r in cfg.regions:
         console.print(f"  MLflow UI, region {r.name} ({r.role}): {r.mlflow_url}")
-    console.print(f"  serving front door: {cfg.serving.frontend_url}/invocations   HAProxy stats: {cfg.serving.haproxy_stats_url}")
+    console.print(
+        f"  serving front door: {cfg.serving.frontend_url}/invocations   HAProxy stats: {cfg.serving.haproxy_stats_url}"
+    )
     if d.get("report"):
         console.print(f"  drill report: {d['report']}")
     console.print("The platform is still running: `xregion status`; stop it with `xregion down`.")
 
 
 @app.command()
-def demo(data: Optional[str] = typer.Option(None, help="A MovieLens directory or ratings file (default: built-in synthetic data)."),
-         epochs: Optional[int] = typer.Option(None, help="Training epochs (default: the model's)."),
-         drill_seconds: float = typer.Option(60, help="Length of the region-outage drill."),
-         users: int = typer.Option(8, help="Locust users in the drill."),
-         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout.")) -> None:
+def demo(
+    data: str | None = typer.Option(
+        None, help="A MovieLens directory or ratings file (default: built-in synthetic data)."
+    ),
+    epochs: int | None = typer.Option(None, help="Training epochs (default: the model's)."),
+    drill_seconds: float = typer.Option(60, help="Length of the region-outage drill."),
+    users: int = typer.Option(8, help="Locust users in the drill."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
     """Run the whole lifecycle on the embedded two-region platform and summarise it."""
     from xregion.cli import config_or_exit
     from xregion.home import xregion_home
@@ -182,7 +222,9 @@ def demo(data: Optional[str] = typer.Option(None, help="A MovieLens directory or
 
         for row in stack.status(cfg, home):
             if row["state"] != "stopped" and not row["healthy"]:
-                console.print(f"[red]{row['service']} is {row['state']} ({row['detail']})[/red]; last lines of its log:")
+                console.print(
+                    f"[red]{row['service']} is {row['state']} ({row['detail']})[/red]; last lines of its log:"
+                )
                 console.print(log_tail(home / "logs" / f"{row['service']}.log", 15))
         raise typer.Exit(1) from None
     (home / "demo-summary.json").write_text(json.dumps(s, indent=2, default=str))

@@ -3,6 +3,7 @@
 An append-only JSON-lines file under XREGION_HOME. Drills read it to compute RTO, so every
 writer uses ``record`` and every reader ``read`` and nobody invents a second format.
 """
+
 from __future__ import annotations
 
 import fcntl

@@ -1,4 +1,5 @@
 """Where the embedded stack keeps state, logs and pid files (XREGION_HOME, default ./.xregion)."""
+
 from __future__ import annotations
 
 import os

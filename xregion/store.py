@@ -7,6 +7,7 @@ It speaks plain S3 through boto3/s3transfer, so it works unchanged against MinIO
 Not found: ``stat`` returns None, ``get_*`` raise ``ObjectNotFound``, ``delete`` of a missing key
 succeeds (S3 semantics). Any other failure of the endpoint raises ``RegionUnavailable``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config as BotoConfig
-from boto3.exceptions import Boto3Error
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .config import RegionConfig
@@ -47,7 +48,7 @@ class ObjectInfo:
     key: str
     size: int
     sha256: str | None = None  # None when listed without metadata, or written by something else
-    etag: str | None = None    # computed by the store from the bytes it holds (MD5 for single-part)
+    etag: str | None = None  # computed by the store from the bytes it holds (MD5 for single-part)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -69,18 +70,32 @@ def _no_bucket(err: Exception) -> bool:
 class RegionStore:
     """put / get / stat / list / delete over one region's bucket."""
 
-    def __init__(self, region: RegionConfig, *, connect_timeout: float = 2,
-                 read_timeout: float = float(os.environ.get("XREGION_S3_READ_TIMEOUT", 5)), attempts: int = 2):
+    def __init__(
+        self,
+        region: RegionConfig,
+        *,
+        connect_timeout: float = 2,
+        read_timeout: float = float(os.environ.get("XREGION_S3_READ_TIMEOUT", 5)),
+        attempts: int = 2,
+    ):
         self.region = region
         self.name = region.name
         self.bucket = region.s3.bucket
         key, secret = region.s3.credentials(region.name)
         self.client = boto3.session.Session().client(
-            "s3", endpoint_url=region.s3.endpoint_url, region_name=region.s3.region_name,
-            aws_access_key_id=key, aws_secret_access_key=secret,
-            config=BotoConfig(connect_timeout=connect_timeout, read_timeout=read_timeout,
-                              retries={"max_attempts": attempts, "mode": "standard"},
-                              s3={"addressing_style": "path"}, max_pool_connections=16))
+            "s3",
+            endpoint_url=region.s3.endpoint_url,
+            region_name=region.s3.region_name,
+            aws_access_key_id=key,
+            aws_secret_access_key=secret,
+            config=BotoConfig(
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                retries={"max_attempts": attempts, "mode": "standard"},
+                s3={"addressing_style": "path"},
+                max_pool_connections=16,
+            ),
+        )
 
     def __repr__(self) -> str:
         return f"RegionStore({self.name}: {self.region.s3.endpoint_url}/{self.bucket})"
@@ -129,14 +144,19 @@ class RegionStore:
     def put_file(self, key: str, path: str | os.PathLike, sha256: str | None = None) -> ObjectInfo:
         """Upload through s3transfer (multipart above 8 MiB, bounded memory), recording the hash."""
         digest = sha256 or sha256_file(path)
-        self._write(self.client.upload_file, str(path), self.bucket, key,
-                   ExtraArgs={"Metadata": {HASH_META: digest}}, Config=TRANSFER)
+        self._write(
+            self.client.upload_file,
+            str(path),
+            self.bucket,
+            key,
+            ExtraArgs={"Metadata": {HASH_META: digest}},
+            Config=TRANSFER,
+        )
         return ObjectInfo(key, os.path.getsize(path), digest)
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
         digest = hashlib.sha256(data).hexdigest()
-        self._write(self.client.put_object, Bucket=self.bucket, Key=key, Body=data,
-                   Metadata={HASH_META: digest})
+        self._write(self.client.put_object, Bucket=self.bucket, Key=key, Body=data, Metadata={HASH_META: digest})
         return ObjectInfo(key, len(data), digest)
 
     def stat(self, key: str) -> ObjectInfo | None:
@@ -144,8 +164,9 @@ class RegionStore:
             head = self._call(self.client.head_object, Bucket=self.bucket, Key=key, key=key)
         except ObjectNotFound:
             return None
-        return ObjectInfo(key, head["ContentLength"], head.get("Metadata", {}).get(HASH_META),
-                          head.get("ETag", "").strip('"') or None)
+        return ObjectInfo(
+            key, head["ContentLength"], head.get("Metadata", {}).get(HASH_META), head.get("ETag", "").strip('"') or None
+        )
 
     def get_file(self, key: str, path: str | os.PathLike) -> ObjectInfo:
         """Download to ``path`` and return what was read, with the hash of the bytes actually received."""
@@ -175,8 +196,7 @@ class RegionStore:
         """Immediate children of a directory-like prefix (ending in /): (sub-prefixes, objects)."""
         dirs: list[str] = []
         files: list[ObjectInfo] = []
-        pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=prefix, Delimiter="/")
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/")
         try:
             for page in pages:
                 dirs += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
@@ -191,7 +211,7 @@ class RegionStore:
     def delete_prefix(self, prefix: str) -> int:
         keys = [o.key for o in self.list(prefix)]
         for i in range(0, len(keys), 1000):
-            batch = [{"Key": k} for k in keys[i:i + 1000]]
+            batch = [{"Key": k} for k in keys[i : i + 1000]]
             self._call(self.client.delete_objects, Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
         return len(keys)
 

@@ -5,6 +5,7 @@ in every region (the regions file says which buckets). A proxied location
 ``mlflow-artifacts:/PATH`` (what clients of ``mlflow server --artifacts-destination
 xregion:///PREFIX`` record) is ``PREFIX/PATH``.
 """
+
 from __future__ import annotations
 
 from urllib.parse import urlsplit
@@ -25,7 +26,8 @@ def key_prefix(artifact_uri: str, cfg: XRegionConfig) -> str:
         if parts.netloc:
             raise NotReplicatedURI(
                 f"{artifact_uri!r}: xregion URIs have no host (regions come from the regions file); "
-                f"write xregion:///{parts.netloc}{parts.path}")
+                f"write xregion:///{parts.netloc}{parts.path}"
+            )
         return parts.path.strip("/")
     if parts.scheme == "mlflow-artifacts":
         return f"{cfg.artifacts.prefix}/{parts.path.strip('/')}".strip("/")

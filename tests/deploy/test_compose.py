@@ -1,5 +1,6 @@
 """The docker-compose deployment: lint, structure, and agreement of every service's command, ports
 and environment with the regions file (no Docker engine here: parsed and checked offline)."""
+
 from __future__ import annotations
 
 import re
@@ -9,14 +10,25 @@ from pathlib import Path
 import pytest
 import yaml
 from dotenv import dotenv_values
-
 from xregion.infra import deploy
 
 from .helpers import COMPOSE_DIR, INFRA, ROOT, compose_config, lint
 
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
-SERVICE_KEYS = {"image", "build", "command", "entrypoint", "environment", "volumes", "ports", "depends_on",
-                "healthcheck", "restart", "profiles", "network_mode"}
+SERVICE_KEYS = {
+    "image",
+    "build",
+    "command",
+    "entrypoint",
+    "environment",
+    "volumes",
+    "ports",
+    "depends_on",
+    "healthcheck",
+    "restart",
+    "profiles",
+    "network_mode",
+}
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +58,13 @@ def test_structure(compose):
         assert set(svc) <= SERVICE_KEYS, f"{name}: unexpected keys {set(svc) - SERVICE_KEYS}"
         assert "image" in svc, name
         deps = svc.get("depends_on", [])
-        for dep, cond in (deps.items() if isinstance(deps, dict) else ((d, None) for d in deps)):
+        for dep, cond in deps.items() if isinstance(deps, dict) else ((d, None) for d in deps):
             assert dep in services, f"{name} depends on unknown service {dep}"
-            assert cond is None or cond["condition"] in ("service_healthy", "service_completed_successfully",
-                                                         "service_started")
+            assert cond is None or cond["condition"] in (
+                "service_healthy",
+                "service_completed_successfully",
+                "service_started",
+            )
             if cond and cond["condition"] == "service_healthy":
                 assert "healthcheck" in services[dep], f"{name} waits for {dep} to be healthy; it has no check"
         if mode := svc.get("network_mode"):
@@ -89,8 +104,10 @@ def test_minio_and_postgres_agree_with_the_regions_file(compose, cfg):
         minio = services[f"minio-{r.name}"]
         assert deploy.host_port(r.s3.endpoint_url)[0] == f"minio-{r.name}"
         assert arg(minio["command"], "--address") == f":{deploy.host_port(r.s3.endpoint_url)[1]}"
-        assert minio["environment"] == {"MINIO_ROOT_USER": f"${{{r.s3.access_key_env}:?see .env.example}}",
-                                        "MINIO_ROOT_PASSWORD": f"${{{r.s3.secret_key_env}:?see .env.example}}"}
+        assert minio["environment"] == {
+            "MINIO_ROOT_USER": f"${{{r.s3.access_key_env}:?see .env.example}}",
+            "MINIO_ROOT_PASSWORD": f"${{{r.s3.secret_key_env}:?see .env.example}}",
+        }
         pg = services[f"postgres-{r.name}"]
         assert r.pg_host == f"postgres-{r.name}"
         assert arg(pg["command"], "-c") == f"port={r.pg_port}"
@@ -102,8 +119,10 @@ def test_minio_and_postgres_agree_with_the_regions_file(compose, cfg):
             assert env["POSTGRES_PASSWORD"].startswith(f"${{{cfg.postgres.password_env}:?")
         else:  # a streaming standby cloned from the primary
             env = pg["environment"]
-            assert (env["XREGION_PRIMARY_HOST"], env["XREGION_PRIMARY_PORT"]) == \
-                   (cfg.primary.pg_host, str(cfg.primary.pg_port))
+            assert (env["XREGION_PRIMARY_HOST"], env["XREGION_PRIMARY_PORT"]) == (
+                cfg.primary.pg_host,
+                str(cfg.primary.pg_port),
+            )
             assert pg["entrypoint"] == ["bash", "/xregion/standby.sh"]
             assert pg["depends_on"] == {f"postgres-{cfg.primary.name}": {"condition": "service_healthy"}}
 
@@ -113,10 +132,22 @@ def test_mlflow_servers_agree_with_the_regions_file(compose, cfg):
         svc = compose["services"][f"mlflow-{r.name}"]
         host, port = deploy.host_port(r.mlflow_url)
         assert svc["command"][:15] == [
-            "mlflow", "server", "--backend-store-uri", cfg.database_uri(password=""),
-            "--registry-store-uri", "xregion+" + cfg.database_uri(password=""),  # the promotion gate
-            "--artifacts-destination", f"xregion:///{cfg.artifacts.prefix}", "--serve-artifacts",
-            "--host", "0.0.0.0", "--port", str(port), "--workers", "2"]
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            cfg.database_uri(password=""),
+            "--registry-store-uri",
+            "xregion+" + cfg.database_uri(password=""),  # the promotion gate
+            "--artifacts-destination",
+            f"xregion:///{cfg.artifacts.prefix}",
+            "--serve-artifacts",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ]
         assert "target_session_attrs=read-write" in arg(svc["command"], "--backend-store-uri")
         assert all(f"host={x.postgres}" in arg(svc["command"], "--backend-store-uri") for x in cfg.regions)
         assert f"{host}:{port}" in arg(svc["command"], "--allowed-hosts").split(",")
@@ -129,9 +160,19 @@ def test_model_servers_agree_with_the_regions_file(compose, cfg):
     for r in cfg.regions:
         svc = compose["services"][f"model-server-{r.name}"]
         host, port = deploy.host_port(r.serving_url)
-        assert svc["command"] == ["mlflow", "models", "serve", "-m",
-                                  f"models:/{cfg.registry.model_name}@{cfg.registry.production_alias}",
-                                  "--env-manager", "local", "-h", "0.0.0.0", "-p", str(port)]
+        assert svc["command"] == [
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            f"models:/{cfg.registry.model_name}@{cfg.registry.production_alias}",
+            "--env-manager",
+            "local",
+            "-h",
+            "0.0.0.0",
+            "-p",
+            str(port),
+        ]
         assert svc["environment"]["MLFLOW_TRACKING_URI"] == r.mlflow_url
         assert f"http://127.0.0.1:{port}/ping" in svc["healthcheck"]["test"][-1]
         _platform_env(svc, cfg, r.name)
@@ -156,8 +197,14 @@ def test_front_door_control_plane_and_locust(compose, cfg):
     haproxy = (COMPOSE_DIR / "haproxy.cfg").read_text()
     assert f"bind :{front}\n" in haproxy and f"bind :{stats}\n" in haproxy
     servers = re.findall(r"^\s+server (\S+) (\S+)( backup)?$", haproxy, re.M)
-    assert servers == [(r.name, f"{deploy.host_port(r.serving_url)[0]}:{deploy.host_port(r.serving_url)[1]}",
-                        "" if r.role == "primary" else " backup") for r in cfg.write_order()]
+    assert servers == [
+        (
+            r.name,
+            f"{deploy.host_port(r.serving_url)[0]}:{deploy.host_port(r.serving_url)[1]}",
+            "" if r.role == "primary" else " backup",
+        )
+        for r in cfg.write_order()
+    ]
     plane = services["control-plane"]
     assert plane["command"] == ["xregion", "router", "run"]
     assert plane["network_mode"] == "service:haproxy"

@@ -1,15 +1,16 @@
 """The Kubernetes deployment: YAML lint, `kustomize build` of every overlay, every rendered object
 validated against the Kubernetes schemas (core kinds, offline, strict) or the minimal CRD schemas,
 and the rendered objects checked against the regions file."""
+
 from __future__ import annotations
 
 import copy
 
 import pytest
 import yaml
+from xregion.infra import deploy
 
 from xregion.config import parse_config
-from xregion.infra import deploy
 
 from .helpers import K8S_DIR, K8S_REGIONS, k8s_config, kustomize_build, lint, validate_manifest
 
@@ -100,10 +101,23 @@ def test_mlflow_servers(rendered, region):
     dep = objects(docs, "Deployment")["mlflow"]
     assert dep["spec"]["replicas"] >= 2
     c = containers(dep)["mlflow"]
-    assert c["args"][:15] == ["mlflow", "server", "--backend-store-uri", CFG.database_uri(password=""),
-            "--registry-store-uri", "xregion+" + CFG.database_uri(password=""),  # the promotion gate
-                              "--artifacts-destination", f"xregion:///{CFG.artifacts.prefix}", "--serve-artifacts",
-                              "--host", "0.0.0.0", "--port", str(port), "--workers", "2"]
+    assert c["args"][:15] == [
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        CFG.database_uri(password=""),
+        "--registry-store-uri",
+        "xregion+" + CFG.database_uri(password=""),  # the promotion gate
+        "--artifacts-destination",
+        f"xregion:///{CFG.artifacts.prefix}",
+        "--serve-artifacts",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+    ]
     assert f"{host}:{port}" in arg(c["args"], "--allowed-hosts").split(",")
     assert c["ports"] == [{"name": "http", "containerPort": port}]
     for probe in ("readinessProbe", "livenessProbe"):
@@ -133,9 +147,19 @@ def test_model_servers_scale_with_an_hpa(rendered, region):
     _, port = deploy.host_port(r.serving_url)
     dep = objects(docs, "Deployment")["model-server"]
     c = containers(dep)["model-server"]
-    assert c["args"] == ["mlflow", "models", "serve", "-m",
-                         f"models:/{CFG.registry.model_name}@{CFG.registry.production_alias}",
-                         "--env-manager", "local", "-h", "0.0.0.0", "-p", str(port)]
+    assert c["args"] == [
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        f"models:/{CFG.registry.model_name}@{CFG.registry.production_alias}",
+        "--env-manager",
+        "local",
+        "-h",
+        "0.0.0.0",
+        "-p",
+        str(port),
+    ]
     assert c["ports"][0]["containerPort"] == port and c["resources"]["requests"]["cpu"]
     assert c["readinessProbe"]["httpGet"]["path"] == "/ping"
     _platform_container(c, dep)
@@ -192,7 +216,10 @@ def test_postgres_minio_and_cross_region_names(rendered, region):
     assert r.pg_host == f"pg-{region}-rw.xregion-{region}.{deploy.CLUSTERSET}" and r.pg_port == 5432
     if r.role == "primary":
         assert cluster["spec"]["bootstrap"]["initdb"] == {
-            "database": CFG.postgres.database, "owner": CFG.postgres.user, "secret": {"name": "xregion-pg-app"}}
+            "database": CFG.postgres.database,
+            "owner": CFG.postgres.user,
+            "secret": {"name": "xregion-pg-app"},
+        }
         assert "replica" not in cluster["spec"]
     else:  # a CloudNativePG replica cluster streaming from the primary region
         source = f"pg-{CFG.primary.name}"
@@ -209,8 +236,12 @@ def test_postgres_minio_and_cross_region_names(rendered, region):
     # every address of this region in the regions file is an exported service of this overlay
     exported = set(objects(docs, "ServiceExport"))
     services = set(objects(docs, "Service")) | {f"{cluster['metadata']['name']}-rw"}  # made by CloudNativePG
-    for url_host in (deploy.host_port(r.s3.endpoint_url)[0], r.pg_host, deploy.host_port(r.mlflow_url)[0],
-                     deploy.host_port(r.serving_url)[0]):
+    for url_host in (
+        deploy.host_port(r.s3.endpoint_url)[0],
+        r.pg_host,
+        deploy.host_port(r.mlflow_url)[0],
+        deploy.host_port(r.serving_url)[0],
+    ):
         svc, ns, rest = url_host.split(".", 2)
         assert ns == f"xregion-{region}" and rest == deploy.CLUSTERSET
         assert svc in exported and svc in services

@@ -1,4 +1,5 @@
 """Own stacks for the destructive DR tests (never the shared session stack)."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,9 @@ def stop_stack(st: Stack) -> None:
 
 def xr(st: Stack, *args, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the xregion CLI against a stack."""
-    return subprocess.run([XREGION, *args], env={**os.environ, **st.env()}, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [XREGION, *args], env={**os.environ, **st.env()}, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def xr_json(st: Stack, *args, ok: bool = True):

@@ -1,4 +1,5 @@
 """Helpers of the DR tests: a populated MLflow, artifacts copied to every region, counts read back."""
+
 from __future__ import annotations
 
 import time
@@ -30,8 +31,9 @@ def populate(cfg: XRegionConfig, tmp: Path, tag: str = "dr") -> dict:
     replicate_all(cfg)  # before promotion: the registry gate wants every artifact in every region
     name = f"{tag}-model-{time.time_ns()}"
     client.create_registered_model(name)
-    versions = [client.create_model_version(name, client.get_run(rid).info.artifact_uri, run_id=rid)
-                for rid in runs[:2]]
+    versions = [
+        client.create_model_version(name, client.get_run(rid).info.artifact_uri, run_id=rid) for rid in runs[:2]
+    ]
     client.transition_model_version_stage(name, versions[0].version, "Production")
     client.set_registered_model_alias(name, "champion", versions[1].version)
     return {"experiment": exp, "runs": runs, "model": name, "versions": [v.version for v in versions]}

@@ -1,4 +1,5 @@
 """Backup, destroy the stack, restore into a new one: identical tables, ids and artifact hashes."""
+
 from __future__ import annotations
 
 import json
@@ -20,14 +21,26 @@ def snapshot(cfg, info) -> dict:
     runs = {}
     for rid in info["runs"]:
         r = c.get_run(rid)
-        runs[rid] = {"exp": r.info.experiment_id, "params": r.data.params, "metrics": r.data.metrics,
-                     "tags": {k: v for k, v in r.data.tags.items() if k == "purpose"}, "status": r.info.status,
-                     "history": [(m.step, m.value) for m in c.get_metric_history(rid, "loss")]}
+        runs[rid] = {
+            "exp": r.info.experiment_id,
+            "params": r.data.params,
+            "metrics": r.data.metrics,
+            "tags": {k: v for k, v in r.data.tags.items() if k == "purpose"},
+            "status": r.info.status,
+            "history": [(m.step, m.value) for m in c.get_metric_history(rid, "loss")],
+        }
     model = c.get_registered_model(info["model"])
-    versions = {v: (mv.current_stage, mv.run_id, mv.source)
-                for v in info["versions"] for mv in [c.get_model_version(info["model"], v)]}
-    return {"experiment": c.get_experiment(info["experiment"]).name, "runs": runs,
-            "aliases": dict(model.aliases), "versions": versions}
+    versions = {
+        v: (mv.current_stage, mv.run_id, mv.source)
+        for v in info["versions"]
+        for mv in [c.get_model_version(info["model"], v)]
+    }
+    return {
+        "experiment": c.get_experiment(info["experiment"]).name,
+        "runs": runs,
+        "aliases": dict(model.aliases),
+        "versions": versions,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +50,14 @@ def backed_up(tmp_path_factory):
     try:
         info = populate(st.cfg, tmp_path_factory.mktemp("art"))
         before = snapshot(st.cfg, info)
-        hashes = {o.key: RegionStore(st.cfg.region("a")).stat(o.key).sha256
-                  for o in RegionStore(st.cfg.region("a")).list(st.cfg.artifacts.prefix + "/")}
+        hashes = {
+            o.key: RegionStore(st.cfg.region("a")).stat(o.key).sha256
+            for o in RegionStore(st.cfg.region("a")).list(st.cfg.artifacts.prefix + "/")
+        }
         local = tmp_path_factory.mktemp("backups")
-        result, _ = xr_json(st, "dr", "backup", "--verify", "--include-artifacts", "--copy-to", str(local),
-                            "--retention", "2")
+        result, _ = xr_json(
+            st, "dr", "backup", "--verify", "--include-artifacts", "--copy-to", str(local), "--retention", "2"
+        )
         listed, _ = xr_json(st, "dr", "backups")
         # retention: three more backups, two kept
         for _ in range(2):
@@ -49,8 +65,15 @@ def backed_up(tmp_path_factory):
         kept, _ = xr_json(st, "dr", "backups")
     finally:
         stop_stack(st)  # destroyed: processes, data directories, and the S3 endpoints with their buckets
-    return {"info": info, "before": before, "hashes": hashes, "backup": result, "listed": listed, "kept": kept,
-            "dir": local / result["id"]}
+    return {
+        "info": info,
+        "before": before,
+        "hashes": hashes,
+        "backup": result,
+        "listed": listed,
+        "kept": kept,
+        "dir": local / result["id"],
+    }
 
 
 def test_backup_is_in_a_non_primary_region_and_verifies(backed_up):
@@ -73,10 +96,20 @@ def test_restore_into_a_fresh_stack(backed_up):
         cli_seconds = time.monotonic() - t0
         assert res["ok"] and res["differences"] == [], proc.stderr
         b = backed_up["backup"]
-        print("\nDR figures (backup/restore):", json.dumps({
-            "backup_seconds": b["seconds"], "dump_seconds": b["dump_seconds"], "dump_bytes": b["dump_bytes"],
-            "verify_seconds": b["verify"]["seconds"], "restore_seconds": res["seconds"],
-            "restore_db_seconds": res["db_seconds"], "restore_cli_seconds": round(cli_seconds, 3)}))
+        print(
+            "\nDR figures (backup/restore):",
+            json.dumps(
+                {
+                    "backup_seconds": b["seconds"],
+                    "dump_seconds": b["dump_seconds"],
+                    "dump_bytes": b["dump_bytes"],
+                    "verify_seconds": b["verify"]["seconds"],
+                    "restore_seconds": res["seconds"],
+                    "restore_db_seconds": res["db_seconds"],
+                    "restore_cli_seconds": round(cli_seconds, 3),
+                }
+            ),
+        )
         # every artifact of the manifest, in every region, downloaded and hashed
         assert res["artifacts"]["verified"] == 3 * len(st.cfg.regions) and res["artifacts"]["missing"] == []
         after = snapshot(st.cfg, backed_up["info"])

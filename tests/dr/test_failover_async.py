@@ -3,6 +3,7 @@
 Runs against its own stack (destructive). The acknowledged writes lost by the failover are
 measured and printed; they must never exceed what the failover reported as possibly lost.
 """
+
 from __future__ import annotations
 
 import json
@@ -10,21 +11,22 @@ import time
 
 import psycopg2
 import pytest
-
-from tests.dr.conftest import xr, xr_json
-from tests.dr.helpers import MetricLogger, quick_http
 from xregion.dr import nodes
 from xregion.infra import postgres
 from xregion.infra.postgres import data_dir, superuser_dsn
 from xregion.infra.supervisor import Supervisor
+
+from tests.dr.conftest import xr, xr_json
+from tests.dr.helpers import MetricLogger, quick_http
 
 pytestmark = pytest.mark.timeout(900)
 
 FIGURES: dict = {}
 
 
-def kill_under_load_and_fail_over(st, old: str, new: str, monkeypatch,
-                                  standby_behind: bool = False) -> tuple[dict, MetricLogger, float]:
+def kill_under_load_and_fail_over(
+    st, old: str, new: str, monkeypatch, standby_behind: bool = False
+) -> tuple[dict, MetricLogger, float]:
     """Kill -9 ``old``'s Postgres while a client logs metrics, then `xregion dr failover --to new`.
 
     ``standby_behind``: the standby is down while the client logs more, so the primary dies
@@ -62,9 +64,15 @@ def test_failover_async_under_load(async_stack, monkeypatch):
     assert lag["commits"] is not None and lag["bytes"] is not None, lag  # read from a's WAL on disk
     # every acknowledged write that is lost was counted by the failover's report beforehand
     assert len(lost) <= lag["commits"], (lost, lag)
-    FIGURES["async"] = {"rto_seconds": result["rto_seconds"], "command_seconds": result["command_seconds"],
-                                "database_writable_seconds": result["database_writable_seconds"], "client_rto_seconds": round(client_rto, 3),
-                        "acked": len(logger.acked), "lost_acked": len(lost), "lag": lag}
+    FIGURES["async"] = {
+        "rto_seconds": result["rto_seconds"],
+        "command_seconds": result["command_seconds"],
+        "database_writable_seconds": result["database_writable_seconds"],
+        "client_rto_seconds": round(client_rto, 3),
+        "acked": len(logger.acked),
+        "lost_acked": len(lost),
+        "lag": lag,
+    }
     print("\nDR figures (async):", json.dumps(FIGURES["async"]))
     state = json.loads((st.home / "dr-state.json").read_text())
     assert state["primary"] == "b" and state["fenced"] == ["a"]
@@ -103,10 +111,16 @@ def test_rejoin_and_fail_back(async_stack, monkeypatch):
     lost = logger.missing(st.cfg.region("a").mlflow_url)
     assert 0 < len(lost) <= result["lag"]["commits"], (lost, result["lag"])
     assert result["lag"]["bytes"] > 0
-    FIGURES["async_back"] = {"rto_seconds": result["rto_seconds"], "command_seconds": result["command_seconds"],
-                                "database_writable_seconds": result["database_writable_seconds"], "client_rto_seconds": round(client_rto, 3),
-                             "acked": len(logger.acked), "lost_acked": len(lost), "lag": result["lag"],
-                             "rejoin_a": rejoined}
+    FIGURES["async_back"] = {
+        "rto_seconds": result["rto_seconds"],
+        "command_seconds": result["command_seconds"],
+        "database_writable_seconds": result["database_writable_seconds"],
+        "client_rto_seconds": round(client_rto, 3),
+        "acked": len(logger.acked),
+        "lost_acked": len(lost),
+        "lag": result["lag"],
+        "rejoin_a": rejoined,
+    }
     # b holds commits a never had: it cannot simply follow; pg_rewind (the base backup is the fallback)
     again, res = xr_json(st, "dr", "rejoin", "b")
     assert again["primary"] == "a" and again["method"] == "pg_rewind", again["steps"]
@@ -114,6 +128,7 @@ def test_rejoin_and_fail_back(async_stack, monkeypatch):
     print("\nDR figures (async, fail back):", json.dumps(FIGURES["async_back"]))
     # the rewound b holds none of the lost writes: it is a's copy again
     from mlflow import MlflowClient
+
     steps = {m.step for m in MlflowClient(st.cfg.region("b").mlflow_url).get_metric_history(logger.run_id, "load")}
     assert not steps & set(lost)
     verify = xr(st, "dr", "verify", "--json")

@@ -1,5 +1,6 @@
 """Synchronous replication (synchronous_standby_names): a kill -9 of the primary under load loses
 no acknowledged write; a planned switchover loses nothing either."""
+
 from __future__ import annotations
 
 import json
@@ -7,11 +8,11 @@ import time
 
 import psycopg2
 import pytest
+from xregion.infra.postgres import superuser_dsn
 
 from tests.dr.conftest import xr_json
 from tests.dr.helpers import MetricLogger, quick_http
 from tests.dr.test_failover_async import kill_under_load_and_fail_over
-from xregion.infra.postgres import superuser_dsn
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -28,11 +29,20 @@ def test_sync_failover_loses_no_acknowledged_write(sync_stack, monkeypatch):
     result, logger, client_rto = kill_under_load_and_fail_over(st, "a", "b", monkeypatch)
     assert result["ok"] and result["replication"] == "sync", result
     lost = logger.missing(st.cfg.region("b").mlflow_url)
-    print("\nDR figures (sync):", json.dumps({"rto_seconds": result["rto_seconds"], "command_seconds": result["command_seconds"],
-                                "database_writable_seconds": result["database_writable_seconds"],
-                                               "client_rto_seconds": round(client_rto, 3),
-                                               "acked": len(logger.acked), "lost_acked": len(lost),
-                                               "lag": result["lag"]}))
+    print(
+        "\nDR figures (sync):",
+        json.dumps(
+            {
+                "rto_seconds": result["rto_seconds"],
+                "command_seconds": result["command_seconds"],
+                "database_writable_seconds": result["database_writable_seconds"],
+                "client_rto_seconds": round(client_rto, 3),
+                "acked": len(logger.acked),
+                "lost_acked": len(lost),
+                "lag": result["lag"],
+            }
+        ),
+    )
     assert lost == []
     # b has no standby until a rejoins: it must not wait for one
     assert result["synchronous_standby_names"] == "" and _sync_names(st.cfg.region("b")) == ""
@@ -53,8 +63,9 @@ def test_rejoin_restores_synchronous_mode_and_switchover_is_lossless(sync_stack,
         assert logger.wait_acks(20, after=t_done) >= 20
     assert result["from"] == "b" and result["to"] == "a" and result["lost_bytes"] == 0
     assert logger.missing(st.cfg.region("a").mlflow_url) == []
-    print("\nDR figures (switchover):", json.dumps({k: result[k] for k in ("write_downtime_seconds",
-                                                                            "command_seconds")}))
+    print(
+        "\nDR figures (switchover):", json.dumps({k: result[k] for k in ("write_downtime_seconds", "command_seconds")})
+    )
     status, _ = xr_json(st, "dr", "status")
     assert status["primary"] == "a" and status["nodes"]["b"]["role"] == "standby"
     assert status["replication"][0]["state"] == "streaming"
@@ -63,7 +74,6 @@ def test_rejoin_restores_synchronous_mode_and_switchover_is_lossless(sync_stack,
 def test_sync_mode_blocks_commits_while_the_only_standby_is_down(sync_stack, monkeypatch):
     """The availability trade-off of synchronous mode: no standby, no acknowledged commit."""
     import requests
-
     from xregion.infra import postgres
     from xregion.infra.supervisor import Supervisor
 
@@ -74,8 +84,9 @@ def test_sync_mode_blocks_commits_while_the_only_standby_is_down(sync_stack, mon
     sup.stop(b.name)
     try:
         with pytest.raises(requests.exceptions.ReadTimeout):
-            requests.post(f"{url}/api/2.0/mlflow/experiments/create", json={"name": f"blocked-{time.time_ns()}"},
-                          timeout=4)
+            requests.post(
+                f"{url}/api/2.0/mlflow/experiments/create", json={"name": f"blocked-{time.time_ns()}"}, timeout=4
+            )
     finally:
         sup.start(b)
     # the standby back, commits flow again

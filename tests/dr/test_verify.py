@@ -1,5 +1,6 @@
 """`xregion dr verify` on the shared session stack: a deleted object and an orphan are reported
 and make it exit non-zero; repaired, they are gone from the report. Plus small unit checks."""
+
 from __future__ import annotations
 
 import json
@@ -7,19 +8,24 @@ import os
 import subprocess
 
 import pytest
+from xregion.dr import nodes
+from xregion.dr.verify import _under
 
 from tests.dr.conftest import XREGION
 from tests.dr.helpers import populate
-from xregion.dr import nodes
-from xregion.dr.verify import _under
 from xregion.store import RegionStore
 
 pytestmark = pytest.mark.timeout(600)
 
 
 def verify_json(stack) -> tuple[int, dict]:
-    res = subprocess.run([XREGION, "dr", "verify", "--json"], env={**os.environ, **stack.env()},
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [XREGION, "dr", "verify", "--json"],
+        env={**os.environ, **stack.env()},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return res.returncode, json.loads(res.stdout)
 
 
@@ -46,8 +52,9 @@ def test_verify_reports_a_deleted_object_and_an_orphan(stack, tmp_path):
         assert missing[0]["owner"].startswith(("run ", "model version ", "logged model "))
         assert {"key": orphan, "regions": ["a"]} in report["orphans"]
         assert report["replication"][0]["standby"] == "b"
-        table = subprocess.run([XREGION, "dr", "verify"], env={**os.environ, **stack.env()}, capture_output=True,
-                               text=True, timeout=300)
+        table = subprocess.run(
+            [XREGION, "dr", "verify"], env={**os.environ, **stack.env()}, capture_output=True, text=True, timeout=300
+        )
         assert table.returncode == 1 and "orphan" in table.stdout and "missing" in table.stdout
     finally:
         b.put_bytes(victim, data)

@@ -1,5 +1,6 @@
 """`xregion up | status | down | fault` on real processes: moto S3, Postgres primary + streaming
 standby, and an MLflow server per region."""
+
 from __future__ import annotations
 
 import json
@@ -13,12 +14,12 @@ from pathlib import Path
 import psutil
 import psycopg2
 import pytest
-
-from tests.conftest import make_home, write_config
-from xregion.config import load_config
 from xregion.infra import stack as embedded
 from xregion.infra.postgres import superuser_dsn
 from xregion.infra.supervisor import PortInUse, Supervisor
+
+from tests.conftest import make_home, write_config
+from xregion.config import load_config
 
 pytestmark = pytest.mark.timeout(600)
 XREGION = str(Path(sys.executable).parent / "xregion")
@@ -55,7 +56,6 @@ def test_up_starts_every_component_healthy(own_stack):
 
 
 def test_run_logged_in_a_is_read_back_through_b(own_stack, tmp_path):
-    import mlflow
     from mlflow import MlflowClient
 
     _, cfg, _ = own_stack
@@ -139,7 +139,9 @@ def test_down_leaves_no_process_and_is_idempotent(own_stack):
     time.sleep(0.5)
     alive = [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert alive == []
-    leftover = [p.info for p in psutil.process_iter(["pid", "cmdline"]) if str(home) in " ".join(p.info["cmdline"] or [])]
+    leftover = [
+        p.info for p in psutil.process_iter(["pid", "cmdline"]) if str(home) in " ".join(p.info["cmdline"] or [])
+    ]
     assert leftover == []
     assert not list((home / "run").glob("*.json"))
     again = cli(env, "down")

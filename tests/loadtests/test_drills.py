@@ -4,6 +4,7 @@
 * the same kind of fault with failover disabled (only region a in the front door) fails them,
   through the CLI (exit code 1, JSON summary): the instrument can fail.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,14 +24,20 @@ SMALL_DATA = dict(n_users=150, n_items=80, mean_interactions=20)
 def model(stack):
     """A small recommender trained through region a's MLflow server, registered and in production."""
     import mlflow
-
     from xregion.recsys_model.train import run_training
 
     old = os.environ.get("MLFLOW_TRACKING_URI")
     try:
-        res = run_training(epochs=3, tracking_uri=stack.cfg.primary.mlflow_url,
-                           model_name=stack.cfg.registry.model_name, experiment="recsys", seed=11,
-                           promote_to_production=True, synthetic_kwargs=SMALL_DATA, progress=False)
+        res = run_training(
+            epochs=3,
+            tracking_uri=stack.cfg.primary.mlflow_url,
+            model_name=stack.cfg.registry.model_name,
+            experiment="recsys",
+            seed=11,
+            promote_to_production=True,
+            synthetic_kwargs=SMALL_DATA,
+            progress=False,
+        )
     finally:
         if old is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -67,13 +74,13 @@ def serving_a_only(stack, model):
 
 def test_region_outage_drill_meets_its_objectives(stack, serving_both, tmp_path):
     from mlflow.tracking import MlflowClient
-
     from xregion.infra.stack import status
     from xregion.loadtests.runner import run_drill
 
     out = tmp_path / "drill"
-    s = run_drill("region-outage", duration=40, users=6, cfg=stack.cfg, home=stack.home, out_dir=out,
-                  progress=lambda m: None)
+    s = run_drill(
+        "region-outage", duration=40, users=6, cfg=stack.cfg, home=stack.home, out_dir=out, progress=lambda m: None
+    )
     verdict = {k: s.get(k) for k in ("objectives", "gated", "by_kind", "rto_s", "errors", "steps")}
     assert s["objectives_met"], json.dumps(verdict, indent=1, default=str)
     # the fault really happened, to the real processes, and traffic kept flowing
@@ -99,9 +106,25 @@ def test_region_outage_drill_meets_its_objectives(stack, serving_both, tmp_path)
 def test_without_failover_the_same_fault_fails_the_objectives(stack, serving_a_only, tmp_path):
     out = tmp_path / "drill"
     env = {**os.environ, **stack.env()}
-    proc = subprocess.run([str(Path(sys.executable).parent / "xregion"), "drill", "model-server-crash",
-                           "--duration", "30", "--users", "5", "--out", str(out), "--no-mlflow", "--json"],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "xregion"),
+            "drill",
+            "model-server-crash",
+            "--duration",
+            "30",
+            "--users",
+            "5",
+            "--out",
+            str(out),
+            "--no-mlflow",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     s = json.loads(proc.stdout)
     assert s["objectives_met"] is False

@@ -1,5 +1,6 @@
 """The Locust side without a stack: real Locust processes (local and distributed) against a
 scoring stub, checked request by request against what the stub answered."""
+
 from __future__ import annotations
 
 import collections
@@ -9,10 +10,10 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
-from tests.conftest import write_config
 from xregion.loadtests.requestlog import read_requests, request_files
 from xregion.loadtests.runner import LoadProcesses
+
+from tests.conftest import write_config
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -24,7 +25,7 @@ class Stub(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
         self.failing = False
         self.lock = threading.Lock()
-        self.answers = collections.Counter()   # status -> count
+        self.answers = collections.Counter()  # status -> count
         self.users = collections.Counter()
         self.ks = collections.Counter()
 
@@ -42,9 +43,18 @@ class Handler(BaseHTTPRequestHandler):
         rec = body["dataframe_records"][0]
         srv: Stub = self.server
         status = 503 if srv.failing else 200
-        out = b"down" if status == 503 else json.dumps({"predictions": [
-            {"user_id": rec["user_id"], "rank": i + 1, "item_id": i, "score": 1.0, "source": "model"}
-            for i in range(rec["k"])]}).encode()
+        out = (
+            b"down"
+            if status == 503
+            else json.dumps(
+                {
+                    "predictions": [
+                        {"user_id": rec["user_id"], "rank": i + 1, "item_id": i, "score": 1.0, "source": "model"}
+                        for i in range(rec["k"])
+                    ]
+                }
+            ).encode()
+        )
         self.send_response(status)
         self.send_header("Content-Length", str(len(out)))
         self.end_headers()
@@ -77,8 +87,20 @@ def run(tmp_path, stub, env, *, workers=0, duration=6, users=4, rate=5.0, max_re
     run_dir.mkdir()
     ids = tmp_path / "ids.txt"
     ids.write_text("\n".join(str(i) for i in range(1, 101)))
-    xr = ["--xr-run-dir", str(run_dir), "--xr-scientists", "0", "--xr-release-managers", "0",
-          "--xr-serving-rate", str(rate), "--xr-user-ids", str(ids), "--xr-max-requests", str(max_requests)]
+    xr = [
+        "--xr-run-dir",
+        str(run_dir),
+        "--xr-scientists",
+        "0",
+        "--xr-release-managers",
+        "0",
+        "--xr-serving-rate",
+        str(rate),
+        "--xr-user-ids",
+        str(ids),
+        "--xr-max-requests",
+        str(max_requests),
+    ]
     load = LoadProcesses(run_dir, stub.url, users, users, duration, workers, xr, ["ServingUser"], env)
     try:
         load.start()

@@ -1,8 +1,8 @@
 """RTO, availability, latency and RPO on hand-made request logs with known answers."""
+
 from __future__ import annotations
 
 import pytest
-
 from xregion.loadtests import metrics as M
 from xregion.loadtests.requestlog import Request, read_requests, write_merged
 
@@ -16,8 +16,16 @@ def log(rate: float, start: float, end: float, fail=lambda t: False, kind="servi
         t = start + n / rate
         if t >= end - 1e-9:
             return out
-        out.append(Request(ts=T0 + t, kind=kind, name=f"{kind}: x", ok=not fail(t), latency_ms=latency(t),
-                           error="boom" if fail(t) else ""))
+        out.append(
+            Request(
+                ts=T0 + t,
+                kind=kind,
+                name=f"{kind}: x",
+                ok=not fail(t),
+                latency_ms=latency(t),
+                error="boom" if fail(t) else "",
+            )
+        )
         n += 1
 
 
@@ -75,8 +83,8 @@ def test_threshold_boundary_99_percent_is_good_98_is_not():
 
     two = log(20, 0, 60, fail=lambda t: abs(t - 20.0) < 1e-6 or abs(t - 20.05) < 1e-6)
     ws = {round(w["start"] - T0, 3): w for w in M.windows(two, fault_ts=T0 + 18, phase_end=T0 + 40)}
-    assert not ws[18.0]["good"] and ws[18.0]["ok"] == 98      # both failures: 98 %
-    assert ws[20.1]["good"]                                    # neither
+    assert not ws[18.0]["good"] and ws[18.0]["ok"] == 98  # both failures: 98 %
+    assert ws[20.1]["good"]  # neither
     # the last window holding both failures starts at 20.0; the next candidate (20.1) opens with
     # the request at 20.1
     assert M.rto(two, fault_ts=T0 + 18, phase_end=T0 + 40) == pytest.approx(2.1)
@@ -94,8 +102,9 @@ def test_silent_gap_is_not_service():
 def test_only_the_gated_kind_counts_for_rto():
     serving = log(10, 0, 40)
     tracking = log(2, 0, 40, kind="tracking", fail=lambda t: t >= 10)
-    summary = M.summarize(serving + tracking, load_start=T0, load_end=T0 + 40, fault_ts=T0 + 10,
-                          phase_end=T0 + 30, gate_kind="serving")
+    summary = M.summarize(
+        serving + tracking, load_start=T0, load_end=T0 + 40, fault_ts=T0 + 10, phase_end=T0 + 30, gate_kind="serving"
+    )
     assert summary["rto_s"] == 0.0
     assert summary["gated"]["availability"] == 1.0
     assert summary["by_kind"]["tracking"]["failed"] == 60
@@ -112,10 +121,16 @@ def test_percentiles_linear_interpolation():
 
 def test_latency_steady_vs_failover_uses_successes_only():
     # 10 ms before the fault, 100 ms in [10, 12) where every fifth request fails, 10 ms after
-    reqs = log(10, 0, 40, fail=lambda t: 10 <= t < 12 and round(t * 10) % 5 == 0,
-               latency=lambda t: 100.0 if 10 <= t < 12 else 10.0)
-    s = M.summarize(reqs, load_start=T0, load_end=T0 + 40, fault_ts=T0 + 10, phase_end=T0 + 30,
-                    gate_kind="serving", warmup_s=2)
+    reqs = log(
+        10,
+        0,
+        40,
+        fail=lambda t: 10 <= t < 12 and round(t * 10) % 5 == 0,
+        latency=lambda t: 100.0 if 10 <= t < 12 else 10.0,
+    )
+    s = M.summarize(
+        reqs, load_start=T0, load_end=T0 + 40, fault_ts=T0 + 10, phase_end=T0 + 30, gate_kind="serving", warmup_s=2
+    )
     assert s["latency_steady"]["n"] == 80 and s["latency_steady"]["p99_ms"] == 10.0
     assert s["rto_s"] == pytest.approx(1.6)  # last failure at 11.5; next request 11.6
     assert s["failover_window"] == [pytest.approx(T0 + 10), pytest.approx(T0 + 16.6)]

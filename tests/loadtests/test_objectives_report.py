@@ -1,11 +1,11 @@
 """Objectives file, verdicts, schedule validation and the HTML/PNG report, without a stack."""
+
 from __future__ import annotations
 
 import base64
 import re
 
 import pytest
-
 from xregion.loadtests import metrics as M
 from xregion.loadtests import objectives as O
 from xregion.loadtests import report
@@ -28,13 +28,16 @@ def test_objectives_file_overrides_defaults_then_scenario(tmp_path):
     assert O.load(f, "region-outage")["rto_s"] == 5.0
 
 
-@pytest.mark.parametrize("text, msg", [
-    ("defaults: {availabilty: 0.9}\n", "unknown objective"),
-    ("defaults: {availability: 99.9}\n", "fraction"),
-    ("defaults: {rto_s: -1}\n", "non-negative"),
-    ("defaults: {rto_s: fast}\n", "non-negative"),
-    ("objectives: {}\n", "'defaults' and 'scenarios'"),
-])
+@pytest.mark.parametrize(
+    "text, msg",
+    [
+        ("defaults: {availabilty: 0.9}\n", "unknown objective"),
+        ("defaults: {availability: 99.9}\n", "fraction"),
+        ("defaults: {rto_s: -1}\n", "non-negative"),
+        ("defaults: {rto_s: fast}\n", "non-negative"),
+        ("objectives: {}\n", "'defaults' and 'scenarios'"),
+    ],
+)
 def test_bad_objectives_files_are_refused(tmp_path, text, msg):
     f = tmp_path / "o.yaml"
     f.write_text(text)
@@ -43,8 +46,12 @@ def test_bad_objectives_files_are_refused(tmp_path, text, msg):
 
 
 def _summary(**kw):
-    s = {"gated": {"availability": 0.9995, "requests": 2000, "failed": 1}, "rto_s": 1.2, "fault_ts": T0 + 10,
-         "rpo": {"artifacts": {"acknowledged": 10, "missing": 0}, "metrics": {"acknowledged": 50, "missing": 3}}}
+    s = {
+        "gated": {"availability": 0.9995, "requests": 2000, "failed": 1},
+        "rto_s": 1.2,
+        "fault_ts": T0 + 10,
+        "rpo": {"artifacts": {"acknowledged": 10, "missing": 0}, "metrics": {"acknowledged": 50, "missing": 3}},
+    }
     s.update(kw)
     return s
 
@@ -53,8 +60,12 @@ def test_check_met_and_not_met():
     o = O.load()
     rows = O.check(o, _summary())
     assert O.met(rows)
-    assert {r["objective"]: r["met"] for r in rows} == {"availability": True, "rto_s": True,
-                                                       "rpo_artifacts": True, "rpo_metrics": None}
+    assert {r["objective"]: r["met"] for r in rows} == {
+        "availability": True,
+        "rto_s": True,
+        "rpo_artifacts": True,
+        "rpo_metrics": None,
+    }
     assert not O.met(O.check(o, _summary(gated={"availability": 0.998, "requests": 1000, "failed": 2})))
     assert not O.met(O.check(o, _summary(rto_s=5.01)))
     assert not O.met(O.check(o, _summary(rto_s=None)))  # never recovered
@@ -78,18 +89,43 @@ def test_schedule_defaults_and_validation():
 
 
 def test_report_has_the_timeline_and_the_verdict(tmp_path):
-    reqs = [Request(T0 + i / 10, "serving", "serving: invocations", not (100 <= i < 130), 5.0 + (i % 7),
-                    "" if not (100 <= i < 130) else "HTTP 503") for i in range(400)]
+    reqs = [
+        Request(
+            T0 + i / 10,
+            "serving",
+            "serving: invocations",
+            not (100 <= i < 130),
+            5.0 + (i % 7),
+            "" if not (100 <= i < 130) else "HTTP 503",
+        )
+        for i in range(400)
+    ]
     s = M.summarize(reqs, load_start=T0, load_end=T0 + 40, fault_ts=T0 + 10, phase_end=T0 + 30, gate_kind="serving")
-    s.update(scenario="model-server-crash", description="test", duration=40, users=4, workers=0,
-             mix={"serving": 4}, load_start=T0, load_end=T0 + 40, fault_ts=T0 + 10, fault_label="kill -9 a-serving",
-             restore_ts=T0 + 30, restore_label="restart", phase_end=T0 + 30, steps=[], errors=M.error_counts(reqs),
-             objectives_source="objectives.yaml")
+    s.update(
+        scenario="model-server-crash",
+        description="test",
+        duration=40,
+        users=4,
+        workers=0,
+        mix={"serving": 4},
+        load_start=T0,
+        load_end=T0 + 40,
+        fault_ts=T0 + 10,
+        fault_label="kill -9 a-serving",
+        restore_ts=T0 + 30,
+        restore_label="restart",
+        phase_end=T0 + 30,
+        steps=[],
+        errors=M.error_counts(reqs),
+        objectives_source="objectives.yaml",
+    )
     s["objectives"] = O.check(O.load(), s)
     s["objectives_met"] = O.met(s["objectives"])
     assert s["rto_s"] == pytest.approx(3.0) and not s["objectives_met"]
-    evs = [{"ts": T0 + 10.0, "kind": "fault.kill", "service": "a-serving"},
-           {"ts": T0 + 11.0, "kind": "failover", "service": "a-serving"}]
+    evs = [
+        {"ts": T0 + 10.0, "kind": "fault.kill", "service": "a-serving"},
+        {"ts": T0 + 11.0, "kind": "failover", "service": "a-serving"},
+    ]
     png = report.timeline_png(reqs, s, evs, tmp_path / "timeline.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = report.html_report(s, png, evs, tmp_path / "report.html").read_text()

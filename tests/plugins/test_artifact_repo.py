@@ -1,4 +1,5 @@
 """MLflow's artifact-repository behaviours against ``xregion://``, on the real two-region stack."""
+
 from __future__ import annotations
 
 import hashlib

@@ -1,6 +1,7 @@
 """``xregion://`` in each place MLflow uses a repository: behind `mlflow server --artifacts-destination`
 (proxied), as an experiment's artifact location (clients write directly), for log_model and for
 `mlflow models serve -m models:/NAME/Production` in another region."""
+
 from __future__ import annotations
 
 import json
@@ -14,11 +15,11 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-
 from xregion.infra import stack as embedded
 from xregion.infra.supervisor import Service
 from xregion.plugins.replication import Replicator
 from xregion.plugins.verify import resync
+
 from xregion.store import RegionStore
 from xregion.uris import key_prefix
 
@@ -59,7 +60,9 @@ def test_clients_write_directly_to_an_xregion_artifact_location(stack, tmp_path)
     a = stack.cfg.region("a")
     mlflow.set_tracking_uri(a.mlflow_url)
     root = f"direct/{uuid.uuid4().hex}"
-    exp = MlflowClient(a.mlflow_url).create_experiment(f"direct-{uuid.uuid4().hex}", artifact_location=f"xregion:///{root}")
+    exp = MlflowClient(a.mlflow_url).create_experiment(
+        f"direct-{uuid.uuid4().hex}", artifact_location=f"xregion:///{root}"
+    )
     with mlflow.start_run(experiment_id=exp) as run:
         (tmp_path / "d").mkdir()
         (tmp_path / "d" / "one.txt").write_text("1")
@@ -67,7 +70,9 @@ def test_clients_write_directly_to_an_xregion_artifact_location(stack, tmp_path)
         mlflow.log_artifacts(str(tmp_path / "d"), "files")
     # MLflow writes URIs without an authority in the short form; both mean the same keys
     assert run.info.artifact_uri == f"xregion:/{root}/{run.info.run_id}/artifacts"
-    assert key_prefix(run.info.artifact_uri, stack.cfg) == key_prefix(f"xregion:///{root}/{run.info.run_id}/artifacts", stack.cfg)
+    assert key_prefix(run.info.artifact_uri, stack.cfg) == key_prefix(
+        f"xregion:///{root}/{run.info.run_id}/artifacts", stack.cfg
+    )
     expected = {f"{root}/{run.info.run_id}/artifacts/files/{n}" for n in ("one.txt", "two.txt")}
     assert keys_in(stack, "a", root) == expected == keys_in(stack, "b", root)
     listed = MlflowClient(stack.cfg.region("b").mlflow_url).list_artifacts(run.info.run_id, "files")
@@ -87,8 +92,9 @@ def test_log_model_in_a_and_serve_production_from_region_b(stack, tmp_path):
     mlflow.set_registry_uri(a.mlflow_url)
     mlflow.set_experiment(f"models-{uuid.uuid4().hex}")
     with mlflow.start_run():
-        info = mlflow.pyfunc.log_model(name="model", python_model=Doubler(), registered_model_name=name,
-                                       input_example=pd.DataFrame({"x": [1.0]}))
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=Doubler(), registered_model_name=name, input_example=pd.DataFrame({"x": [1.0]})
+        )
     client = MlflowClient(a.mlflow_url, registry_uri=a.mlflow_url)
     version = client.get_latest_versions(name)[0].version
     client.transition_model_version_stage(name, version, "Production")
@@ -97,17 +103,38 @@ def test_log_model_in_a_and_serve_production_from_region_b(stack, tmp_path):
     assert loaded.predict(pd.DataFrame({"x": [2.0]}))["x"].tolist() == [4.0]
 
     port = _free_port()
-    svc = Service(name=f"test-serve-{uuid.uuid4().hex[:6]}", region="b", component="serving",
-                  argv=[str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{name}/Production",
-                        "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-                  listen=("127.0.0.1", port), health={"type": "http", "url": f"http://127.0.0.1:{port}/ping"},
-                  env={**embedded.child_env(stack.cfg, b, stack.home), "MLFLOW_TRACKING_URI": b.mlflow_url},
-                  start_timeout=180)
+    svc = Service(
+        name=f"test-serve-{uuid.uuid4().hex[:6]}",
+        region="b",
+        component="serving",
+        argv=[
+            str(Path(sys.executable).parent / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            f"models:/{name}/Production",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            "1",
+        ],
+        listen=("127.0.0.1", port),
+        health={"type": "http", "url": f"http://127.0.0.1:{port}/ping"},
+        env={**embedded.child_env(stack.cfg, b, stack.home), "MLFLOW_TRACKING_URI": b.mlflow_url},
+        start_timeout=180,
+    )
     stack.sup.start(svc)
     try:
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
-                                     data=json.dumps({"dataframe_records": [{"x": 5.0}]}).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            method="POST",
+            data=json.dumps({"dataframe_records": [{"x": 5.0}]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=30) as resp:
             assert json.loads(resp.read())["predictions"] == [{"x": 10.0}]
     finally:

@@ -1,5 +1,6 @@
 """Regions frozen (SIGSTOP) and killed (-9) during writes, a replicator killed mid-upload, a
 corrupt copy: after recovery and resync nothing is missing and every hash matches."""
+
 from __future__ import annotations
 
 import json
@@ -13,10 +14,10 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
-
 from xregion.infra import stack as embedded
 from xregion.plugins.replication import Replicator
 from xregion.plugins.verify import resync, verify
+
 from xregion.store import RegionStore, sha256_file
 
 pytestmark = pytest.mark.timeout(900)
@@ -158,16 +159,22 @@ rep.wait_replicated(timeout=600)
 def test_replicator_killed_mid_upload_then_resync(stack, tmp_path, prefix):
     data = files(tmp_path, 6, size=12 << 20)  # multipart-sized: the kill lands inside an upload
     outbox = stack.home / f"outbox-{uuid.uuid4().hex}.sqlite"
-    proc = subprocess.Popen([sys.executable, "-c", REPLICATOR_SCRIPT, str(outbox), prefix, *map(str, data)],
-                            stdout=subprocess.PIPE, text=True, env={**os.environ, **stack.env()})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", REPLICATOR_SCRIPT, str(outbox), prefix, *map(str, data)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **stack.env()},
+    )
     assert proc.stdout.readline().strip() == "written"
     deadline = time.time() + 120
     rep = Replicator(stack.cfg, outbox)
     in_flight = False
     while time.time() < deadline and proc.poll() is None and not in_flight:
         # a copy to b is leased, i.e. in flight: kill the replicator in the middle of it
-        in_flight = rep.outbox._conn().execute("select count(*) from owed where lease_until > ?",
-                                               (time.time(),)).fetchone()[0] > 0
+        in_flight = (
+            rep.outbox._conn().execute("select count(*) from owed where lease_until > ?", (time.time(),)).fetchone()[0]
+            > 0
+        )
         time.sleep(0.005)
     assert in_flight, "the replicator never started a copy"
     proc.kill()
@@ -176,8 +183,13 @@ def test_replicator_killed_mid_upload_then_resync(stack, tmp_path, prefix):
     missing_before = len(data) - len(list(RegionStore(stack.cfg.region("b")).list(prefix)))
     assert missing_before >= 1
 
-    result = subprocess.run([XREGION, "replicate", "resync", "--json", "--prefix", prefix],
-                            env={**os.environ, **stack.env()}, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [XREGION, "replicate", "resync", "--json", "--prefix", prefix],
+        env={**os.environ, **stack.env()},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["still_owed"] == 0
     rep.wait_replicated(timeout=120)  # the killed process's own ledger is paid by whoever opens it
@@ -203,8 +215,9 @@ def test_corrupt_copy_detected_by_verify_and_on_read_and_repaired(stack, tmp_pat
     assert bad.returncode == 1
     diffs = json.loads(bad.stdout)["differences"]
     assert [(d["key"], d["region"], d["problem"], d["good_source"]) for d in diffs] == [(key, "b", "corrupt", "a")]
-    fixed = subprocess.run([XREGION, "replicate", "resync", "--prefix", prefix], env=env, capture_output=True,
-                           text=True, timeout=120)
+    fixed = subprocess.run(
+        [XREGION, "replicate", "resync", "--prefix", prefix], env=env, capture_output=True, text=True, timeout=120
+    )
     assert fixed.returncode == 0, fixed.stderr
     clean = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=120)
     assert clean.returncode == 0 and json.loads(clean.stdout)["differences"] == []

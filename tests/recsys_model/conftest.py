@@ -1,5 +1,6 @@
 """Fixtures for the recommender tests: one small model trained, logged and registered per session
 in a throwaway sqlite tracking/registry store (no Postgres, no S3)."""
+
 from __future__ import annotations
 
 import os
@@ -27,7 +28,6 @@ def make_store(root: Path) -> str:
 def trained(tmp_path_factory):
     """Train on small synthetic data, register as 'recsys' v1, Production stage and @champion."""
     import mlflow
-
     from xregion.recsys_model.train import run_training
 
     root = tmp_path_factory.mktemp("recsys-store")
@@ -35,9 +35,16 @@ def trained(tmp_path_factory):
     uri = make_store(root)
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
-        res = run_training(epochs=SMALL_EPOCHS, tracking_uri=uri, model_name="recsys",
-                           experiment="recsys", seed=7, promote_to_production=True,
-                           synthetic_kwargs=SMALL_DATA, progress=False)
+        res = run_training(
+            epochs=SMALL_EPOCHS,
+            tracking_uri=uri,
+            model_name="recsys",
+            experiment="recsys",
+            seed=7,
+            promote_to_production=True,
+            synthetic_kwargs=SMALL_DATA,
+            progress=False,
+        )
         res.tracking_uri = uri
         yield res
     finally:

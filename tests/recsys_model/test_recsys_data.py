@@ -1,12 +1,11 @@
 """Loaders for the MovieLens formats, the synthetic generator, the split and the metrics."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from xregion.recsys_model import evaluate as ev
-from xregion.recsys_model.data import (DataFormatError, Interactions, leave_one_out,
-                                       load_movielens)
+from xregion.recsys_model.data import DataFormatError, Interactions, leave_one_out, load_movielens
 from xregion.recsys_model.synthetic import generate
 
 ROWS = [(1, 10, 5, 100), (1, 11, 3, 200), (2, 10, 4, 150), (2, 12, 1, 120), (3, 13, 2, 90)]
@@ -43,19 +42,21 @@ def check_loaded(data: Interactions, fmt: str):
     assert data.n_users == 3 and data.n_items == 4 and len(data) == 5
 
 
-@pytest.mark.parametrize("name,maker,fmt", [
-    ("ml-100k/u.data", u_data, "ml-100k"),
-    ("ml-1m/ratings.dat", ratings_dat, "ml-1m"),
-    ("ml-latest-small/ratings.csv", ratings_csv, "ml-latest"),
-])
+@pytest.mark.parametrize(
+    "name,maker,fmt",
+    [
+        ("ml-100k/u.data", u_data, "ml-100k"),
+        ("ml-1m/ratings.dat", ratings_dat, "ml-1m"),
+        ("ml-latest-small/ratings.csv", ratings_csv, "ml-latest"),
+    ],
+)
 def test_each_format_loads_from_file_and_directory(tmp_path, name, maker, fmt):
     f = write(tmp_path / name, maker())
     check_loaded(load_movielens(f), fmt)
     check_loaded(load_movielens(f.parent), fmt)
 
 
-@pytest.mark.parametrize("maker,fmt", [(u_data, "ml-100k"), (ratings_dat, "ml-1m"),
-                                       (ratings_csv, "ml-latest")])
+@pytest.mark.parametrize("maker,fmt", [(u_data, "ml-100k"), (ratings_dat, "ml-1m"), (ratings_csv, "ml-latest")])
 def test_format_is_detected_from_content_for_other_file_names(tmp_path, maker, fmt):
     check_loaded(load_movielens(write(tmp_path / "export.txt", maker())), fmt)
 
@@ -74,21 +75,24 @@ def test_description_summarises_the_data(tmp_path):
     assert d["format"] == "ml-100k" and d["source"].endswith("u.data") and len(d["digest"]) == 16
 
 
-@pytest.mark.parametrize("name,content,needle", [
-    ("u.data", "", "empty"),
-    ("u.data", "\n\n  \n", "empty"),
-    ("ratings.csv", "userId,movieId,rating,timestamp\n", "no ratings"),
-    ("ratings.csv", "user,item,rating,ts\n1,2,3,4\n", "expected header"),
-    ("u.data", "1\t2\t3\t4\n1\t2\t3\n1\t5\t3\t4\n", "line 2: expected 4 fields"),
-    ("ratings.dat", "1::2::3::4\n5::6::7::8::9\n", "line 2: expected 4 fields"),
-    ("u.data", "1\t2\t3\t4\nx\t2\t3\t4\n", "line 2: user id 'x' is not a non-negative integer"),
-    ("ratings.dat", "1::2::3::4\n1::2.5::3::4\n", "line 2: item id '2.5'"),
-    ("ratings.csv", "userId,movieId,rating,timestamp\n1,2,3.5,4\n1,3,good,5\n", "line 3: rating 'good'"),
-    ("u.data", "1\t2\t3\t4\n1\t3\t3\tyesterday\n", "line 2: timestamp 'yesterday'"),
-    ("u.data", "1\t2\t3\t4\n-1\t3\t3\t5\n", "line 2: user id '-1'"),
-    ("ratings.dat", "1\t2::3::4\n", "line 1: unexpected tab"),
-    ("export.txt", "just some words\n", "unrecognised ratings format"),
-])
+@pytest.mark.parametrize(
+    "name,content,needle",
+    [
+        ("u.data", "", "empty"),
+        ("u.data", "\n\n  \n", "empty"),
+        ("ratings.csv", "userId,movieId,rating,timestamp\n", "no ratings"),
+        ("ratings.csv", "user,item,rating,ts\n1,2,3,4\n", "expected header"),
+        ("u.data", "1\t2\t3\t4\n1\t2\t3\n1\t5\t3\t4\n", "line 2: expected 4 fields"),
+        ("ratings.dat", "1::2::3::4\n5::6::7::8::9\n", "line 2: expected 4 fields"),
+        ("u.data", "1\t2\t3\t4\nx\t2\t3\t4\n", "line 2: user id 'x' is not a non-negative integer"),
+        ("ratings.dat", "1::2::3::4\n1::2.5::3::4\n", "line 2: item id '2.5'"),
+        ("ratings.csv", "userId,movieId,rating,timestamp\n1,2,3.5,4\n1,3,good,5\n", "line 3: rating 'good'"),
+        ("u.data", "1\t2\t3\t4\n1\t3\t3\tyesterday\n", "line 2: timestamp 'yesterday'"),
+        ("u.data", "1\t2\t3\t4\n-1\t3\t3\t5\n", "line 2: user id '-1'"),
+        ("ratings.dat", "1\t2::3::4\n", "line 1: unexpected tab"),
+        ("export.txt", "just some words\n", "unrecognised ratings format"),
+    ],
+)
 def test_broken_files_fail_loudly_never_partially(tmp_path, name, content, needle):
     f = write(tmp_path / name, content)
     with pytest.raises(DataFormatError) as exc:
@@ -114,8 +118,11 @@ def test_unreadable_inputs(tmp_path):
 
 
 def test_synthetic_is_deterministic_and_skewed():
-    a, b, c = generate(seed=3, n_users=200, n_items=100), generate(seed=3, n_users=200, n_items=100), \
-        generate(seed=4, n_users=200, n_items=100)
+    a, b, c = (
+        generate(seed=3, n_users=200, n_items=100),
+        generate(seed=3, n_users=200, n_items=100),
+        generate(seed=4, n_users=200, n_items=100),
+    )
     assert a.df.equals(b.df)
     assert not a.df.equals(c.df)
     d = a.describe()
@@ -129,8 +136,9 @@ def test_synthetic_is_deterministic_and_skewed():
 def test_leave_one_out_holds_out_each_users_latest_interaction():
     import pandas as pd
 
-    df = pd.DataFrame({"user_id": [5, 5, 5, 9, 7, 7], "item_id": [1, 2, 3, 1, 2, 3],
-                       "timestamp": [30, 10, 20, 5, 1, 1]})
+    df = pd.DataFrame(
+        {"user_id": [5, 5, 5, 9, 7, 7], "item_id": [1, 2, 3, 1, 2, 3], "timestamp": [30, 10, 20, 5, 1, 1]}
+    )
     s = leave_one_out(Interactions(df=df, name="t", source="t", fmt="t"))
     held = {int(s.user_ids[u]): int(s.item_ids[i]) for u, i in zip(s.test_users, s.test_items)}
     assert held == {5: 1, 7: 3}  # user 9 has one interaction: trained on, not evaluated
@@ -152,8 +160,7 @@ def test_metrics_on_known_rankings():
         return 1.0 - oracle(users)
 
     best = ev.evaluate(oracle, s)
-    assert best == {"hr_at_10_sampled": 1.0, "ndcg_at_10_sampled": 1.0,
-                    "hr_at_10_full": 1.0, "ndcg_at_10_full": 1.0}
+    assert best == {"hr_at_10_sampled": 1.0, "ndcg_at_10_sampled": 1.0, "hr_at_10_full": 1.0, "ndcg_at_10_full": 1.0}
     low = ev.evaluate(worst, s)
     assert low["hr_at_10_sampled"] == 0.0 and low["hr_at_10_full"] == 0.0
     pop = ev.evaluate(ev.popularity_score_fn(s), s)
@@ -165,5 +172,5 @@ def test_sampled_negatives_are_never_interacted_items():
     users, targets, negs = ev.sample_negatives(s, 30, seed=0)
     ptr, idx = ev.seen_csr(s.all_users, s.all_items, s.n_users)
     for u, row in zip(users, negs):
-        assert not set(row.tolist()) & set(idx[ptr[u]:ptr[u + 1]].tolist())
+        assert not set(row.tolist()) & set(idx[ptr[u] : ptr[u + 1]].tolist())
         assert len(set(row.tolist())) == 30

@@ -1,4 +1,5 @@
 """Training, MLflow logging/registration, and the top-k pyfunc loaded back from the registry."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import SMALL_DATA, SMALL_EPOCHS, make_store
-
 from xregion.recsys_model import evaluate as ev
 
 
@@ -23,9 +23,18 @@ def test_run_logs_params_epoch_metrics_dataset_and_quality(trained):
     p, m = run.data.params, run.data.metrics
     assert p["model.epochs"] == str(SMALL_EPOCHS) and p["model.seed"] == "7"
     assert p["data.n_users"] == str(SMALL_DATA["n_users"]) and p["eval.negatives"] == "99"
-    for key in ("hr_at_10_sampled", "ndcg_at_10_sampled", "hr_at_10_full", "ndcg_at_10_full",
-                "pop_hr_at_10_sampled", "pop_ndcg_at_10_sampled", "pop_hr_at_10_full",
-                "pop_ndcg_at_10_full", "hr_at_10_sampled_lift_over_pop", "train_seconds"):
+    for key in (
+        "hr_at_10_sampled",
+        "ndcg_at_10_sampled",
+        "hr_at_10_full",
+        "ndcg_at_10_full",
+        "pop_hr_at_10_sampled",
+        "pop_ndcg_at_10_sampled",
+        "pop_hr_at_10_full",
+        "pop_ndcg_at_10_full",
+        "hr_at_10_sampled_lift_over_pop",
+        "train_seconds",
+    ):
         assert key in m, key
         assert m[key] == pytest.approx(trained.metrics[key])
     for key in ("loss", "epoch_hr_at_10_sampled"):
@@ -53,7 +62,8 @@ def test_registered_with_signature_input_example_and_stages(trained):
     assert [s.name for s in info.signature.outputs.inputs] == ["user_id", "rank", "item_id", "score", "source"]
     assert info.saved_input_example_info is not None
     ex = mlflow.models.Model.load(mlflow.artifacts.download_artifacts("models:/recsys@champion")).load_input_example(
-        mlflow.artifacts.download_artifacts("models:/recsys@champion"))
+        mlflow.artifacts.download_artifacts("models:/recsys@champion")
+    )
     assert list(ex.columns) == ["user_id", "k"]
 
 
@@ -112,15 +122,18 @@ def test_unknown_user_gets_popular_items(trained, pyfunc_model):
     assert (out[out["user_id"] != 10**9]["source"] == "model").all()
 
 
-@pytest.mark.parametrize("frame,needle", [
-    (pd.DataFrame({"user": [1]}), "user_id"),
-    (pd.DataFrame({"user_id": ["abc"]}), "must hold integers"),
-    (pd.DataFrame({"user_id": [1.5]}), "must hold integers"),
-    (pd.DataFrame({"user_id": [None, 1]}), "null"),
-    (pd.DataFrame({"user_id": [1], "k": [0]}), "between 1 and 1000"),
-    (pd.DataFrame({"user_id": [1], "k": [5000]}), "between 1 and 1000"),
-    (pd.DataFrame({"user_id": [1], "k": ["ten"]}), "must hold integers"),
-])
+@pytest.mark.parametrize(
+    "frame,needle",
+    [
+        (pd.DataFrame({"user": [1]}), "user_id"),
+        (pd.DataFrame({"user_id": ["abc"]}), "must hold integers"),
+        (pd.DataFrame({"user_id": [1.5]}), "must hold integers"),
+        (pd.DataFrame({"user_id": [None, 1]}), "null"),
+        (pd.DataFrame({"user_id": [1], "k": [0]}), "between 1 and 1000"),
+        (pd.DataFrame({"user_id": [1], "k": [5000]}), "between 1 and 1000"),
+        (pd.DataFrame({"user_id": [1], "k": ["ten"]}), "must hold integers"),
+    ],
+)
 def test_malformed_input_is_an_invalid_parameter_error(pyfunc_model, frame, needle):
     from mlflow.exceptions import MlflowException
 
@@ -158,19 +171,35 @@ def restore_tracking_uri():
 
 def test_cli_train_on_a_movielens_file_and_on_a_broken_one(tmp_path, restore_tracking_uri):
     from typer.testing import CliRunner
-
     from xregion.recsys_model.cli import app
 
     rng = np.random.default_rng(0)
-    lines = [f"{u}\t{i}\t{rng.integers(1, 6)}\t{1000 + 10 * n}"
-             for n, (u, i) in enumerate((u, i) for u in range(1, 41) for i in rng.choice(60, 8, replace=False) + 1)]
+    lines = [
+        f"{u}\t{i}\t{rng.integers(1, 6)}\t{1000 + 10 * n}"
+        for n, (u, i) in enumerate((u, i) for u in range(1, 41) for i in rng.choice(60, 8, replace=False) + 1)
+    ]
     f = tmp_path / "ml-100k" / "u.data"
     f.parent.mkdir()
     f.write_text("\n".join(lines) + "\n")
     uri = make_store(tmp_path / "store")
     runner = CliRunner()
-    r = runner.invoke(app, ["--data", str(f.parent), "--epochs", "2", "--tracking-uri", uri,
-                            "--model-name", "recsys-cli", "--experiment", "recsys", "--seed", "3"])
+    r = runner.invoke(
+        app,
+        [
+            "--data",
+            str(f.parent),
+            "--epochs",
+            "2",
+            "--tracking-uri",
+            uri,
+            "--model-name",
+            "recsys-cli",
+            "--experiment",
+            "recsys",
+            "--seed",
+            "3",
+        ],
+    )
     assert r.exit_code == 0, r.output
     import mlflow
 

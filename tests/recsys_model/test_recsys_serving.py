@@ -1,11 +1,11 @@
 """The registered pyfunc behind a real `mlflow models serve` process, by stage and by alias."""
+
 from __future__ import annotations
 
 import os
 
 import psutil
 import pytest
-
 from xregion.recsys_model.bench_serving import ModelServer
 
 pytestmark = pytest.mark.timeout(600)
@@ -38,7 +38,8 @@ def servers(trained, tmp_path_factory):
 def test_top_k_over_http(servers, trained, which):
     users = [int(u) for u in trained.split.user_ids[:3]]
     status, body = servers[which].post(
-        {"dataframe_split": {"columns": ["user_id", "k"], "data": [[users[0], 5], [users[1], 2], [users[2], 10]]}})
+        {"dataframe_split": {"columns": ["user_id", "k"], "data": [[users[0], 5], [users[1], 2], [users[2], 10]]}}
+    )
     assert status == 200, body
     preds = body["predictions"]
     assert [p["user_id"] for p in preds] == [users[0]] * 5 + [users[1]] * 2 + [users[2]] * 10
@@ -46,14 +47,14 @@ def test_top_k_over_http(servers, trained, which):
     assert all(p["source"] == "model" for p in preds)
     assert all(isinstance(p["item_id"], int) and isinstance(p["score"], float) for p in preds)
     # the HTTP answer is the in-process answer
-    import pandas as pd
-
     import mlflow
+    import pandas as pd
 
     mlflow.set_tracking_uri(trained.tracking_uri)
     mlflow.set_registry_uri(trained.tracking_uri)
     local = mlflow.pyfunc.load_model("models:/recsys@champion").predict(
-        pd.DataFrame({"user_id": users, "k": [5, 2, 10]}))
+        pd.DataFrame({"user_id": users, "k": [5, 2, 10]})
+    )
     assert [p["item_id"] for p in preds] == local["item_id"].tolist()
 
 
@@ -77,18 +78,21 @@ def test_unknown_user_over_http(servers):
     assert all(p["user_id"] == 987654321 for p in preds)
 
 
-@pytest.mark.parametrize("payload,needle", [
-    ({"dataframe_records": [{"user": 1}]}, "user_id"),
-    ({"dataframe_records": [{"user_id": "abc"}]}, "must hold integers"),
-    ({"dataframe_records": [{"user_id": 1.5}]}, "must hold integers"),
-    ({"dataframe_records": [{"user_id": None}]}, "null"),
-    ({"dataframe_records": [{"user_id": True}]}, "must hold integers"),
-    ({"dataframe_records": [{"user_id": 1, "k": 0}]}, "between 1 and 1000"),
-    ({"dataframe_records": [{"user_id": 1, "k": "many"}]}, "must hold integers"),
-    ({"dataframe_records": [{"user_id": [1, 2]}]}, "must hold integers"),
-    ({"no_such_key": []}, ""),
-    (b"this is not json", "JSON"),
-])
+@pytest.mark.parametrize(
+    "payload,needle",
+    [
+        ({"dataframe_records": [{"user": 1}]}, "user_id"),
+        ({"dataframe_records": [{"user_id": "abc"}]}, "must hold integers"),
+        ({"dataframe_records": [{"user_id": 1.5}]}, "must hold integers"),
+        ({"dataframe_records": [{"user_id": None}]}, "null"),
+        ({"dataframe_records": [{"user_id": True}]}, "must hold integers"),
+        ({"dataframe_records": [{"user_id": 1, "k": 0}]}, "between 1 and 1000"),
+        ({"dataframe_records": [{"user_id": 1, "k": "many"}]}, "must hold integers"),
+        ({"dataframe_records": [{"user_id": [1, 2]}]}, "must hold integers"),
+        ({"no_such_key": []}, ""),
+        (b"this is not json", "JSON"),
+    ],
+)
 def test_malformed_input_is_400_with_a_message(servers, payload, needle):
     status, body = servers["production"].post(payload)
     assert status == 400, body

@@ -1,4 +1,5 @@
 """Log and register a tiny pyfunc on the stack's MLflow server (no TensorFlow in these tests)."""
+
 from __future__ import annotations
 
 import uuid
@@ -18,17 +19,23 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def log_tiny(tracking_uri: str, model_name: str, fail: bool | str = False, label: str = "",
-             example: bool = False) -> str:
+def log_tiny(
+    tracking_uri: str, model_name: str, fail: bool | str = False, label: str = "", example: bool = False
+) -> str:
     """Log the tiny model in a run and register it as a new version of ``model_name``; return the version."""
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     mlflow.set_experiment("xregion-tests")
     with mlflow.start_run():
-        info = mlflow.pyfunc.log_model(name="model", python_model=str(TINY), signature=SIGNATURE,
-                                       model_config={"fail": fail, "version_label": label},
-                                       input_example=pd.DataFrame({"user_id": [3], "k": [10]}) if example else None,
-                                       registered_model_name=model_name, pip_requirements=["mlflow", "pandas"])
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(TINY),
+            signature=SIGNATURE,
+            model_config={"fail": fail, "version_label": label},
+            input_example=pd.DataFrame({"user_id": [3], "k": [10]}) if example else None,
+            registered_model_name=model_name,
+            pip_requirements=["mlflow", "pandas"],
+        )
     return str(info.registered_model_version)
 
 

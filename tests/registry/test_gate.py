@@ -1,6 +1,7 @@
 """The replication gate inside `mlflow server`: promotion refused while a region lacks a copy,
 through the Python client and the REST API of both regions' servers; accepted after resync;
 transitions recorded on the version (UI-visible tags) and in the event log; rollback."""
+
 from __future__ import annotations
 
 import json
@@ -12,10 +13,10 @@ from pathlib import Path
 import pytest
 import requests
 from mlflow.exceptions import MlflowException
-
-from xregion import events
 from xregion.plugins import registry_cli
 from xregion.plugins.registry_store import HISTORY_TAG, TRANSITION_TAG
+
+from xregion import events
 from xregion.store import RegionStore
 from xregion.uris import key_prefix
 
@@ -52,14 +53,19 @@ def test_promotion_refused_until_every_region_holds_every_artifact(stack):
 
     # 2. the REST API, on both regions' servers (the gate runs inside every server)
     for r in (a, b):
-        resp = requests.post(f"{r.mlflow_url}/api/2.0/mlflow/model-versions/transition-stage", timeout=60,
-                             json={"name": name, "version": version, "stage": "Production",
-                                   "archive_existing_versions": True})
+        resp = requests.post(
+            f"{r.mlflow_url}/api/2.0/mlflow/model-versions/transition-stage",
+            timeout=60,
+            json={"name": name, "version": version, "stage": "Production", "archive_existing_versions": True},
+        )
         assert resp.status_code == 409, resp.text
         body = resp.json()
         assert body["error_code"] == "RESOURCE_CONFLICT" and victim in body["message"], body
-        resp = requests.post(f"{r.mlflow_url}/api/2.0/mlflow/registered-models/alias", timeout=60,
-                             json={"name": name, "alias": cfg.registry.production_alias, "version": version})
+        resp = requests.post(
+            f"{r.mlflow_url}/api/2.0/mlflow/registered-models/alias",
+            timeout=60,
+            json={"name": name, "alias": cfg.registry.production_alias, "version": version},
+        )
         assert resp.status_code == 409, resp.text
 
     mv = cl.get_model_version(name, version)
@@ -69,8 +75,13 @@ def test_promotion_refused_until_every_region_holds_every_artifact(stack):
     assert any(e["model"] == name and e["prefix"] == prefix for e in refused)
 
     # 3. the repair command the refusal names, then the same promotion goes through
-    out = subprocess.run([XREGION, "replicate", "resync", "--prefix", prefix], capture_output=True, text=True,
-                         env={**os.environ, **stack.env()}, timeout=300)
+    out = subprocess.run(
+        [XREGION, "replicate", "resync", "--prefix", prefix],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **stack.env()},
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert RegionStore(b).stat(victim) is not None
     done = registry_cli.promote(cl, cfg, name, version, reason="release 1", who="release-manager")
@@ -84,7 +95,10 @@ def test_promotion_refused_until_every_region_holds_every_artifact(stack):
     assert any(t["to"] == f"@{cfg.registry.production_alias}" for t in recs)
     assert "xregion.reason" not in mv.tags and "xregion.actor" not in mv.tags  # consumed by the plugin
     promos = [e for e in events.read(stack.home, kind="promotion") if e.get("model") == name]
-    assert {e.get("stage") or "@" + e.get("alias") for e in promos} == {"Production", f"@{cfg.registry.production_alias}"}
+    assert {e.get("stage") or "@" + e.get("alias") for e in promos} == {
+        "Production",
+        f"@{cfg.registry.production_alias}",
+    }
     assert all(e["objects"] == len(keys) for e in promos)
 
 
@@ -111,8 +125,13 @@ def test_rollback_puts_the_previous_version_back_and_archives_the_current(stack)
     assert cl.get_model_version(name, v1).current_stage == "Archived"
     assert json.loads(cl.get_registered_model(name).tags[HISTORY_TAG]) == [v1, v2]
 
-    out = subprocess.run([XREGION, "rollback", name, "--reason", "p99 too high", "--json"], capture_output=True,
-                         text=True, env={**os.environ, **stack.env(), "MLFLOW_TRACKING_URI": url}, timeout=300)
+    out = subprocess.run(
+        [XREGION, "rollback", name, "--reason", "p99 too high", "--json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **stack.env(), "MLFLOW_TRACKING_URI": url},
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     done = json.loads(out.stdout)
     assert (done["from_version"], done["to_version"]) == (v2, v1)

@@ -3,6 +3,7 @@ the artifact). ``model_config={"fail": True}`` makes every prediction raise (HTT
 stand-in for a bad release that errors (MlflowException INTERNAL_ERROR: HTTP 500);
 ``{"fail": "raise"}`` raises a plain exception, which MLflow's scoring server answers with HTTP
 400 (its handling of any unexpected predict error); ``version_label`` is echoed so tests can tell versions apart."""
+
 import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel

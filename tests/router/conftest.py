@@ -1,8 +1,8 @@
 """Serving on the session stack: a tiny model registered under its own name, promoted, served by
 a model server per region behind HAProxy, with the router following it. Stopped at the end."""
+
 from __future__ import annotations
 
-import collections
 import http.client
 import json
 import threading
@@ -12,12 +12,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-
-from xregion import events
-from xregion.config import XRegionConfig
 from xregion.infra import router
 from xregion.infra.haproxy import Tuning
 from xregion.plugins import registry_cli
+
+from xregion import events
+from xregion.config import XRegionConfig
 
 from ..registry.helpers import client, log_tiny, unique
 

@@ -1,5 +1,6 @@
 """Bad input is the client's problem: 4xx, never a backend marked down; oversized bodies refused;
 only the scoring paths reach a backend. The HAProxy configuration for a subset of regions."""
+
 from __future__ import annotations
 
 import json
@@ -7,9 +8,9 @@ import time
 
 import pytest
 import requests
+from xregion.infra import haproxy, router
 
 from xregion import events
-from xregion.infra import haproxy, router
 
 from .conftest import TUNING
 
@@ -33,8 +34,12 @@ def test_bad_requests_get_4xx_and_never_mark_a_backend_down(serving):
     big = "x" * (TUNING.max_body_bytes + 1)
     r = requests.post(f"{url}/invocations", data=big, headers={"Content-Type": "application/json"}, timeout=30)
     assert r.status_code == 413
-    r = requests.post(f"{url}/invocations", data=iter([big[:40000].encode(), big[40000:].encode()]),
-                      headers={"Content-Type": "application/json"}, timeout=30)  # chunked: no Content-Length
+    r = requests.post(
+        f"{url}/invocations",
+        data=iter([big[:40000].encode(), big[40000:].encode()]),
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )  # chunked: no Content-Length
     assert r.status_code == 413
     for path in ("/admin", "/api/2.0/mlflow/experiments/search", "/../etc/passwd", "/"):
         assert requests.get(f"{url}{path}", timeout=30).status_code == 404, path

@@ -1,11 +1,11 @@
 """Region loss under continuous requests through HAProxy: kill -9 of region a's model server loses
 no request and is recorded as a failover; SIGSTOP is detected within the health-check budget."""
+
 from __future__ import annotations
 
 import time
 
 import pytest
-
 from xregion.infra import router
 from xregion.infra.supervisor import Supervisor
 
@@ -43,8 +43,9 @@ def test_kill_9_of_a_region_loses_no_request(serving):
     finally:
         restore(serving, svc, t_kill)
     # region a is back in rotation: both regions answer again
-    status = {(s["backend"], s["server"]): s["status"]
-              for s in router.serving_status(serving.cfg, serving.home)["servers"]}
+    status = {
+        (s["backend"], s["server"]): s["status"] for s in router.serving_status(serving.cfg, serving.home)["servers"]
+    }
     assert status[("bk_blue", "a")] == "UP" and status[("bk_blue", "b")] == "UP"
 
 

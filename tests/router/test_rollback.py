@@ -1,17 +1,18 @@
 """Blue/green under load: a good version replaces the old one after its bake window; a version
 that fails its requests (5xx, or MLflow's 400 for a crashing model) is switched back at once and
 the registry rolled back with the reason."""
+
 from __future__ import annotations
 
 import json
 import time
 
 import pytest
-
-from xregion import events
 from xregion.infra.supervisor import Supervisor
 from xregion.plugins import registry_cli
 from xregion.plugins.registry_store import TRANSITION_TAG
+
+from xregion import events
 
 from .conftest import Load
 
