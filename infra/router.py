@@ -224,13 +224,13 @@ def spawn_detached(home: Path, svc: Service) -> None:
 
 
 def _registry_client(cfg: XRegionConfig):
-    from xregion.plugins.registry_cli import client
+    from xregion.plugins.registry_client import client
 
     return client(cfg)
 
 
 def production_version(cfg: XRegionConfig, model: str):
-    from xregion.plugins.registry_cli import production_version as pv
+    from xregion.plugins.registry_client import production_version as pv
 
     return pv(_registry_client(cfg), cfg, model)
 
@@ -858,7 +858,7 @@ class Router:
 
     def _registry_rollback_only(self, to_version: str, reason: str) -> str | None:
         try:
-            from xregion.plugins.registry_cli import rollback as registry_rollback
+            from xregion.plugins.registry_client import rollback as registry_rollback
 
             registry_rollback(
                 _registry_client(self.cfg),

@@ -79,11 +79,11 @@ def wait_serving(cfg: XRegionConfig, timeout: float = 90.0, consecutive: int = 5
 def known_user_ids(cfg: XRegionConfig, run_dir: Path, progress: Callable[[str], None]) -> str:
     """A file of the production model's known user ids (from its towers artifact), for the Zipf draw."""
     import numpy as np
-    from xregion.plugins import registry_cli
+    from xregion.plugins import registry_client
 
     try:
-        cl = registry_cli.client(cfg, cfg.primary.mlflow_url)
-        mv = registry_cli.production_version(cl, cfg, cfg.registry.model_name)
+        cl = registry_client.client(cfg, cfg.primary.mlflow_url)
+        mv = registry_client.production_version(cl, cfg, cfg.registry.model_name)
         if mv is None:
             raise DrillError("no production version")
         import mlflow.artifacts

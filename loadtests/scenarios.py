@@ -2,7 +2,7 @@
 
 Every fault goes through the Supervisor (``Supervisor.fault``), which records it in the event log;
 the database failover goes through ``xregion.dr``; promotions through the gated registry
-(``xregion.plugins.registry_cli``). A scenario has
+(``xregion.plugins.registry_client``). A scenario has
 
 * ``inject`` at ``fault_at`` seconds after the load started (the fault; its time is ``t_f``),
 * ``restore`` at ``restore_at`` (bringing the region back: ends the fault phase), optional,
@@ -215,9 +215,9 @@ def db_finish(ctx: Ctx) -> dict:
 
 
 def _registry(ctx: Ctx):
-    from xregion.plugins import registry_cli
+    from xregion.plugins import registry_client
 
-    return registry_cli, registry_cli.client(ctx.cfg, ctx.cfg.primary.mlflow_url)
+    return registry_client, registry_client.client(ctx.cfg, ctx.cfg.primary.mlflow_url)
 
 
 def bad_version(ctx: Ctx) -> str:

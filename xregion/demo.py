@@ -9,16 +9,13 @@ failing component's log tail and a non-zero exit. The platform is left running.
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.request
 from pathlib import Path
 
-import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer()
 console = Console(stderr=True)
 
 
@@ -98,7 +95,7 @@ def run_demo(
 
     from xregion.infra import router, stack
     from xregion.loadtests.runner import run_drill
-    from xregion.plugins import registry_cli
+    from xregion.plugins import registry_client
     from xregion.recsys_model.train import run_training
 
     progress = progress or (lambda m: console.print(f"[dim]{m}[/dim]"))
@@ -143,7 +140,7 @@ def run_demo(
         f"promote version {res.version} to {cfg.registry.production_stage} and @{cfg.registry.production_alias} "
         "through the replication gate"
     ):
-        summary["promotion"] = registry_cli.promote(client, cfg, model, res.version, reason="xregion demo")
+        summary["promotion"] = registry_client.promote(client, cfg, model, res.version, reason="xregion demo")
 
     with steps("serve it in every region behind the HAProxy front door"):
         router.stop_serving(home)  # a previous demo's servers follow an older version
@@ -192,43 +189,3 @@ def print_summary(cfg, s: dict) -> None:
     if d.get("report"):
         console.print(f"  drill report: {d['report']}")
     console.print("The platform is still running: `xregion status`; stop it with `xregion down`.")
-
-
-@app.command()
-def demo(
-    data: str | None = typer.Option(
-        None, help="A MovieLens directory or ratings file (default: built-in synthetic data)."
-    ),
-    epochs: int | None = typer.Option(None, help="Training epochs (default: the model's)."),
-    drill_seconds: float = typer.Option(60, help="Length of the region-outage drill."),
-    users: int = typer.Option(8, help="Locust users in the drill."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
-) -> None:
-    """Run the whole lifecycle on the embedded two-region platform and summarise it."""
-    from xregion.cli import config_or_exit
-    from xregion.home import xregion_home
-    from xregion.infra.supervisor import SupervisorError, log_tail
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
-    cfg, home = config_or_exit(), xregion_home()
-    try:
-        s = run_demo(cfg, home, data=data, epochs=epochs, drill_seconds=drill_seconds, users=users)
-    except SupervisorError as err:
-        console.print(f"[red]demo stopped:[/red] {err}")
-        raise typer.Exit(1) from None
-    except Exception as err:  # any other failing step: say which, show the platform's state
-        console.print(f"[red]demo stopped:[/red] {type(err).__name__}: {err}")
-        from xregion.infra import stack
-
-        for row in stack.status(cfg, home):
-            if row["state"] != "stopped" and not row["healthy"]:
-                console.print(
-                    f"[red]{row['service']} is {row['state']} ({row['detail']})[/red]; last lines of its log:"
-                )
-                console.print(log_tail(home / "logs" / f"{row['service']}.log", 15))
-        raise typer.Exit(1) from None
-    (home / "demo-summary.json").write_text(json.dumps(s, indent=2, default=str))
-    if as_json:
-        print(json.dumps(s, indent=2, default=str))
-    print_summary(cfg, s)
-    raise typer.Exit(0 if s["drill"].get("objectives_met") else 1)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 from mlflow.exceptions import MlflowException
-from xregion.plugins import registry_cli
+from xregion.plugins import registry_client
 from xregion.plugins.registry_store import HISTORY_TAG, TRANSITION_TAG
 
 from xregion import events
@@ -84,7 +84,7 @@ def test_promotion_refused_until_every_region_holds_every_artifact(stack):
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert RegionStore(b).stat(victim) is not None
-    done = registry_cli.promote(cl, cfg, name, version, reason="release 1", who="release-manager")
+    done = registry_client.promote(cl, cfg, name, version, reason="release 1", who="release-manager")
     assert done == {"model": name, "version": version, "stage": "Production", "alias": cfg.registry.production_alias}
     mv = cl.get_model_version(name, version)
     assert mv.current_stage == "Production" and cfg.registry.production_alias in mv.aliases
@@ -120,8 +120,8 @@ def test_rollback_puts_the_previous_version_back_and_archives_the_current(stack)
     name = unique("rollback")
     v1 = log_tiny(url, name, label="v1")
     v2 = log_tiny(url, name, label="v2")
-    registry_cli.promote(cl, cfg, name, v1)
-    registry_cli.promote(cl, cfg, name, v2)
+    registry_client.promote(cl, cfg, name, v1)
+    registry_client.promote(cl, cfg, name, v2)
     assert cl.get_model_version(name, v1).current_stage == "Archived"
     assert json.loads(cl.get_registered_model(name).tags[HISTORY_TAG]) == [v1, v2]
 
@@ -147,6 +147,6 @@ def test_rollback_puts_the_previous_version_back_and_archives_the_current(stack)
     # a model with only one production version has nothing to go back to
     lone = unique("lone")
     v = log_tiny(url, lone)
-    registry_cli.promote(cl, cfg, lone, v)
-    with pytest.raises(registry_cli.RegistryError, match="no previous production version"):
-        registry_cli.rollback(cl, cfg, lone, reason="nothing to go back to")
+    registry_client.promote(cl, cfg, lone, v)
+    with pytest.raises(registry_client.RegistryError, match="no previous production version"):
+        registry_client.rollback(cl, cfg, lone, reason="nothing to go back to")

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 from xregion.infra import router
 from xregion.infra.haproxy import Tuning
-from xregion.plugins import registry_cli
+from xregion.plugins import registry_client
 
 from xregion import events
 from xregion.config import XRegionConfig
@@ -41,7 +41,7 @@ class Serving:
         return log_tiny(self.mlflow_url, self.model, fail=fail, label=label, example=example)
 
     def promote(self, version: str, reason: str = "") -> None:
-        registry_cli.promote(self.client(), self.cfg, self.model, version, reason=reason, who="test")
+        registry_client.promote(self.client(), self.cfg, self.model, version, reason=reason, who="test")
 
     def wait_event(self, kind: str, since: float, timeout: float = 240, **match) -> dict:
         deadline = time.time() + timeout
@@ -116,7 +116,7 @@ def serving(stack):
     url = cfg.region("a").mlflow_url
     model = unique("serving")
     v1 = log_tiny(url, model, label="v1")
-    registry_cli.promote(client(url), cfg, model, v1, reason="first release", who="test")
+    registry_client.promote(client(url), cfg, model, v1, reason="first release", who="test")
     router.start_serving(cfg, home, progress=lambda m: None, policy=POLICY, tuning=TUNING, model=model)
     try:
         yield Serving(cfg, home, model, url, cfg.serving.frontend_url)

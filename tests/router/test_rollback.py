@@ -9,7 +9,7 @@ import time
 
 import pytest
 from xregion.infra.supervisor import Supervisor
-from xregion.plugins import registry_cli
+from xregion.plugins import registry_client
 from xregion.plugins.registry_store import TRANSITION_TAG
 
 from xregion import events
@@ -69,7 +69,7 @@ def test_a_version_that_fails_its_own_input_example_never_takes_traffic(serving)
     """The smoke test before a switch: the new servers answer the version's serving input example
     or the switch is abandoned and the registry rolled back; clients see nothing of it."""
     cl = serving.client()
-    current = registry_cli.production_version(cl, serving.cfg, serving.model)
+    current = registry_client.production_version(cl, serving.cfg, serving.model)
     with Load(serving.frontend, threads=1, max_s=600) as load:
         t0 = time.time()
         bad = serving.new_version(fail=True, label="bad-example", example=True)

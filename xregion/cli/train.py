@@ -42,8 +42,8 @@ def train(
     ),
 ) -> None:
     """Train, evaluate against popularity (leave-one-out), log and register the model."""
-    from .data import DataFormatError
-    from .train import run_training
+    from xregion.recsys_model.data import DataFormatError
+    from xregion.recsys_model.train import run_training
 
     console = Console(stderr=True)
     try:
@@ -92,7 +92,7 @@ def serving(
     seed: int = typer.Option(42, "--seed"),
 ) -> None:
     """Stock mlflow.tensorflow flavor vs our pyfunc, same model, both via `mlflow models serve`."""
-    from .bench_serving import render_table, run_bench
+    from xregion.recsys_model.bench_serving import render_table, run_bench
 
     console = Console(stderr=True)
     levels = [int(x) for x in concurrency.split(",") if x.strip()]

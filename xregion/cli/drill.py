@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .scenarios import SCENARIOS
+from xregion.loadtests.scenarios import SCENARIOS
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 console = Console(stderr=True)
@@ -59,12 +59,12 @@ def drill(
     """Run a drill: load through the front door and MLflow, inject the scenario's faults, measure
     availability, RTO, latency and RPO, write an HTML report and log it to MLflow (experiment
     `drills`). Exit 0 when the objectives are met, 1 when not, 2 when the drill cannot run."""
-    from xregion.cli import config_or_exit
     from xregion.home import xregion_home
+    from xregion.loadtests.objectives import ObjectivesError
+    from xregion.loadtests.runner import run_drill
+    from xregion.loadtests.scenarios import DrillError
 
-    from .objectives import ObjectivesError
-    from .runner import run_drill
-    from .scenarios import DrillError
+    from .common import config_or_exit
 
     cfg = config_or_exit()
 

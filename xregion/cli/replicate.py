@@ -16,9 +16,9 @@ console = Console(stderr=True)
 
 
 def _replicator():
-    from xregion.cli import config_or_exit
+    from xregion.plugins.replication import Replicator
 
-    from .replication import Replicator
+    from .common import config_or_exit
 
     return Replicator(config_or_exit())
 
@@ -83,8 +83,8 @@ def verify(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Compare every object in every region (key, size, hash). Exit 1 on any difference."""
-    from .verify import as_rows
-    from .verify import verify as run_verify
+    from xregion.plugins.verify import as_rows
+    from xregion.plugins.verify import verify as run_verify
 
     rep = _replicator()
     with _bar() as bar:
@@ -116,7 +116,7 @@ def resync(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Repair every difference from a good copy, and pay everything owed. Safe to run again."""
-    from .verify import resync as run_resync
+    from xregion.plugins.verify import resync as run_resync
 
     rep = _replicator()
     with _bar() as bar:
@@ -166,7 +166,7 @@ def replication(
     max_mib: int = typer.Option(64, help="Largest file of the artifact set, MiB."),
 ) -> None:
     """Upload one artifact set by plain boto3, xregion sync, xregion async and two sequential uploads."""
-    from .bench_replication import render, run_bench
+    from xregion.plugins.bench_replication import render, run_bench
 
     result = run_bench(max_mib=max_mib, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
     if as_json:

@@ -1,143 +1,11 @@
-"""`xregion router start|stop|status|run` and `xregion bench router`."""
+"""`xregion bench router`: what the HAProxy front door adds to a request, and how fast it detects failures.
+
+One run on a fresh embedded stack; every figure comes from that run (direct and front-door
+requests interleaved, so that the machine's noise hits both alike).
+"""
 
 from __future__ import annotations
 
-import json
-import logging
-
-import typer
-from rich.console import Console
-from rich.table import Table
-
-app = typer.Typer()
-router_app = typer.Typer(
-    help="Serving: model servers per region behind HAProxy, following the registry.", no_args_is_help=True
-)
-app.add_typer(router_app, name="router")
-bench_app = typer.Typer()
-console = Console(stderr=True)
-
-
-def _cfg():
-    from xregion.cli import config_or_exit
-
-    return config_or_exit()
-
-
-def _progress(msg: str) -> None:
-    console.print(f"[dim]{msg}[/dim]")
-
-
-@router_app.command()
-def start(
-    regions: str = typer.Option(None, "--regions", help="Comma-separated regions in the front door (default: all)."),
-    version: str = typer.Option(None, "--version", help="Serve this version (default: the production one)."),
-) -> None:
-    """Start model servers for the production version, HAProxy and the router; wait until traffic flows."""
-    from xregion.home import xregion_home
-
-    from .router import start_serving
-    from .supervisor import SupervisorError
-
-    cfg = _cfg()
-    try:
-        start_serving(
-            cfg,
-            xregion_home(),
-            _progress,
-            [r.strip() for r in regions.split(",")] if regions else None,
-            version=version,
-        )
-    except (SupervisorError, ValueError, FileNotFoundError) as err:
-        console.print(f"[red]{err}[/red]")
-        raise typer.Exit(1) from None
-    console.print(
-        f"[green]serving[/green] at {cfg.serving.frontend_url}/invocations "
-        f"(stats {cfg.serving.haproxy_stats_url}/, Prometheus {cfg.serving.haproxy_stats_url}/metrics)"
-    )
-
-
-@router_app.command()
-def stop() -> None:
-    """Stop the router, HAProxy and every model server."""
-    from xregion.home import xregion_home
-
-    from .router import stop_serving
-
-    stopped = stop_serving(xregion_home(), _progress)
-    console.print(f"stopped {len(stopped)} service(s)" if stopped else "nothing was serving")
-
-
-@router_app.command()
-def status(as_json: bool = typer.Option(False, "--json")) -> None:
-    """Versions per region, HAProxy's view of every server, recent failovers/switches/rollbacks."""
-    from xregion.home import xregion_home
-
-    from .router import serving_status
-
-    st = serving_status(_cfg(), xregion_home())
-    if as_json:
-        print(json.dumps(st, indent=2, default=str))
-        return
-    if not st["running"]:
-        console.print("not serving (xregion router start)")
-        raise typer.Exit(1)
-    console.print(
-        f"model {st['model']}: serving backend {st['active']}, versions {st['versions']}"
-        + (f", baking {st['next']['version']}" if st.get("next") else "")
-    )
-    table = Table("backend", "server", "status", "check", "requests", "5xx", "4xx", "avg ms", "retries", "redispatches")
-    for s in st["servers"]:
-        table.add_row(
-            s["backend"],
-            s["server"],
-            s["status"],
-            s["check"],
-            str(s["http_requests"]),
-            str(s["errors_5xx"]),
-            str(s["errors_4xx"]),
-            str(s["avg_response_ms"]),
-            str(s["retries"]),
-            str(s["redispatches"]),
-        )
-    Console().print(table)
-    for e in st["events"][-8:]:
-        console.print(
-            f"  {e['ts']:.3f} {e['kind']} "
-            + ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("ts", "kind") and v is not None)
-        )
-
-
-@router_app.command()
-def run(duration: float = typer.Option(None, help="Stop after this many seconds (default: run until killed).")) -> None:
-    """The control-plane loop (run as the `router` service by `xregion router start`)."""
-    from xregion.home import xregion_home
-
-    from .router import Router
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    Router(_cfg(), xregion_home()).run(duration=duration)
-
-
-@bench_app.command("router")
-def bench_router(
-    as_json: bool = typer.Option(False, "--json"),
-    requests: int = typer.Option(1000, help="Sequential requests per path (direct, through HAProxy)."),
-    keep: bool = typer.Option(False, help="Leave the bench stack running."),
-) -> None:
-    """Added latency of HAProxy (p50/p99 vs straight to a model server) and failure detection for kill and freeze."""
-    import contextlib
-    import sys
-
-    with contextlib.redirect_stdout(sys.stderr):  # MLflow prints run links: keep stdout JSON-only
-        result = run_bench(requests=requests, keep=keep, progress=_progress)
-    if as_json:
-        print(json.dumps(result, indent=2))
-    else:
-        Console().print_json(json.dumps(result))
-
-
-# --- the benchmark ---------------------------------------------------------------------------------
 BENCH_MODEL = """
 import mlflow
 import numpy as np
@@ -217,7 +85,7 @@ def run_bench(requests: int = 1000, keep: bool = False, progress=print) -> dict:
     import mlflow
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
-    from xregion.plugins import registry_cli
+    from xregion.plugins import registry_client
 
     from xregion import events
     from xregion.config import load_config
@@ -254,7 +122,7 @@ def run_bench(requests: int = 1000, keep: bool = False, progress=print) -> dict:
                 pip_requirements=["mlflow", "numpy", "pandas"],
             )
         version = str(info.registered_model_version)
-        registry_cli.promote(registry_cli.client(cfg, url), cfg, cfg.registry.model_name, version, reason="bench")
+        registry_client.promote(registry_client.client(cfg, url), cfg, cfg.registry.model_name, version, reason="bench")
         progress("starting serving")
         start_serving(cfg, home, progress=lambda m: None, policy=policy, tuning=tuning)
 

@@ -38,11 +38,9 @@ def _ctx():
 
 
 def _run(fn, *args, **kwargs):
+    from xregion.dr.nodes import DRError
     from xregion.infra.supervisor import SupervisorError
-
     from xregion.store import StoreError
-
-    from .nodes import DRError
 
     try:
         return fn(*args, **kwargs)
@@ -68,7 +66,7 @@ def failover(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Promote REGION's standby, fence the old primary, prove that every MLflow server writes again."""
-    from . import failover as fo
+    from xregion.dr import failover as fo
 
     cfg, home = _ctx()
     res = _run(fo.failover, cfg, home, to, progress=_progress, mlflow_timeout=mlflow_timeout)
@@ -103,7 +101,7 @@ def switchover(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Planned, zero-loss change of primary for maintenance; the old primary becomes a standby."""
-    from . import failover as fo
+    from xregion.dr import failover as fo
 
     cfg, home = _ctx()
     res = _run(fo.switchover, cfg, home, to, progress=_progress)
@@ -129,7 +127,7 @@ def rejoin(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Make REGION's node a streaming standby of the current primary (pg_rewind, else pg_basebackup)."""
-    from . import failover as fo
+    from xregion.dr import failover as fo
 
     cfg, home = _ctx()
     res = _run(fo.rejoin, cfg, home, region, progress=_progress, allow_basebackup=not no_basebackup)
@@ -142,7 +140,7 @@ def rejoin(
 @app.command()
 def status(as_json: bool = typer.Option(False, "--json")) -> None:
     """The current primary, each node's role, and each standby's replication lag (bytes, seconds)."""
-    from . import failover as fo
+    from xregion.dr import failover as fo
 
     cfg, home = _ctx()
     res = _run(fo.status, cfg, home)
@@ -182,7 +180,7 @@ def backup(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """pg_dump of the MLflow database + manifest of every artifact, stored in a non-primary region."""
-    from . import backup as bk
+    from xregion.dr import backup as bk
 
     cfg, home = _ctx()
     res = _run(
@@ -218,7 +216,7 @@ def backup(
 @app.command()
 def backups(as_json: bool = typer.Option(False, "--json")) -> None:
     """List complete backups in every region."""
-    from . import backup as bk
+    from xregion.dr import backup as bk
 
     cfg, _ = _ctx()
     rows = _run(bk.list_backups, cfg)
@@ -238,7 +236,7 @@ def restore(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Restore a backup into a fresh stack, keeping every id; put back and verify every artifact."""
-    from . import backup as bk
+    from xregion.dr import backup as bk
 
     cfg, home = _ctx()
     res = _run(bk.restore, cfg, home, backup_ref, force=force, progress=_progress)
@@ -268,7 +266,7 @@ def verify(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Every referenced artifact in every region, orphans, standby lag; exit 1 on any inconsistency."""
-    from . import verify as vf
+    from xregion.dr import verify as vf
 
     cfg, home = _ctx()
     res = _run(vf.verify, cfg, home, deep=deep)

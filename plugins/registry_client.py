@@ -1,4 +1,4 @@
-"""`xregion promote` and `xregion rollback`: stage and alias moves through the gated registry.
+"""The client side of the gated registry: promote and roll back through a region's MLflow server.
 
 Both talk to a region's MLflow server over REST (``MLFLOW_TRACKING_URI``, else the first region
 whose server answers, primary first), so they pass through the server's registry plugin
@@ -15,10 +15,8 @@ import os
 import urllib.request
 import warnings
 
-import typer
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from rich.console import Console
 
 from xregion import events
 from xregion.config import XRegionConfig
@@ -27,10 +25,6 @@ from .registry_store import ACTOR_TAG, ARCHIVED, HISTORY_TAG, REASON_TAG
 
 # stages are deprecated in MLflow but are what the issue's release process uses
 warnings.filterwarnings("ignore", message=r".*transition_model_version_stage.*", category=FutureWarning)
-
-app = typer.Typer()
-console = Console(stderr=True)
-
 
 class RegistryError(RuntimeError):
     pass
@@ -182,63 +176,3 @@ def rollback(
             source=source,
         )
     return done
-
-
-def _config():
-    from xregion.cli import config_or_exit
-
-    return config_or_exit()
-
-
-def _fail(err: Exception) -> None:
-    msg = err.message if isinstance(err, MlflowException) else str(err)
-    console.print(f"[red]{msg}[/red]")
-    raise typer.Exit(1)
-
-
-@app.command("promote")
-def promote_cmd(
-    model: str = typer.Argument(..., help="Registered model name."),
-    version: str = typer.Argument(..., help="Version number."),
-    stage: str = typer.Option(None, "--stage", help="Stage to move it to (e.g. Production)."),
-    alias: str = typer.Option(None, "--alias", help="Alias to point at it (e.g. champion)."),
-    reason: str = typer.Option("", "--reason", help="Why; recorded with the transition."),
-    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow server (default: a healthy region's)."),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Promote a version (default: the production stage and alias), gated on replication in every region."""
-    cfg = _config()
-    try:
-        done = promote(client(cfg, tracking_uri), cfg, model, version, stage, alias, reason)
-    except (MlflowException, RegistryError) as err:
-        _fail(err)
-    if as_json:
-        print(json.dumps(done))
-    else:
-        console.print(
-            f"[green]{model} version {version}:[/green] "
-            + ", ".join(f"{k} {v}" for k, v in done.items() if k in ("stage", "alias"))
-        )
-
-
-@app.command("rollback")
-def rollback_cmd(
-    model: str = typer.Argument(..., help="Registered model name."),
-    reason: str = typer.Option("", "--reason", help="Why; recorded with the transition."),
-    to: str = typer.Option(None, "--to", help="Version to go back to (default: the previous production one)."),
-    tracking_uri: str = typer.Option(None, "--tracking-uri"),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Put the previous production version back (stage and alias); archive the current one."""
-    cfg = _config()
-    try:
-        done = rollback(client(cfg, tracking_uri), cfg, model, reason, to_version=to)
-    except (MlflowException, RegistryError) as err:
-        _fail(err)
-    if as_json:
-        print(json.dumps(done))
-    else:
-        console.print(
-            f"[green]{model}: version {done['to_version']} back in production[/green], "
-            f"version {done['from_version']} archived ({done['reason']})"
-        )

@@ -1,37 +1,20 @@
-"""`xregion`: one command line for the platform (stack, replication, registry, DR, drills)."""
+"""`xregion up | status | down | fault`: the embedded platform on loopback."""
 
 from __future__ import annotations
 
 import json
-import sys
 from enum import Enum
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from .config import ConfigError, load_config
-from .home import xregion_home
+from xregion.config import ConfigError
+from xregion.home import xregion_home
 
-app = typer.Typer(
-    help="mlflow-xregion: keep MLflow models available through the loss of a region.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-console = Console(stderr=True)
+from .common import config_or_exit, console, progress
 
-
-def progress(msg: str) -> None:
-    console.print(f"[dim]{msg}[/dim]")
-
-
-def config_or_exit():
-    try:
-        return load_config()
-    except ConfigError as err:
-        console.print(f"[red]{err}[/red]")
-        raise typer.Exit(2) from None
+app = typer.Typer()
 
 
 @app.command()
@@ -109,55 +92,3 @@ def fault(
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(2) from None
     console.print(f"{action.value}: {', '.join(done) if done else 'nothing running'}")
-
-
-# Sub-commands of the other concerns: (module, typer app, mount name or None to merge its commands
-# at the top level, the top-level command names it provides). Importing a concern costs seconds
-# (MLflow, TensorFlow), so a command line imports only the module of the command it names.
-MOUNTS = [
-    ("xregion.plugins.cli", "replicate_app", "replicate", ("replicate",)),
-    ("xregion.recsys_model.cli", "app", None, ("train",)),
-    ("xregion.plugins.registry_cli", "app", None, ("promote", "rollback")),
-    ("xregion.dr.cli", "app", "dr", ("dr",)),
-    ("xregion.loadtests.cli", "app", None, ("drill",)),
-    ("xregion.infra.router_cli", "app", None, ("router",)),
-    ("xregion.demo", "app", None, ("demo",)),
-]
-
-
-def _mount_optional(argv: list[str] | None = None) -> None:
-    import importlib
-
-    wanted = next((a for a in (argv or []) if not a.startswith("-")), None)
-    named = [m for m in MOUNTS if wanted in m[3]]
-    if wanted in ("up", "status", "down", "fault"):
-        return
-    bench = typer.Typer(help="Benchmarks: print figures, compare side by side in one run.", no_args_is_help=True)
-    bench_used = False
-    for module, attr, name, _ in named or MOUNTS:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name and module.startswith(err.name):
-                continue
-            raise
-        sub = getattr(mod, attr)
-        if name:
-            app.add_typer(sub, name=name)
-        else:
-            app.registered_commands.extend(sub.registered_commands)
-            app.registered_groups.extend(sub.registered_groups)
-        if hasattr(mod, "bench_app"):
-            bench.registered_commands.extend(mod.bench_app.registered_commands)
-            bench_used = True
-    if bench_used:
-        app.add_typer(bench, name="bench")
-
-
-def main() -> None:
-    _mount_optional(sys.argv[1:])
-    try:
-        app()
-    except ConfigError as err:
-        console.print(f"[red]{err}[/red]")
-        sys.exit(2)
