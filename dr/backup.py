@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psycopg2
 import psycopg2.extensions
-from xregion.infra.postgres import PG_BIN, SUPERUSER, _pg_user_kwargs
+from xregion.infra.embedded.postgres import PG_BIN, SUPERUSER, pg_user_kwargs
 
 from xregion import events
 from xregion.config import RegionConfig, XRegionConfig
@@ -183,7 +183,7 @@ def _dump(region: RegionConfig, database: str, snapshot: str, out: Path) -> None
             stderr=subprocess.PIPE,
             text=False,
             timeout=3600,
-            **_pg_user_kwargs(),
+            **pg_user_kwargs(),
         )
     if proc.returncode != 0:
         raise DRError(f"pg_dump failed: {proc.stderr.decode(errors='replace')}")
@@ -203,7 +203,7 @@ def _restore(region: RegionConfig, database: str, dump: Path, role: str | None) 
     if role:
         argv.append(f"--role={role}")
     with open(dump, "rb") as f:  # through stdin: the postgres user need not read our temp dir
-        proc = subprocess.run(argv, stdin=f, capture_output=True, timeout=3600, **_pg_user_kwargs())
+        proc = subprocess.run(argv, stdin=f, capture_output=True, timeout=3600, **pg_user_kwargs())
     if proc.returncode != 0:
         raise DRError(f"pg_restore failed: {proc.stderr.decode(errors='replace')}")
 

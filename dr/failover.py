@@ -22,9 +22,9 @@ from pathlib import Path
 
 import psycopg2
 import requests
-from xregion.infra import postgres as pg
-from xregion.infra.postgres import PG_BIN, SUPERUSER, _pg_user_kwargs, _prepare_dir, data_dir
-from xregion.infra.supervisor import Supervisor, SupervisorError
+from xregion.infra.embedded import postgres as pg
+from xregion.infra.embedded.postgres import PG_BIN, SUPERUSER, pg_user_kwargs, prepare_dir, data_dir
+from xregion.infra.embedded.supervisor import Supervisor, SupervisorError
 
 from xregion import events
 from xregion.config import RegionConfig, XRegionConfig
@@ -209,7 +209,7 @@ def fence(
         progress(f"stopping {name} (fence)")
         sup.stop(name)
     else:  # the postmaster is gone; backends it left behind (a crash of the postmaster alone) go too
-        leftovers = _leftovers(sup, name)
+        leftovers = sup.leftovers(name)
         if leftovers:
             progress(f"{name}: killing {len(leftovers)} process(es) the dead postmaster left behind")
             sup.stop(name)
@@ -229,26 +229,6 @@ def checkpoint(region: RegionConfig) -> float:
         cur.execute("checkpoint")
     conn.close()
     return time.monotonic() - t
-
-
-def _leftovers(sup: Supervisor, name: str) -> list:
-    """Live (not zombie) processes of a service whose leader is dead."""
-    import json as _json
-
-    import psutil
-
-    try:
-        pid = _json.loads(sup.pidfile(name).read_text())["pid"]
-    except (OSError, ValueError, KeyError):
-        return []
-    out = []
-    for p in Supervisor._tree(pid):
-        try:
-            if p.status() != psutil.STATUS_ZOMBIE:
-                out.append(p)
-        except psutil.Error:
-            continue
-    return out
 
 
 def _promote(region: RegionConfig) -> None:
@@ -436,7 +416,7 @@ def _rewind(
         capture_output=True,
         text=True,
         timeout=600,
-        **_pg_user_kwargs(),
+        **pg_user_kwargs(),
     )
     detail = (proc.stdout + proc.stderr).strip()
     make_standby_config(home, node, primary)  # whatever happened, the node stays fenced
@@ -503,8 +483,8 @@ def rejoin(
         method = "pg_basebackup"
         progress(f"{region}: fresh base backup from {prim_name}")
         shutil.rmtree(ddir, ignore_errors=True)
-        _prepare_dir(ddir)
-        pg._run(
+        prepare_dir(ddir)
+        pg.run_pg(
             [
                 str(PG_BIN / "pg_basebackup"),
                 "-h",

@@ -20,47 +20,22 @@ import time
 from pathlib import Path
 
 import psycopg2
-from xregion.infra import postgres as pg
-from xregion.infra.postgres import PG_BIN, SUPERUSER, _pg_user_kwargs, _run_as_postgres, data_dir, superuser_dsn
+from xregion.infra.embedded import postgres as pg
+from xregion.infra.embedded.postgres import (
+    PG_BIN,
+    SUPERUSER,
+    pg_user_kwargs,
+    run_as_postgres,
+    data_dir,
+    superuser_dsn,
+)
 
 from xregion.config import RegionConfig, XRegionConfig
-
-STATE_FILE = "dr-state.json"
+from xregion.topology import effective_config, load_state, save_state, state_path  # noqa: F401 (dr's API)
 
 
 class DRError(RuntimeError):
     """A DR operation cannot proceed; the message says why and what to do."""
-
-
-# --- state file ------------------------------------------------------------------------------
-def state_path(home: Path) -> Path:
-    return Path(home) / STATE_FILE
-
-
-def load_state(home: Path) -> dict:
-    try:
-        return json.loads(state_path(home).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def save_state(home: Path, **changes) -> dict:
-    state = {**load_state(home), **changes, "updated": time.time()}
-    path = state_path(home)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    tmp.replace(path)
-    return state
-
-
-def effective_config(cfg: XRegionConfig, home: Path) -> XRegionConfig:
-    """The regions file with the roles of today: the primary recorded by the last failover."""
-    primary = load_state(home).get("primary")
-    if not primary or primary == cfg.primary.name or primary not in cfg.by_name:
-        return cfg
-    regions = [{**r.model_dump(), "role": "primary" if r.name == primary else "standby"} for r in cfg.regions]
-    return cfg.with_changes(regions=regions)
 
 
 # --- probing ---------------------------------------------------------------------------------
@@ -159,7 +134,7 @@ def replication_rows(primary: RegionConfig) -> list[dict]:
 
 # --- data directory edits (as the postgres user owns them) ---------------------------------
 def _chown_pg(path: Path) -> None:
-    if _run_as_postgres():
+    if run_as_postgres():
         pw = pwd.getpwnam(SUPERUSER)
         os.chown(path, pw.pw_uid, pw.pw_gid)
 
@@ -198,7 +173,7 @@ def make_standby_config(home: Path, region: RegionConfig, primary: RegionConfig)
 
 def controldata(datadir: Path) -> dict[str, str]:
     proc = subprocess.run(
-        [str(PG_BIN / "pg_controldata"), "-D", str(datadir)], capture_output=True, text=True, **_pg_user_kwargs()
+        [str(PG_BIN / "pg_controldata"), "-D", str(datadir)], capture_output=True, text=True, **pg_user_kwargs()
     )
     if proc.returncode != 0:
         raise DRError(f"pg_controldata {datadir} failed: {proc.stderr.strip()}")
@@ -230,7 +205,7 @@ def unshipped_wal(home: Path, region: RegionConfig, from_lsn: str) -> dict | Non
         capture_output=True,
         text=True,
         timeout=60,
-        **_pg_user_kwargs(),
+        **pg_user_kwargs(),
     )
     end, commits, last_commit = lsn_int(from_lsn), 0, None
     from datetime import datetime

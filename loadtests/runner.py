@@ -352,7 +352,7 @@ def _in_every_region(cfg: XRegionConfig, art_acks: list) -> dict:
 def log_to_mlflow(cfg: XRegionConfig, home: Path, out_dir: Path, summary: dict) -> dict:
     """The report, the raw CSV and the summary as a run of the ``drills`` experiment."""
     from mlflow.tracking import MlflowClient
-    from xregion.dr.nodes import effective_config
+    from xregion.topology import effective_config
 
     eff = effective_config(cfg, home)
     url = None
@@ -467,7 +467,7 @@ def run_drill(
     progress: Callable[[str], None] = print,
 ) -> dict:
     """Run one drill end to end and return its summary (``objectives_met`` says whether it passed)."""
-    from xregion.infra.supervisor import Supervisor
+    from xregion.infra.embedded.supervisor import Supervisor
 
     if scenario not in SCENARIOS:
         raise DrillError(f"unknown scenario {scenario!r}; scenarios: {', '.join(SCENARIOS)}")

@@ -34,7 +34,7 @@ class DrillError(RuntimeError):
 class Ctx:
     cfg: XRegionConfig
     home: Path
-    sup: object  # xregion.infra.supervisor.Supervisor
+    sup: object  # xregion.infra.embedded.supervisor.Supervisor
     progress: Callable[[str], None]
     run_dir: Path
     state: dict = field(default_factory=dict)
@@ -61,7 +61,7 @@ class Scenario:
 
 def services(ctx: Ctx, region: str, components: tuple[str, ...]) -> list:
     """The region's services of these components, in the given component order."""
-    from xregion.infra import stack
+    from xregion.infra.embedded import stack
 
     try:
         pool = stack.select(ctx.cfg, ctx.home, ctx.sup, region, None)

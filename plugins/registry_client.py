@@ -26,6 +26,7 @@ from .registry_store import ACTOR_TAG, ARCHIVED, HISTORY_TAG, REASON_TAG
 # stages are deprecated in MLflow but are what the release process uses
 warnings.filterwarnings("ignore", message=r".*transition_model_version_stage.*", category=FutureWarning)
 
+
 class RegistryError(RuntimeError):
     pass
 

@@ -49,7 +49,7 @@ class ModelServer:
         log_path: str | None = None,
         startup_timeout: float = 240.0,
     ):
-        from xregion.infra.supervisor import Service, Supervisor
+        from xregion.infra.embedded.supervisor import Service, Supervisor
 
         self.model_uri, self.tracking_uri = model_uri, tracking_uri
         self.port = port or free_port()
@@ -95,7 +95,7 @@ class ModelServer:
         return self
 
     def wait_ready(self) -> ModelServer:
-        from xregion.infra.supervisor import SupervisorError
+        from xregion.infra.embedded.supervisor import SupervisorError
 
         try:
             self.sup.wait_healthy([self.service])

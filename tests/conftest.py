@@ -58,7 +58,7 @@ class Stack:
     """A running embedded stack for tests: its config, home and supervisor."""
 
     def __init__(self, home: Path, config_path: Path):
-        from xregion.infra.supervisor import Supervisor
+        from xregion.infra.embedded.supervisor import Supervisor
 
         self.home = home
         self.config_path = config_path
@@ -72,7 +72,7 @@ class Stack:
 @pytest.fixture(scope="session")
 def stack():
     """One two-region stack for the session. Tests that fault it must leave it healthy again."""
-    from xregion.infra import stack as embedded
+    from xregion.infra.embedded import stack as embedded
 
     home = make_home()
     path = write_config(home)

@@ -1,6 +1,5 @@
 """The regions file: one validated object, errors a person can act on."""
 
-
 import pytest
 import yaml
 

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.timeout(900)
 
 @pytest.fixture(scope="module")
 def demo_stack():
-    from xregion.infra import router, stack
+    from xregion.infra.embedded import stack
+    from xregion.infra.serving import router
 
     home = make_home("xregion-demo-")
     path = write_config(home)
@@ -60,6 +61,6 @@ def test_reduced_demo_summary_has_every_figure_within_objectives(demo_stack):
     assert {"ndcg_at_10_sampled", "pop_ndcg_at_10_sampled"} <= set(m)
     assert s["promotion"]["stage"] == cfg.registry.production_stage
     # the platform is left running for the user to explore
-    from xregion.infra import stack
+    from xregion.infra.embedded import stack
 
     assert all(r["healthy"] for r in stack.status(cfg, home) if r["component"] in ("s3", "postgres", "mlflow"))

@@ -93,7 +93,8 @@ def run_demo(
 ) -> dict:
     from mlflow import MlflowClient
 
-    from xregion.infra import router, stack
+    from xregion.infra.embedded import stack
+    from xregion.infra.serving import router
     from xregion.loadtests.runner import run_drill
     from xregion.plugins import registry_client
     from xregion.recsys_model.train import run_training

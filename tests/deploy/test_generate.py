@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import yaml
-from xregion.infra import deploy
+from xregion.infra.deploy import generate as deploy
 
 from xregion.config import ConfigError, load_config, parse_config
 

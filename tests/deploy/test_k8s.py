@@ -8,7 +8,7 @@ import copy
 
 import pytest
 import yaml
-from xregion.infra import deploy
+from xregion.infra.deploy import generate as deploy
 
 from xregion.config import parse_config
 

@@ -17,7 +17,7 @@ XREGION = str(Path(sys.executable).parent / "xregion")
 
 
 def start_stack(prefix: str, **overrides) -> Stack:
-    from xregion.infra import stack as embedded
+    from xregion.infra.embedded import stack as embedded
 
     home = make_home(prefix)
     path = write_config(home, **overrides)
@@ -33,7 +33,7 @@ def start_stack(prefix: str, **overrides) -> Stack:
 
 
 def stop_stack(st: Stack) -> None:
-    from xregion.infra import stack as embedded
+    from xregion.infra.embedded import stack as embedded
 
     embedded.down(st.home, progress=lambda m: None)
     shutil.rmtree(st.home, ignore_errors=True)

@@ -12,9 +12,9 @@ import time
 import psycopg2
 import pytest
 from xregion.dr import nodes
-from xregion.infra import postgres
-from xregion.infra.postgres import data_dir, superuser_dsn
-from xregion.infra.supervisor import Supervisor
+from xregion.infra.embedded import postgres
+from xregion.infra.embedded.postgres import data_dir, superuser_dsn
+from xregion.infra.embedded.supervisor import Supervisor
 
 from tests.dr.conftest import xr, xr_json
 from tests.dr.helpers import MetricLogger, quick_http

@@ -8,7 +8,7 @@ import time
 
 import psycopg2
 import pytest
-from xregion.infra.postgres import superuser_dsn
+from xregion.infra.embedded.postgres import superuser_dsn
 
 from tests.dr.conftest import xr_json
 from tests.dr.helpers import MetricLogger, quick_http
@@ -74,8 +74,8 @@ def test_rejoin_restores_synchronous_mode_and_switchover_is_lossless(sync_stack,
 def test_sync_mode_blocks_commits_while_the_only_standby_is_down(sync_stack, monkeypatch):
     """The availability trade-off of synchronous mode: no standby, no acknowledged commit."""
     import requests
-    from xregion.infra import postgres
-    from xregion.infra.supervisor import Supervisor
+    from xregion.infra.embedded import postgres
+    from xregion.infra.embedded.supervisor import Supervisor
 
     st = sync_stack
     sup = Supervisor(st.home)

@@ -14,9 +14,9 @@ from pathlib import Path
 import psutil
 import psycopg2
 import pytest
-from xregion.infra import stack as embedded
-from xregion.infra.postgres import superuser_dsn
-from xregion.infra.supervisor import PortInUse, Supervisor
+from xregion.infra.embedded import stack as embedded
+from xregion.infra.embedded.postgres import superuser_dsn
+from xregion.infra.embedded.supervisor import PortInUse, Supervisor
 
 from tests.conftest import make_home, write_config
 from xregion.config import load_config

@@ -48,7 +48,7 @@ def model(stack):
 
 
 def _serve(stack, regions):
-    from xregion.infra.router import start_serving, stop_serving
+    from xregion.infra.serving.router import start_serving, stop_serving
 
     stop_serving(stack.home)  # nothing left over from another module
     start_serving(stack.cfg, stack.home, progress=lambda m: None, regions=regions)
@@ -56,7 +56,7 @@ def _serve(stack, regions):
 
 @pytest.fixture
 def serving_both(stack, model):
-    from xregion.infra.router import stop_serving
+    from xregion.infra.serving.router import stop_serving
 
     _serve(stack, None)
     yield
@@ -65,7 +65,7 @@ def serving_both(stack, model):
 
 @pytest.fixture
 def serving_a_only(stack, model):
-    from xregion.infra.router import stop_serving
+    from xregion.infra.serving.router import stop_serving
 
     _serve(stack, ["a"])
     yield
@@ -74,7 +74,7 @@ def serving_a_only(stack, model):
 
 def test_region_outage_drill_meets_its_objectives(stack, serving_both, tmp_path):
     from mlflow.tracking import MlflowClient
-    from xregion.infra.stack import status
+    from xregion.infra.embedded.stack import status
     from xregion.loadtests.runner import run_drill
 
     out = tmp_path / "drill"

@@ -15,8 +15,8 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from xregion.infra import stack as embedded
-from xregion.infra.supervisor import Service
+from xregion.infra.embedded import stack as embedded
+from xregion.infra.embedded.supervisor import Service
 from xregion.plugins.replication import Replicator
 from xregion.plugins.verify import resync
 

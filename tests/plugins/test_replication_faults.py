@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
-from xregion.infra import stack as embedded
+from xregion.infra.embedded import stack as embedded
 from xregion.plugins.replication import Replicator
 from xregion.plugins.verify import resync, verify
 

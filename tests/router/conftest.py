@@ -12,8 +12,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from xregion.infra import router
-from xregion.infra.haproxy import Tuning
+from xregion.infra.serving import router
+from xregion.infra.serving.haproxy import Tuning
 from xregion.plugins import registry_client
 
 from xregion import events

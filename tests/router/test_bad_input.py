@@ -8,7 +8,7 @@ import time
 
 import pytest
 import requests
-from xregion.infra import haproxy, router
+from xregion.infra.serving import haproxy, router
 
 from xregion import events
 

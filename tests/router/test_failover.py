@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from xregion.infra import router
-from xregion.infra.supervisor import Supervisor
+from xregion.infra.embedded.supervisor import Supervisor
+from xregion.infra.serving import router
 
 from .conftest import POLICY, TUNING, Load
 

@@ -8,7 +8,7 @@ import json
 import time
 
 import pytest
-from xregion.infra.supervisor import Supervisor
+from xregion.infra.embedded.supervisor import Supervisor
 from xregion.plugins import registry_client
 from xregion.plugins.registry_store import TRANSITION_TAG
 

@@ -24,7 +24,7 @@ def demo(
 ) -> None:
     """Run the whole lifecycle on the embedded two-region platform and summarise it."""
     from xregion.home import xregion_home
-    from xregion.infra.supervisor import SupervisorError, log_tail
+    from xregion.infra.embedded.supervisor import SupervisorError, log_tail
 
     from .common import config_or_exit
 
@@ -37,7 +37,7 @@ def demo(
         raise typer.Exit(1) from None
     except Exception as err:  # any other failing step: say which, show the platform's state
         console.print(f"[red]demo stopped:[/red] {type(err).__name__}: {err}")
-        from xregion.infra import stack
+        from xregion.infra.embedded import stack
 
         for row in stack.status(cfg, home):
             if row["state"] != "stopped" and not row["healthy"]:

@@ -39,7 +39,7 @@ def _ctx():
 
 def _run(fn, *args, **kwargs):
     from xregion.dr.nodes import DRError
-    from xregion.infra.supervisor import SupervisorError
+    from xregion.infra.embedded.supervisor import SupervisorError
     from xregion.store import StoreError
 
     try:

@@ -35,8 +35,8 @@ def start(
 ) -> None:
     """Start model servers for the production version, HAProxy and the router; wait until traffic flows."""
     from xregion.home import xregion_home
-    from xregion.infra.router import start_serving
-    from xregion.infra.supervisor import SupervisorError
+    from xregion.infra.embedded.supervisor import SupervisorError
+    from xregion.infra.serving.router import start_serving
 
     cfg = _cfg()
     try:
@@ -60,7 +60,7 @@ def start(
 def stop() -> None:
     """Stop the router, HAProxy and every model server."""
     from xregion.home import xregion_home
-    from xregion.infra.router import stop_serving
+    from xregion.infra.serving.router import stop_serving
 
     stopped = stop_serving(xregion_home(), _progress)
     console.print(f"stopped {len(stopped)} service(s)" if stopped else "nothing was serving")
@@ -70,7 +70,7 @@ def stop() -> None:
 def status(as_json: bool = typer.Option(False, "--json")) -> None:
     """Versions per region, HAProxy's view of every server, recent failovers/switches/rollbacks."""
     from xregion.home import xregion_home
-    from xregion.infra.router import serving_status
+    from xregion.infra.serving.router import serving_status
 
     st = serving_status(_cfg(), xregion_home())
     if as_json:
@@ -109,7 +109,7 @@ def status(as_json: bool = typer.Option(False, "--json")) -> None:
 def run(duration: float = typer.Option(None, help="Stop after this many seconds (default: run until killed).")) -> None:
     """The control-plane loop (run as the `router` service by `xregion router start`)."""
     from xregion.home import xregion_home
-    from xregion.infra.router import Router
+    from xregion.infra.serving.router import Router
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     Router(_cfg(), xregion_home()).run(duration=duration)
@@ -126,12 +126,10 @@ def bench_router(
     import sys
 
     with contextlib.redirect_stdout(sys.stderr):  # MLflow prints run links: keep stdout JSON-only
-        from xregion.infra.bench_router import run_bench
+        from xregion.infra.serving.bench import run_bench
 
         result = run_bench(requests=requests, keep=keep, progress=_progress)
     if as_json:
         print(json.dumps(result, indent=2))
     else:
         Console().print_json(json.dumps(result))
-
-

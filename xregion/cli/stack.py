@@ -20,8 +20,8 @@ app = typer.Typer()
 @app.command()
 def up() -> None:
     """Start the embedded two-region stack on loopback and wait until every component is healthy."""
-    from xregion.infra import stack
-    from xregion.infra.supervisor import SupervisorError
+    from xregion.infra.embedded import stack
+    from xregion.infra.embedded.supervisor import SupervisorError
 
     cfg, home = config_or_exit(), xregion_home()
     console.print(f"regions file: {cfg.source}\nstate, logs, pid files: {home}")
@@ -43,7 +43,7 @@ def up() -> None:
 @app.command()
 def status(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """Health of every component of the stack (exit 1 if any is not healthy)."""
-    from xregion.infra import stack
+    from xregion.infra.embedded import stack
 
     rows = stack.status(config_or_exit(), xregion_home())
     if as_json:
@@ -61,7 +61,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
 @app.command()
 def down() -> None:
     """Stop every process the stack started (by pid), leaving none behind. Data stays in XREGION_HOME."""
-    from xregion.infra import stack
+    from xregion.infra.embedded import stack
 
     stopped = stack.down(xregion_home(), progress)
     console.print(f"stopped {len(stopped)} service(s)" if stopped else "nothing was running")
@@ -81,8 +81,8 @@ def fault(
     component: str | None = typer.Argument(None, help="s3, postgres, mlflow, serving, ... (default: all)"),
 ) -> None:
     """Inject a fault into real processes of one region; recorded in the event log."""
-    from xregion.infra import stack
-    from xregion.infra.supervisor import Supervisor, SupervisorError
+    from xregion.infra.embedded import stack
+    from xregion.infra.embedded.supervisor import Supervisor, SupervisorError
 
     cfg, home = config_or_exit(), xregion_home()
     sup = Supervisor(home)

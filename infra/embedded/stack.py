@@ -128,7 +128,7 @@ def select(cfg: XRegionConfig, home: Path, sup: Supervisor, region: str, compone
 
 def up(cfg: XRegionConfig, home: Path, progress=print) -> float:
     """Start (or complete) the stack and wait for health. Returns the seconds it took."""
-    from xregion.dr.nodes import effective_config
+    from xregion.topology import effective_config
 
     t0 = time.monotonic()
     home.mkdir(parents=True, exist_ok=True)

@@ -51,13 +51,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from xregion.infra.embedded.stack import BIN, child_env
+from xregion.infra.embedded.supervisor import Service, StartFailed, Supervisor, SupervisorError, check_health
+
 from xregion import events
 from xregion.config import XRegionConfig
 
 from . import haproxy
 from .haproxy import SLOTS, RuntimeAPI, RuntimeAPIError, Tuning, int0
-from .stack import BIN, child_env
-from .supervisor import Service, StartFailed, Supervisor, SupervisorError, check_health
 
 log = logging.getLogger("xregion.router")
 
@@ -197,7 +198,7 @@ def router_service(cfg: XRegionConfig, home: Path, port: int) -> Service:
 _SPAWN = """
 import json, sys
 from pathlib import Path
-from xregion.infra.supervisor import Service, Supervisor
+from xregion.infra.embedded.supervisor import Service, Supervisor
 home, svc = sys.argv[1], Service.from_dict(json.loads(sys.stdin.read()))
 print(Supervisor(Path(home)).spawn(svc).pid)
 """

@@ -265,11 +265,8 @@ class Supervisor:
         proc = self.process(name)
         if proc is None:
             return False
-        for p in self._tree(proc.pid):
-            try:
-                p.send_signal(sig)
-            except psutil.Error:
-                pass
+        for p in self.tree(proc.pid, proc.create_time()):
+            self._send(p, sig)
         return True
 
     def stop(self, name: str, timeout: float = 15.0) -> None:
@@ -280,7 +277,7 @@ class Supervisor:
         proc = self.process(name)
         if proc is not None:
             svc = Service.from_dict(rec["service"])
-            tree = self._tree(proc.pid)
+            tree = self.tree(proc.pid, proc.create_time())
             for p in tree:  # a frozen process cannot act on SIGTERM
                 self._send(p, signal.SIGCONT)
             try:  # the group: a server's workers share it (Postgres children leave it and follow the postmaster)
@@ -290,27 +287,35 @@ class Supervisor:
             _, alive = psutil.wait_procs(tree, timeout=timeout)
         else:
             # the leader is gone (kill -9) but its group may live on (workers)
-            alive = self._tree(rec["pid"])
+            alive = self.tree(rec["pid"], rec["create_time"])
         for p in alive:
             self._send(p, signal.SIGKILL)
         psutil.wait_procs(alive, timeout=5)
         self.pidfile(name).unlink(missing_ok=True)
 
     @staticmethod
-    def _tree(pid: int) -> list[psutil.Process]:
-        """The leader, its descendants and its process group (pgid == leader pid); zombies
-        are already dead (only their parent can reap them) and are left out."""
+    def tree(pid: int, create_time: float) -> list[psutil.Process]:
+        """Every live process of the service whose leader was started as (``pid``, ``create_time``):
+        the leader, its descendants and its process group (pgid == leader pid).
+
+        A pid file may be stale: if ``pid`` now names another program (another create time), the
+        service is entirely gone, because Linux never hands out a pid still in use as a process
+        group id, so nothing is returned and nothing unrelated is signalled. Zombies are already
+        dead (only their parent can reap them) and are left out.
+        """
         _reap(pid)
         procs: dict[int, psutil.Process] = {}
         try:
             leader = psutil.Process(pid)
+            if abs(leader.create_time() - create_time) > 0.5:
+                return []
             procs[pid] = leader
             procs.update({c.pid: c for c in leader.children(recursive=True)})
         except psutil.Error:
             pass
         for p in psutil.process_iter():
             try:
-                if p.pid not in procs and os.getpgid(p.pid) == pid:
+                if p.pid not in procs and os.getpgid(p.pid) == pid and p.create_time() >= create_time - 0.5:
                     procs[p.pid] = p
             except (ProcessLookupError, PermissionError, psutil.Error):
                 continue
@@ -322,6 +327,13 @@ class Supervisor:
             except psutil.Error:
                 continue
         return alive
+
+    def leftovers(self, name: str) -> list[psutil.Process]:
+        """Live processes of a service whose leader is dead (workers a kill -9 left behind)."""
+        rec = self._record(name)
+        if not rec or self.process(name) is not None:
+            return []
+        return self.tree(rec["pid"], rec["create_time"])
 
     @staticmethod
     def _send(proc: psutil.Process, sig: int) -> None:

@@ -50,26 +50,26 @@ host replication all ::1/128 trust
 """
 
 
-def _run_as_postgres() -> bool:
+def run_as_postgres() -> bool:
     return os.geteuid() == 0
 
 
-def _pg_user_kwargs() -> dict:
-    return {"user": SUPERUSER, "group": SUPERUSER, "extra_groups": []} if _run_as_postgres() else {}
+def pg_user_kwargs() -> dict:
+    return {"user": SUPERUSER, "group": SUPERUSER, "extra_groups": []} if run_as_postgres() else {}
 
 
 def data_dir(home: Path, region: RegionConfig) -> Path:
     return home / "pg" / region.name
 
 
-def _prepare_dir(path: Path) -> None:
+def prepare_dir(path: Path) -> None:
     """An empty directory the postgres user owns, and a path it can walk to."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if _run_as_postgres():
+    if run_as_postgres():
         pw = pwd.getpwnam(SUPERUSER)
         os.chown(path.parent, pw.pw_uid, pw.pw_gid)
         os.chown(path, pw.pw_uid, pw.pw_gid)
-        probe = subprocess.run(["test", "-w", str(path)], **_pg_user_kwargs())
+        probe = subprocess.run(["test", "-w", str(path)], **pg_user_kwargs())
         if probe.returncode != 0:
             raise SupervisorError(
                 f"the postgres user cannot reach {path}: a parent directory is not searchable by others. "
@@ -77,8 +77,8 @@ def _prepare_dir(path: Path) -> None:
             )
 
 
-def _run(argv: list[str], what: str) -> None:
-    proc = subprocess.run(argv, capture_output=True, text=True, **_pg_user_kwargs())
+def run_pg(argv: list[str], what: str) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True, **pg_user_kwargs())
     if proc.returncode != 0:
         raise SupervisorError(f"{what} failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}")
 
@@ -102,7 +102,7 @@ def service(cfg: XRegionConfig, region: RegionConfig, home: Path) -> Service:
         argv=argv,
         listen=(region.pg_host, region.pg_port),
         health={"type": "postgres", "dsn": superuser_dsn(region)},
-        user=SUPERUSER if _run_as_postgres() else None,
+        user=SUPERUSER if run_as_postgres() else None,
         stop_signal=signal.SIGINT,  # "fast" shutdown: SIGTERM would wait for clients to leave
         lock_file=str(data_dir(home, region) / "postmaster.pid"),
         start_timeout=60,
@@ -118,8 +118,8 @@ def init_primary(cfg: XRegionConfig, region: RegionConfig, home: Path, progress=
     if (path / "PG_VERSION").exists():
         return
     progress(f"{region.name}-postgres: initdb")
-    _prepare_dir(path)
-    _run(
+    prepare_dir(path)
+    run_pg(
         [
             str(PG_BIN / "initdb"),
             "-D",
@@ -158,9 +158,9 @@ def init_standby(cfg: XRegionConfig, region: RegionConfig, home: Path, progress=
     if (path / "PG_VERSION").exists():
         return
     progress(f"{region.name}-postgres: pg_basebackup from {cfg.primary.name}")
-    _prepare_dir(path)
+    prepare_dir(path)
     primary = cfg.primary
-    _run(
+    run_pg(
         [
             str(PG_BIN / "pg_basebackup"),
             "-h",

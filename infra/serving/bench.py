@@ -85,15 +85,15 @@ def run_bench(requests: int = 1000, keep: bool = False, progress=print) -> dict:
     import mlflow
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
+    from xregion.infra.embedded import stack
+    from xregion.infra.embedded.supervisor import Supervisor
     from xregion.plugins import registry_client
 
     from xregion import events
     from xregion.config import load_config
 
-    from . import stack
     from .haproxy import Tuning
     from .router import Policy, start_serving, stop_serving
-    from .supervisor import Supervisor
 
     home = Path(tempfile.mkdtemp(prefix="xregion-bench-router-"))
     home.chmod(0o755)

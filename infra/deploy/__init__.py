@@ -1,0 +1,1 @@
+"""Deployment generators: compose and Kubernetes files rendered from the regions file."""
