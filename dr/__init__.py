@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Disaster recovery of the database half: failover and switchover through Patroni, backup and restore, verification."""
