@@ -52,6 +52,38 @@ def client(cfg: XRegionConfig, tracking_uri: str | None = None):
     return MlflowClient(tracking_uri=url, registry_uri=url)
 
 
+def on_any_region(cfg: XRegionConfig, call):
+    """``call(client)`` against each region's MLflow server in turn (primary first) until one answers.
+
+    A region whose server is down, frozen or failing (connection error, 5xx) is skipped; an answer
+    such as "not found" is an answer and is raised. Bound each attempt with the environment
+    variables MLFLOW_HTTP_REQUEST_TIMEOUT and MLFLOW_HTTP_REQUEST_MAX_RETRIES (the router sets 3 s
+    and 0), so a dead region costs seconds, not MLflow's minutes of back-off."""
+    failures = []
+    for r in cfg.write_order():
+        try:
+            return call(client(cfg, r.mlflow_url))
+        except MlflowException as err:
+            if err.get_http_status_code() < 500:
+                raise
+            failures.append(f"{r.name}: {err.message[:200]}")
+        except OSError as err:
+            failures.append(f"{r.name}: {err}")
+    raise RegistryError("no region's MLflow server answered: " + "; ".join(failures))
+
+
+def download_version_file(cl, model: str, version: str, path: str, dst: str) -> str:
+    """Download one file of a model version's artifacts, resolved in the registry ``cl`` talks to
+    (never a process-wide default registry). Returns the local path."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    location = cl.get_model_version_download_uri(model, str(version))
+    if location.startswith("models:/m-"):  # an MLflow 3 logged model: its own artifact location
+        location = cl.get_logged_model(location.removeprefix("models:/").split("/")[0]).artifact_location
+    repo = get_artifact_repository(location, tracking_uri=cl.tracking_uri, registry_uri=cl._registry_uri)
+    return repo.download_artifacts(path, dst_path=dst)
+
+
 def whoami() -> str:
     return os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
 
@@ -168,7 +200,7 @@ def rollback(
     )
     if record:
         events.record(
-            "rollback",
+            "registry.rollback",
             model=model,
             from_version=done["from_version"],
             to_version=done["to_version"],

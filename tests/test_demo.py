@@ -8,16 +8,17 @@ import shutil
 
 import pytest
 
-from tests.conftest import make_home, write_config
 from xregion.config import load_config
+from xregion.infra.embedded.scratch import make_home
+from xregion.infra.embedded.scratch import scratch_config as write_config
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
 def demo_stack():
     from xregion.infra.embedded import stack
-    from xregion.infra.serving import router
+    from xregion.infra.serving import control as router
 
     home = make_home("xregion-demo-")
     path = write_config(home)

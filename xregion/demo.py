@@ -94,7 +94,7 @@ def run_demo(
     from mlflow import MlflowClient
 
     from xregion.infra.embedded import stack
-    from xregion.infra.serving import router
+    from xregion.infra.serving import control as serving
     from xregion.loadtests.runner import run_drill
     from xregion.plugins import registry_client
     from xregion.recsys_model.train import run_training
@@ -144,8 +144,8 @@ def run_demo(
         summary["promotion"] = registry_client.promote(client, cfg, model, res.version, reason="xregion demo")
 
     with steps("serve it in every region behind the HAProxy front door"):
-        router.stop_serving(home)  # a previous demo's servers follow an older version
-        router.start_serving(cfg, home, progress)
+        serving.stop_serving(home)  # a previous demo's servers follow an older version
+        serving.start_serving(cfg, home, progress)
         users_known = list(range(1, 51))
         summary["serving_latency"] = serving_latency(cfg.serving.frontend_url, users_known)
 

@@ -17,18 +17,16 @@ from xregion.home import xregion_home
 from xregion.store import RegionStore
 
 from . import postgres
-from .supervisor import Service, Supervisor
+from .supervisor import Service, Supervisor, SupervisorError
 
 BIN = Path(sys.executable).parent  # the venv's bin: mlflow, moto_server, uvicorn
 
 
 def child_env(cfg: XRegionConfig, region: RegionConfig, home: Path | None = None) -> dict[str, str]:
-    """Environment for a region's processes: the venv first on PATH, this region's S3 credentials."""
-    key, secret = region.s3.credentials(region.name)
+    """Environment for a region's processes: the venv first on PATH, the region's S3 endpoint. No
+    secret: credentials travel by reference (``child_secrets``), never in a pid file."""
     env = {
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "AWS_ACCESS_KEY_ID": key,
-        "AWS_SECRET_ACCESS_KEY": secret,
         "AWS_DEFAULT_REGION": region.s3.region_name,
         "MLFLOW_S3_ENDPOINT_URL": region.s3.endpoint_url,
         "XREGION_LOCAL_REGION": region.name,
@@ -38,6 +36,15 @@ def child_env(cfg: XRegionConfig, region: RegionConfig, home: Path | None = None
     if cfg.source:
         env["XREGION_CONFIG"] = str(Path(cfg.source).resolve())
     return env
+
+
+def child_secrets(region: RegionConfig) -> dict[str, str]:
+    """A region's S3 credentials for a child process, by reference to the variables the regions
+    file names (the Supervisor resolves them at spawn)."""
+    return {
+        "AWS_ACCESS_KEY_ID": f"env:{region.s3.access_key_env}",
+        "AWS_SECRET_ACCESS_KEY": f"env:{region.s3.secret_key_env}",
+    }
 
 
 def s3_service(cfg: XRegionConfig, region: RegionConfig) -> Service:
@@ -50,6 +57,7 @@ def s3_service(cfg: XRegionConfig, region: RegionConfig) -> Service:
         listen=(parts.hostname, parts.port),
         health={"type": "http", "url": f"{region.s3.endpoint_url}/moto-api/"},
         env=child_env(cfg, region),
+        secret_env=child_secrets(region),
         start_timeout=30,
     )
 
@@ -101,6 +109,7 @@ def mlflow_service(cfg: XRegionConfig, region: RegionConfig, home: Path) -> Serv
         listen=(parts.hostname, parts.port),
         health={"type": "http", "url": f"{region.mlflow_url}/health"},
         env={**child_env(cfg, region, home), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        secret_env=child_secrets(region),
         cwd=str(home),
         start_timeout=120,
     )
@@ -115,14 +124,16 @@ def services(cfg: XRegionConfig, home: Path) -> list[Service]:
 
 
 def select(cfg: XRegionConfig, home: Path, sup: Supervisor, region: str, component: str | None) -> list[Service]:
-    """The services of one region (optionally one component), including ones others started."""
-    cfg.region(region)  # a clear error for an unknown region
+    """The services of one region (optionally one component), including ones others started.
+    ``global`` names what belongs to no region: the front door (HAProxy) and its router."""
+    if region != "global":
+        cfg.region(region)  # a clear error for an unknown region
     pool = {s.name: s for s in services(cfg, home)}
     pool.update({s.name: s for s in sup.known()})
     chosen = [s for s in pool.values() if s.region == region and (component in (None, s.component))]
     if not chosen:
         comps = sorted({s.component for s in pool.values() if s.region == region})
-        raise SystemExit(f"region {region} has no component {component!r}; components: {', '.join(comps)}")
+        raise SupervisorError(f"region {region} has no component {component!r}; components: {', '.join(comps) or 'none running'}")
     return chosen
 
 

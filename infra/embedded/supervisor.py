@@ -57,6 +57,22 @@ class Service:
     stop_signal: int = signal.SIGTERM
     start_timeout: float = 60.0
     lock_file: str | None = None  # a pid lock the program refuses to start over (Postgres' postmaster.pid)
+    # secrets the process gets in its environment, named not valued: VAR -> "env:NAME" (taken from
+    # the starting process's environment) or "file:/path" (a 0600 file): the record never holds one
+    secret_env: dict[str, str] = field(default_factory=dict)
+
+    def resolved_env(self) -> dict[str, str]:
+        """The environment of the process: inherited, the service's own, and its secrets read now."""
+        env = {**os.environ, **self.env}
+        for var, ref in self.secret_env.items():
+            kind, _, where = ref.partition(":")
+            if kind == "env" and os.environ.get(where) is not None:
+                env[var] = os.environ[where]
+            elif kind == "file":
+                env[var] = Path(where).read_text().strip()
+            else:
+                raise StartFailed(f"{self.name}: secret {var} names {ref!r}, which is not set")
+        return env
 
     @classmethod
     def from_dict(cls, data: dict) -> Service:
@@ -202,7 +218,7 @@ class Supervisor:
         logf = open(self.log(svc.name), "ab")
         logf.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(svc.argv)}\n".encode())
         logf.flush()
-        env = {**os.environ, **svc.env}
+        env = svc.resolved_env()
         kwargs = {}
         if svc.user and os.geteuid() == 0:
             kwargs = {"user": svc.user, "group": svc.user, "extra_groups": []}
@@ -223,10 +239,64 @@ class Supervisor:
             logf.close()
         proc = psutil.Process(popen.pid)
         rec = {"pid": popen.pid, "create_time": proc.create_time(), "service": asdict(svc)}
-        tmp = self.pidfile(svc.name).with_suffix(".tmp")
-        tmp.write_text(json.dumps(rec, indent=1))
-        tmp.replace(self.pidfile(svc.name))
+        self._write_record(svc.name, rec)
         return proc
+
+    def _write_record(self, name: str, rec: dict) -> None:
+        """Pid files are 0600: they say how to restart a service, which nobody else needs to read."""
+        tmp = self.run_dir / f".{name}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(rec, indent=1))
+        tmp.replace(self.pidfile(name))
+
+    def spawn_detached(self, svc: Service) -> None:
+        """Spawn through a short-lived intermediate process, so that the service is nobody's child:
+        stopping (or killing) whoever asked for it (the router starts model servers) must not take
+        it along, since the supervisor stops a service's whole process tree."""
+        import sys
+
+        out = subprocess.run(
+            [sys.executable, "-m", "xregion.infra.embedded.spawn", str(self.home)],
+            input=json.dumps(asdict(svc)),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if out.returncode != 0:
+            last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"
+            raise StartFailed(f"{svc.name}: spawn failed: {last}")
+
+    def wait_exit(self, name: str, timeout: float) -> int | None:
+        """Wait for a service that is this process's own child to exit; its exit code, or None if it
+        still runs after ``timeout`` (or is not our child: then nobody but its parent knows)."""
+        rec = self._record(name)
+        if not rec:
+            return None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                pid, status = os.waitpid(rec["pid"], os.WNOHANG)
+            except ChildProcessError:
+                return None
+            if pid:
+                return os.waitstatus_to_exitcode(status)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.1)
+
+    def rename(self, old: str, new: str) -> None:
+        """Give a running service another name (its pid file and log follow; the process is untouched)."""
+        rec = self._record(old)
+        if rec is None:
+            raise SupervisorError(f"no service {old!r} to rename")
+        rec["service"]["name"] = new
+        self._write_record(new, rec)
+        self.pidfile(old).unlink(missing_ok=True)
+        if self.log(old).exists():
+            if self.log(new).exists():
+                self.log(new).replace(self.log(new).with_suffix(".prev.log"))
+            self.log(old).replace(self.log(new))
 
     def wait_healthy(self, services: Iterable[Service], progress: Callable[[str], None] | None = None) -> None:
         """Wait until every service is healthy; on failure raise with the failing one's log tail."""

@@ -1,11 +1,37 @@
 """`xregion bench router`: what the HAProxy front door adds to a request, and how fast it detects failures.
 
-One run on a fresh embedded stack; every figure comes from that run (direct and front-door
-requests interleaved, so that the machine's noise hits both alike).
+One run on a scratch embedded platform of its own: a small top-k model is registered, promoted and
+served in both regions; direct and front-door requests are interleaved (so the machine's noise hits
+both alike) and the added latency is the median of the per-pair differences. Then a model server is
+killed (-9) and frozen (SIGSTOP) under load, and the router's ``serving.server_down`` event gives
+the detection time.
 """
 
 from __future__ import annotations
 
+import http.client
+import logging
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from xregion import events
+from xregion.config import XRegionConfig, load_config
+from xregion.home import environment
+from xregion.infra.embedded import stack
+from xregion.infra.embedded.scratch import make_home, scratch_config
+from xregion.infra.embedded.supervisor import Supervisor
+from xregion.stats import percentile
+
+from .control import start_serving, stop_serving
+from .haproxy import Tuning
+from .state import Policy
+
+log = logging.getLogger(__name__)
+BODY = '{"dataframe_records": [{"user_id": 3, "k": 10}]}'
 BENCH_MODEL = """
 import mlflow
 import numpy as np
@@ -30,32 +56,31 @@ mlflow.models.set_model(TopK())
 """
 
 
-def _bench_config(home):
-    import yaml
-
-    from xregion.config import EMBEDDED_CONFIG
-
-    from .router import free_port
-
-    data = yaml.safe_load(EMBEDDED_CONFIG.read_text())
-    for r in data["regions"]:
-        r["s3"]["endpoint_url"] = f"http://127.0.0.1:{free_port()}"
-        r["postgres"] = f"127.0.0.1:{free_port()}"
-        r["mlflow_url"] = f"http://127.0.0.1:{free_port()}"
-        r["serving_url"] = f"http://127.0.0.1:{free_port()}"
-    data["serving"] = {
-        "frontend_url": f"http://127.0.0.1:{free_port()}",
-        "haproxy_stats_url": f"http://127.0.0.1:{free_port()}",
-    }
-    data["env_file"] = str(EMBEDDED_CONFIG.parent / "embedded.env")
-    path = home / "regions.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+@dataclass
+class Detection:
+    detection_s: float | None
+    check_status: str | None
+    requests: int
+    failed_requests: int
+    recovered_after_restore_s: float | None
 
 
-def _timed(conn, body: str) -> float:
-    import time
+@dataclass
+class RouterBench:
+    requests: int
+    tuning: dict
+    detection_budget_s: float
+    direct_ms: dict = field(default_factory=dict)
+    haproxy_ms: dict = field(default_factory=dict)
+    added_ms: dict = field(default_factory=dict)
+    target_added_p50_ms: float = 0.5
+    faults: dict[str, Detection] = field(default_factory=dict)
 
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def timed(conn: http.client.HTTPConnection, body: str = BODY) -> float:
     t = time.perf_counter()
     conn.request("POST", "/invocations", body, {"Content-Type": "application/json"})
     resp = conn.getresponse()
@@ -65,153 +90,138 @@ def _timed(conn, body: str) -> float:
     return (time.perf_counter() - t) * 1000
 
 
-def _pct(values, q):
-    from .router import percentile
-
+def _pct(values: list[float], q: float) -> float:
     return round(percentile(values, q), 3)
 
 
-def run_bench(requests: int = 1000, keep: bool = False, progress=print) -> dict:
-    """One run on a fresh embedded stack: HAProxy's added latency and failure-detection times."""
-    import http.client
-    import os
-    import shutil
-    import tempfile
-    import threading
-    import time
-    from pathlib import Path
-    from urllib.parse import urlsplit
-
+def register_bench_model(cfg: XRegionConfig, home: Path) -> str:
+    """Log, register and promote the bench model (with an input example: the smoke test needs it)."""
     import mlflow
+    import pandas as pd
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
-    from xregion.infra.embedded import stack
-    from xregion.infra.embedded.supervisor import Supervisor
+
     from xregion.plugins import registry_client
 
-    from xregion import events
-    from xregion.config import load_config
+    url = cfg.primary.mlflow_url
+    client = registry_client.client(cfg, url)
+    mlflow.set_tracking_uri(url)
+    mlflow.set_experiment("bench-router")
+    src = home / "bench_model.py"
+    src.write_text(BENCH_MODEL)
+    sig = ModelSignature(inputs=Schema([ColSpec("long", "user_id"), ColSpec("long", "k", required=False)]))
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(src),
+            signature=sig,
+            input_example=pd.DataFrame({"user_id": [3], "k": [10]}),
+            registered_model_name=cfg.registry.model_name,
+            pip_requirements=["mlflow", "numpy", "pandas"],
+        )
+    version = str(info.registered_model_version)
+    registry_client.promote(client, cfg, cfg.registry.model_name, version, reason="bench")
+    return version
 
-    from .haproxy import Tuning
-    from .router import Policy, start_serving, stop_serving
 
-    home = Path(tempfile.mkdtemp(prefix="xregion-bench-router-"))
-    home.chmod(0o755)
-    path = _bench_config(home)
-    saved = {k: os.environ.get(k) for k in ("XREGION_CONFIG", "XREGION_HOME", "MLFLOW_TRACKING_URI")}
-    os.environ.update({"XREGION_CONFIG": str(path), "XREGION_HOME": str(home)})
-    cfg = load_config(path)
-    tuning, policy = Tuning.from_env(), Policy.from_env()
-    out: dict = {"requests": requests, "tuning": tuning.__dict__, "detection_budget_s": tuning.detection_budget_s()}
-    try:
-        progress(f"bench stack in {home}")
-        stack.up(cfg, home, progress=lambda m: None)
-        url = cfg.primary.mlflow_url
-        os.environ["MLFLOW_TRACKING_URI"] = url
-        mlflow.set_tracking_uri(url)
-        mlflow.set_experiment("bench-router")
-        src = home / "bench_model.py"
-        src.write_text(BENCH_MODEL)
-        sig = ModelSignature(inputs=Schema([ColSpec("long", "user_id"), ColSpec("long", "k", required=False)]))
-        with mlflow.start_run():
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(src),
-                signature=sig,
-                registered_model_name=cfg.registry.model_name,
-                pip_requirements=["mlflow", "numpy", "pandas"],
-            )
-        version = str(info.registered_model_version)
-        registry_client.promote(registry_client.client(cfg, url), cfg, cfg.registry.model_name, version, reason="bench")
-        progress("starting serving")
-        start_serving(cfg, home, progress=lambda m: None, policy=policy, tuning=tuning)
-
-        body = '{"dataframe_records": [{"user_id": 3, "k": 10}]}'
-        d, f = urlsplit(cfg.primary.serving_url), urlsplit(cfg.serving.frontend_url)
-        direct = http.client.HTTPConnection(d.hostname, d.port, timeout=30)
-        front = http.client.HTTPConnection(f.hostname, f.port, timeout=30)
-        for _ in range(50):
-            _timed(direct, body), _timed(front, body)
-        progress(f"latency: {requests} requests each, interleaved")
-        lat_d, lat_f = [], []
-        for i in range(requests):  # alternate the order, so neither path always follows the other
-            if i % 2:
-                lat_d.append(_timed(direct, body))
-                lat_f.append(_timed(front, body))
-            else:
-                lat_f.append(_timed(front, body))
-                lat_d.append(_timed(direct, body))
-        direct.close()
-        front.close()
-        out["direct_ms"] = {"p50": _pct(lat_d, 50), "p99": _pct(lat_d, 99)}
-        out["haproxy_ms"] = {"p50": _pct(lat_f, 50), "p99": _pct(lat_f, 99)}
-        out["added_ms"] = {
-            "p50": round(out["haproxy_ms"]["p50"] - out["direct_ms"]["p50"], 3),
-            "p99": round(out["haproxy_ms"]["p99"] - out["direct_ms"]["p99"], 3),
-        }
+def added_latency(cfg: XRegionConfig, requests: int, out: RouterBench) -> None:
+    d, f = urlsplit(cfg.primary.serving_url), urlsplit(cfg.serving.frontend_url)
+    direct = http.client.HTTPConnection(d.hostname, d.port, timeout=30)
+    front = http.client.HTTPConnection(f.hostname, f.port, timeout=30)
+    for _ in range(50):
+        timed(direct), timed(front)
+    lat_d, lat_f = [], []
+    for i in range(requests):  # alternate the order, so neither path always follows the other
+        first, second = (direct, front) if i % 2 else (front, direct)
+        a, b = timed(first), timed(second)
+        lat_d.append(a if first is direct else b)
+        lat_f.append(b if first is direct else a)
+    direct.close()
+    front.close()
+    out.direct_ms = {"p50": _pct(lat_d, 50), "p99": _pct(lat_d, 99)}
+    out.haproxy_ms = {"p50": _pct(lat_f, 50), "p99": _pct(lat_f, 99)}
+    out.added_ms = {
+        "p50": round(out.haproxy_ms["p50"] - out.direct_ms["p50"], 3),
+        "p99": round(out.haproxy_ms["p99"] - out.direct_ms["p99"], 3),
         # the median of per-pair differences: less sensitive to a busy machine than p50 - p50
-        out["added_ms"]["median_of_pairs"] = _pct([fr - di for fr, di in zip(lat_f, lat_d)], 50)
-        out["target_added_p50_ms"] = 0.5
-        out["load_average"] = os.getloadavg()[0]
+        "median_of_pairs": _pct([fr - di for fr, di in zip(lat_f, lat_d, strict=True)], 50),
+    }
 
-        sup = Supervisor(home)
-        svc = next(s for s in sup.known() if s.name == f"{cfg.primary.name}-serving")
-        for action in ("kill", "freeze"):
-            progress(f"failure detection: {action}")
-            results: list = []
-            stop = threading.Event()
 
-            def load():
-                conn = http.client.HTTPConnection(f.hostname, f.port, timeout=30)
-                while not stop.is_set():
-                    try:
-                        _timed(conn, body)
-                        results.append(200)
-                    except Exception as err:
-                        results.append(type(err).__name__)
-                        conn = http.client.HTTPConnection(f.hostname, f.port, timeout=30)
+class _Load(threading.Thread):
+    """Sequential requests through the front door until stopped; every outcome recorded."""
 
-            thread = threading.Thread(target=load, daemon=True)
-            thread.start()
-            time.sleep(1.0)
-            t0 = time.time()
-            sup.fault(action, [svc])
-            ev = None
-            while ev is None and time.time() < t0 + 60:
-                ev = next(
-                    (e for e in events.read(home, kind="failover", since=t0) if e.get("service") == svc.name), None
-                )
-                time.sleep(0.05)
-            time.sleep(max(0.0, tuning.server_timeout_ms / 1000 + 1 - (time.time() - t0)))
-            stop.set()
-            thread.join(timeout=60)
-            t_restore = time.time()
-            if action == "freeze":
-                sup.fault("thaw", [svc])
-            else:
-                sup.fault("restart", [svc])
-            rec = None
-            while rec is None and time.time() < t_restore + 120:
-                rec = next(
-                    (e for e in events.read(home, kind="recovery", since=t_restore) if e.get("service") == svc.name),
-                    None,
-                )
-                time.sleep(0.05)
-            out[action] = {
-                "detection_s": ev and ev.get("detection_s"),
-                "check_status": ev and ev.get("check_status"),
-                "requests": len(results),
-                "failed_requests": sum(1 for r in results if r != 200),
-                "recovered_after_restore_s": rec and round(rec["ts"] - t_restore, 3),
-            }
-        return out
-    finally:
-        if not keep:
-            stop_serving(home)
-            stack.down(home, progress=lambda m: None)
-            shutil.rmtree(home, ignore_errors=True)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.parts, self.results, self.halt = urlsplit(url), [], threading.Event()
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection(self.parts.hostname, self.parts.port, timeout=30)
+        while not self.halt.is_set():
+            try:
+                timed(conn)
+                self.results.append(200)
+            except Exception as err:  # a failed request is a result
+                self.results.append(type(err).__name__)
+                conn = http.client.HTTPConnection(self.parts.hostname, self.parts.port, timeout=30)
+
+
+def _wait_event(home: Path, kind: str, service: str, since: float, timeout: float) -> dict | None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = [e for e in events.read(home, kind=kind, since=since) if e.get("service") == service]
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    return None
+
+
+def detection(cfg: XRegionConfig, home: Path, action: str, server_timeout_s: float) -> Detection:
+    sup = Supervisor(home)
+    svc = next(s for s in sup.known() if s.name == f"{cfg.primary.name}-serving")
+    load = _Load(cfg.serving.frontend_url)
+    load.start()
+    time.sleep(1.0)
+    t0 = time.time()
+    sup.fault(action, [svc])
+    ev = _wait_event(home, "serving.server_down", svc.name, t0, 60)
+    time.sleep(max(0.0, server_timeout_s + 1 - (time.time() - t0)))
+    load.halt.set()
+    load.join(timeout=60)
+    t_restore = time.time()
+    sup.fault("thaw" if action == "freeze" else "restart", [svc])
+    rec = _wait_event(home, "serving.server_up", svc.name, t_restore, 120)
+    return Detection(
+        ev and ev.get("detection_s"),
+        ev and ev.get("check_status"),
+        len(load.results),
+        sum(1 for r in load.results if r != 200),
+        rec and round(rec["ts"] - t_restore, 3),
+    )
+
+
+def run_bench(requests: int = 1000, keep: bool = False, progress=log.info) -> RouterBench:
+    """One run on a scratch platform: HAProxy's added latency and failure-detection times."""
+    home = make_home("xregion-bench-router-")
+    path = scratch_config(home)
+    tuning, policy = Tuning.from_env(), Policy.from_env()
+    out = RouterBench(requests, asdict(tuning), tuning.detection_budget_s())
+    with environment(XREGION_CONFIG=str(path), XREGION_HOME=str(home)):  # this process speaks to it only
+        cfg = load_config(path)
+        try:
+            progress(f"bench platform in {home}")
+            stack.up(cfg, home, progress=lambda m: None)
+            register_bench_model(cfg, home)
+            progress("starting serving")
+            start_serving(cfg, home, progress=lambda m: None, policy=policy, tuning=tuning)
+            progress(f"latency: {requests} requests each way, interleaved")
+            added_latency(cfg, requests, out)
+            for action in ("kill", "freeze"):
+                progress(f"failure detection: {action}")
+                out.faults[action] = detection(cfg, home, action, tuning.server_timeout_ms / 1000)
+            return out
+        finally:
+            if not keep:
+                stop_serving(home)
+                stack.down(home, progress=lambda m: None)
+                shutil.rmtree(home, ignore_errors=True)

@@ -1,18 +1,22 @@
-"""The serving front door: HAProxy (Debian's package) configuration, its runtime API and its stats.
+"""The serving front door: the one HAProxy configuration renderer, its runtime API and its stats.
 
-The configuration is generated from the regions file: one frontend (``serving.frontend_url``)
-that speaks the MLflow scoring protocol, two backends ``bk_blue`` and ``bk_green`` (the two
-colours of a blue/green switch) holding one server per region, named after the region, and a
-stats frontend (``serving.haproxy_stats_url``: HTML page at ``/``, CSV at ``/;csv``, Prometheus
-at ``/metrics``). Which colour serves is one entry of a map file, so a switch is one runtime-API
-command (``set map``), atomic for every region at once. Nothing here needs a reload.
+Used by the embedded platform and by the compose/Kubernetes generators alike, so the front door
+that is tested is the one that is deployed. One frontend speaks the MLflow scoring protocol; two
+backends ``bk_blue`` and ``bk_green`` (the colours of a blue/green switch) hold one server per
+region, named after the region; which colour serves is one entry of a map file, so a switch is
+one runtime-API command (``set map``), atomic for every region at once.
 
 Failover: active health checks (``GET /ping``) every ``inter_ms``, ``fall``/``rise`` to change
-state; every region's server is active (round robin) and an idempotent scoring request that
-fails to connect, gets no response or times out is retried (``retries``) and redispatched to
-another server, i.e. another region. Bad input is the client's: 4xx answers do not affect the
-health checks (they only look at ``/ping``), oversized bodies get 413 from HAProxy itself, and
-only the scoring paths reach a backend.
+state; every region's server is active (round robin). A request is retried and redispatched to
+another region only when the connection failed or was closed without any response (a dead or
+killed server), never after a 5xx or a response timeout: a slow or crashing request must not be
+replayed in every region.
+
+What clients get from the front door itself: 413 for bodies over ``max_body_bytes``, 415 for a
+scoring request without a JSON/CSV Content-Type, 404 outside the scoring paths, 405 for a GET of
+/invocations. The stats page and its Prometheus exporter need a password
+(``XREGION_HAPROXY_STATS_PASSWORD`` in HAProxy's environment); the runtime API is a unix socket of
+mode 0600.
 """
 
 from __future__ import annotations
@@ -22,16 +26,16 @@ import io
 import os
 import shutil
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
-
-from xregion.config import XRegionConfig
 
 SLOTS = ("bk_blue", "bk_green")
 SCORING_PATHS = ("/invocations", "/ping", "/health", "/version")
+CONTENT_TYPES = ("application/json", "text/csv", "application/vnd.apache.parquet")  # what MLflow scores
 MONITOR_URI = "/haproxy-health"
 LOG_TAG = "xrlog"
+STATS_USER = "xregion"
+STATS_PASSWORD_ENV = "XREGION_HAPROXY_STATS_PASSWORD"
 
 
 @dataclass
@@ -42,10 +46,11 @@ class Tuning:
     fall: int = 2  # failed checks to mark a server down
     rise: int = 2  # passed checks to mark it up again
     check_timeout_ms: int = 500  # a frozen server's check fails after this
-    connect_timeout_ms: int = 200  # a connect to a dead/frozen host is retried elsewhere after this
-    server_timeout_ms: int = 3000  # a request stuck on a frozen server is retried elsewhere after this
+    connect_timeout_ms: int = 200  # a connect to a dead host is retried elsewhere after this
+    server_timeout_ms: int = 3000  # a request stuck on a frozen server fails after this
     retries: int = 3
     max_body_bytes: int = 65536  # larger scoring requests are refused with 413
+    nbthread: int = 1  # one thread: on small hosts HAProxy competes with the model servers for cores
 
     @classmethod
     def from_env(cls, base: dict | None = None) -> Tuning:
@@ -60,6 +65,24 @@ class Tuning:
         """Worst case from a failure to HAProxy marking the server down: ``fall`` checks, each an
         interval plus (for a frozen server) the check timeout."""
         return self.fall * (self.inter_ms + self.check_timeout_ms) / 1000.0
+
+
+@dataclass
+class FrontDoor:
+    """Everything the renderer needs, for the embedded platform or a deployment.
+
+    ``servers[slot][region]`` is "host:port", or None for a slot without a server yet (rendered
+    disabled, out of rotation until the router fills it)."""
+
+    bind: str  # "127.0.0.1:5300" or ":5300"
+    stats_bind: str
+    runtime_socket: str  # unix socket path, mode 0600
+    log_socket: str  # unix datagram socket the router reads the per-request log from
+    map_file: str
+    active: str
+    servers: dict[str, dict[str, str | None]]
+    tuning: Tuning = field(default_factory=Tuning)
+    dns: bool = False  # server addresses are DNS names (compose, Kubernetes): resolve at run time
 
 
 def paths(home: Path) -> dict[str, Path]:
@@ -80,28 +103,17 @@ def binary() -> str:
     return found
 
 
-def _hp(url: str) -> tuple[str, int]:
-    p = urlsplit(url)
-    return p.hostname or "127.0.0.1", p.port or 80
-
-
-def render(
-    cfg: XRegionConfig, home: Path, servers: dict[str, dict[str, tuple[str, int] | None]], active: str, tuning: Tuning
-) -> str:
-    """The configuration. ``servers[slot][region]`` is (host, port) or None (no server yet: disabled)."""
-    p = paths(home)
-    fh, fp = _hp(cfg.serving.frontend_url)
-    sh, sp = _hp(cfg.serving.haproxy_stats_url)
-    t = tuning
+def _global_and_defaults(fd: FrontDoor) -> list[str]:
+    t = fd.tuning
     # bodies up to max_body_bytes must fit one buffer: a request that does not cannot be retried
     bufsize = max(16384, t.max_body_bytes + 16384)
-    lines = [
-        "# GENERATED by xregion.infra.serving.haproxy from the regions file; the router rewrites it at start.",
+    return [
         "global",
-        f"    log {p['log']} len 2048 local0",
-        f"    stats socket {p['socket']} mode 600 level admin",
+        f"    log {fd.log_socket} len 2048 local0",
+        f"    stats socket {fd.runtime_socket} mode 600 level admin",
         "    stats timeout 30s",
         "    maxconn 4096",
+        f"    nbthread {t.nbthread}",
         f"    tune.bufsize {bufsize}",
         "",
         "defaults",
@@ -110,6 +122,7 @@ def render(
         f'    log-format "{LOG_TAG} %b %s %ST %Ta %Tr %rc %tsc"',
         "    option dontlognull",
         "    option http-keep-alive",
+        "    http-reuse always",  # idle server connections are shared: no new TCP handshake per request
         f"    timeout connect {t.connect_timeout_ms}ms",
         f"    timeout server {t.server_timeout_ms}ms",
         "    timeout client 30s",
@@ -119,21 +132,36 @@ def render(
         f"    timeout check {t.check_timeout_ms}ms",
         f"    retries {t.retries}",
         "    option redispatch 1",
-        "    retry-on conn-failure empty-response response-timeout 502 503 504",
+        "    retry-on conn-failure empty-response",
         "",
+    ]
+
+
+def _frontends(fd: FrontDoor) -> list[str]:
+    t = fd.tuning
+    too_big = f'"request body over {t.max_body_bytes} bytes: send fewer rows per request\\n"'
+    no_type = f'"scoring requests need a Content-Type: one of {", ".join(CONTENT_TYPES)}\\n"'
+    return [
         "frontend fe_serving",
-        f"    bind {fh}:{fp}",
+        f"    bind {fd.bind}",
         f"    monitor-uri {MONITOR_URI}",
         "    option http-buffer-request",
-        f"    http-request deny deny_status 413 if {{ req.hdr_val(content-length) gt {t.max_body_bytes} }}",
-        f"    http-request deny deny_status 413 if {{ req.body_size gt {t.max_body_bytes} }}",
+        f"    acl too_big req.hdr_val(content-length) gt {t.max_body_bytes}",
+        f"    acl too_big req.body_size gt {t.max_body_bytes}",
+        f"    http-request return status 413 content-type text/plain string {too_big} if too_big",
         f"    acl scoring path {' '.join(SCORING_PATHS)}",
         "    http-request deny deny_status 404 unless scoring",
         "    http-request deny deny_status 405 if { path /invocations } !METH_POST",
-        f"    use_backend %[str(active),map({p['map']},{active})]",
+        f"    acl typed req.hdr(content-type) -m beg -i {' '.join(CONTENT_TYPES)}",
+        f"    http-request return status 415 content-type text/plain string {no_type} if {{ path /invocations }} !typed",
+        f"    use_backend %[str(active),map({fd.map_file},{fd.active})]",
+        "",
+        "userlist stats_users",
+        f'    user {STATS_USER} insecure-password "${{{STATS_PASSWORD_ENV}}}"',
         "",
         "frontend fe_stats",
-        f"    bind {sh}:{sp}",
+        f"    bind {fd.stats_bind}",
+        "    http-request auth realm xregion unless { http_auth(stats_users) }",
         "    http-request use-service prometheus-exporter if { path /metrics }",
         "    stats enable",
         "    stats uri /",
@@ -141,6 +169,12 @@ def render(
         "    stats show-legends",
         "",
     ]
+
+
+def _backends(fd: FrontDoor, regions: list[str]) -> list[str]:
+    t = fd.tuning
+    lines = ["resolvers dns", "    parse-resolv-conf", "    hold valid 10s", ""] if fd.dns else []
+    resolve = " init-addr last,libc,none resolvers dns" if fd.dns else ""
     for slot in SLOTS:
         lines += [
             f"backend {slot}",
@@ -148,30 +182,66 @@ def render(
             "    option httpchk GET /ping",
             "    http-check expect status 200",
             f"    default-server check inter {t.inter_ms}ms fastinter {t.inter_ms}ms downinter {t.inter_ms}ms "
-            f"fall {t.fall} rise {t.rise}",
+            f"fall {t.fall} rise {t.rise}{resolve}",
         ]
-        for region in [r.name for r in cfg.regions if r.name in servers.get(slot, {})]:
-            addr = servers[slot][region]
-            if addr is None:  # a placeholder address, out of rotation until the router fills it
-                lines.append(f"    server {region} 127.0.0.1:1 disabled")
-            else:
-                lines.append(f"    server {region} {addr[0]}:{addr[1]}")
+        for region in [r for r in regions if r in fd.servers.get(slot, {})]:
+            addr = fd.servers[slot][region]
+            lines.append(f"    server {region} 127.0.0.1:1 disabled" if addr is None else f"    server {region} {addr}")
         lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
-def write(cfg: XRegionConfig, home: Path, servers, active: str, tuning: Tuning) -> Path:
+def render(fd: FrontDoor, regions: list[str], header: str = "") -> str:
+    """The configuration text; ``regions`` orders the servers (the regions file's order)."""
+    head = [header.rstrip()] if header else []
+    return "\n".join(head + _global_and_defaults(fd) + _frontends(fd) + _backends(fd, regions))
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write atomically with mode 0600 (the configuration names the stats user)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    tmp.replace(path)
+
+
+def embedded_front_door(
+    frontend: tuple[str, int],
+    stats: tuple[str, int],
+    home: Path,
+    servers: dict[str, dict[str, str | None]],
+    active: str,
+    tuning: Tuning,
+) -> FrontDoor:
     p = paths(home)
-    p["dir"].mkdir(parents=True, exist_ok=True)
-    p["map"].write_text(f"active {active}\n")
-    p["cfg"].write_text(render(cfg, home, servers, active, tuning))
-    return p["cfg"]
+    return FrontDoor(
+        bind=f"{frontend[0]}:{frontend[1]}",
+        stats_bind=f"{stats[0]}:{stats[1]}",
+        runtime_socket=str(p["socket"]),
+        log_socket=str(p["log"]),
+        map_file=str(p["map"]),
+        active=active,
+        servers=servers,
+        tuning=tuning,
+    )
+
+
+def write(fd: FrontDoor, regions: list[str], cfg_path: Path) -> Path:
+    """The configuration file and the map file that says which colour serves."""
+    write_private(Path(fd.map_file), f"active {fd.active}\n")
+    write_private(
+        cfg_path, render(fd, regions, "# GENERATED by xregion.infra.serving.haproxy; the router rewrites it.")
+    )
+    return cfg_path
 
 
 def check_config(path: Path) -> None:
     import subprocess
 
-    out = subprocess.run([binary(), "-c", "-f", str(path)], capture_output=True, text=True, timeout=30)
+    env = {**os.environ, STATS_PASSWORD_ENV: os.environ.get(STATS_PASSWORD_ENV, "check-only")}
+    out = subprocess.run([binary(), "-c", "-f", str(path)], capture_output=True, text=True, timeout=30, env=env)
     if out.returncode != 0:
         raise ValueError(f"haproxy rejects {path}:\n{out.stdout}{out.stderr}")
 
@@ -181,37 +251,20 @@ class RuntimeAPIError(RuntimeError):
 
 
 class RuntimeAPI:
-    """HAProxy's runtime API: a unix socket path or ``host:port`` (XREGION_HAPROXY_RUNTIME_API)."""
+    """HAProxy's runtime API on its unix socket."""
 
     def __init__(self, address: str, timeout: float = 2.0):
         self.address = address
         self.timeout = timeout
 
-    def _connect(self) -> socket.socket:
-        if "/" in self.address:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            target = self.address
-        else:
-            host, _, port = self.address.rpartition(":")
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            target = (host.removeprefix("ipv4@") or "127.0.0.1", int(port))
+    def command(self, cmd: str) -> str:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(self.timeout)
         try:
-            s.connect(target)
-        except OSError as err:
-            s.close()
-            raise RuntimeAPIError(f"HAProxy runtime API {self.address} unreachable: {err}") from None
-        return s
-
-    def command(self, cmd: str) -> str:
-        s = self._connect()
-        try:
+            s.connect(self.address)
             s.sendall(cmd.encode() + b"\n")
             chunks = []
-            while True:
-                data = s.recv(65536)
-                if not data:
-                    break
+            while data := s.recv(65536):
                 chunks.append(data)
         except OSError as err:
             raise RuntimeAPIError(f"HAProxy runtime API {self.address}: {cmd!r}: {err}") from None
@@ -221,11 +274,8 @@ class RuntimeAPI:
 
     def checked(self, cmd: str) -> str:
         out = self.command(cmd).strip()
-        if (
-            out
-            and not out.startswith("Done")
-            and any(w in out.lower() for w in ("unknown", "error", "no such", "not found", "invalid", "require"))
-        ):
+        words = ("unknown", "error", "no such", "not found", "invalid", "require")
+        if out and not out.startswith("Done") and any(w in out.lower() for w in words):
             raise RuntimeAPIError(f"HAProxy refused {cmd!r}: {out}")
         return out
 
@@ -234,19 +284,23 @@ class RuntimeAPI:
         text = self.command("show stat").lstrip("# ")
         return [dict(r) for r in csv.DictReader(io.StringIO(text)) if r.get("pxname")]
 
-    def active_backend(self, home: Path) -> str:
-        out = self.command(f"show map {paths(home)['map']}")
+    def process_id(self) -> str:
+        """Pid and start time of the running HAProxy: a different answer means it was restarted."""
+        info = dict(line.split(": ", 1) for line in self.command("show info").splitlines() if ": " in line)
+        return f"{info.get('Pid', '?')}@{info.get('Start_time_sec', info.get('Uptime_sec', '?'))}"
+
+    def active_backend(self, map_file: str) -> str:
+        out = self.command(f"show map {map_file}")
         for line in out.splitlines():
             parts = line.split()
             if len(parts) >= 3 and parts[1] == "active":
                 return parts[2]
         raise RuntimeAPIError(f"no 'active' entry in the map: {out!r}")
 
-    def switch(self, home: Path, backend: str) -> None:
+    def switch(self, map_file: str, backend: str) -> None:
         """Point the frontend at ``backend``: one atomic map update (and the file, for restarts)."""
-        p = paths(home)
-        self.checked(f"set map {p['map']} active {backend}")
-        p["map"].write_text(f"active {backend}\n")
+        self.checked(f"set map {map_file} active {backend}")
+        write_private(Path(map_file), f"active {backend}\n")
 
     def set_server(self, backend: str, server: str, host: str, port: int) -> None:
         self.checked(f"set server {backend}/{server} addr {host} port {port}")

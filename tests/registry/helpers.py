@@ -20,9 +20,12 @@ def unique(prefix: str) -> str:
 
 
 def log_tiny(
-    tracking_uri: str, model_name: str, fail: bool | str = False, label: str = "", example: bool = False
+    tracking_uri: str, model_name: str, fail: bool | str = False, label: str = "", example: bool = True, **config
 ) -> str:
-    """Log the tiny model in a run and register it as a new version of ``model_name``; return the version."""
+    """Log the tiny model in a run and register it as a new version of ``model_name``; return the version.
+
+    ``example`` logs a serving input example (the router's smoke test sends it); ``config`` goes to
+    the model (``fail_after``, ``slow_ms``: see tiny_model.py)."""
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     mlflow.set_experiment("xregion-tests")
@@ -31,7 +34,7 @@ def log_tiny(
             name="model",
             python_model=str(TINY),
             signature=SIGNATURE,
-            model_config={"fail": fail, "version_label": label},
+            model_config={"fail": fail, "version_label": label, **config},
             input_example=pd.DataFrame({"user_id": [3], "k": [10]}) if example else None,
             registered_model_name=model_name,
             pip_requirements=["mlflow", "pandas"],

@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 import requests
 from mlflow.exceptions import MlflowException
-from xregion.plugins import registry_client
-from xregion.plugins.registry_store import HISTORY_TAG, TRANSITION_TAG
 
 from xregion import events
+from xregion.plugins import registry_client
+from xregion.plugins.registry_store import HISTORY_TAG, TRANSITION_TAG
 from xregion.store import RegionStore
 from xregion.uris import key_prefix
 
 from .helpers import client, log_tiny, unique
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(900)]
 XREGION = str(Path(sys.executable).with_name("xregion"))
 
 
@@ -71,7 +71,7 @@ def test_promotion_refused_until_every_region_holds_every_artifact(stack):
     mv = cl.get_model_version(name, version)
     assert mv.current_stage == "None" and not mv.aliases
     assert not [t for t in transitions(mv) if t["to"] in ("Production", "@champion")]
-    refused = events.read(stack.home, kind="gate.refused")
+    refused = events.read(stack.home, kind="registry.gate_refused")
     assert any(e["model"] == name and e["prefix"] == prefix for e in refused)
 
     # 3. the repair command the refusal names, then the same promotion goes through
@@ -94,7 +94,7 @@ def test_promotion_refused_until_every_region_holds_every_artifact(stack):
     assert stage_rec["when"] and stage_rec["via"].startswith("rest")
     assert any(t["to"] == f"@{cfg.registry.production_alias}" for t in recs)
     assert "xregion.reason" not in mv.tags and "xregion.actor" not in mv.tags  # consumed by the plugin
-    promos = [e for e in events.read(stack.home, kind="promotion") if e.get("model") == name]
+    promos = [e for e in events.read(stack.home, kind="registry.promotion") if e.get("model") == name]
     assert {e.get("stage") or "@" + e.get("alias") for e in promos} == {
         "Production",
         f"@{cfg.registry.production_alias}",
@@ -141,7 +141,7 @@ def test_rollback_puts_the_previous_version_back_and_archives_the_current(stack)
     back = [t for t in transitions(m1) if t["to"] == "Production"][-1]
     assert back["from"] == "Archived" and "p99 too high" in back["reason"] and f"from version {v2}" in back["reason"]
     assert any("p99 too high" in t["reason"] and t["to"] == "Archived" for t in transitions(m2))
-    ev = [e for e in events.read(stack.home, kind="rollback") if e.get("model") == name]
+    ev = [e for e in events.read(stack.home, kind="registry.rollback") if e.get("model") == name]
     assert ev and ev[-1]["to_version"] == v1 and "p99 too high" in ev[-1]["reason"]
 
     # a model with only one production version has nothing to go back to

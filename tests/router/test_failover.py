@@ -1,17 +1,20 @@
 """Region loss under continuous requests through HAProxy: kill -9 of region a's model server loses
-no request and is recorded as a failover; SIGSTOP is detected within the health-check budget."""
+no request and is recorded as serving.server_down; SIGSTOP is detected within the health-check
+budget, and only the requests already on the frozen server fail (they are never replayed: a slow
+request must not be retried in every region)."""
 
 from __future__ import annotations
 
 import time
 
 import pytest
+
 from xregion.infra.embedded.supervisor import Supervisor
-from xregion.infra.serving import router
+from xregion.infra.serving import control
 
-from .conftest import POLICY, TUNING, Load
+from .helpers import POLICY, TUNING, Load
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(900)]
 
 
 def service(home, name):
@@ -22,7 +25,7 @@ def restore(serving, svc, since):
     Supervisor(serving.home).fault("thaw", [svc])
     if Supervisor(serving.home).state(svc.name) != "running":
         Supervisor(serving.home).fault("restart", [svc])
-    serving.wait_event("recovery", since, service=svc.name)
+    serving.wait_event("serving.server_up", since, service=svc.name)
 
 
 def test_kill_9_of_a_region_loses_no_request(serving):
@@ -32,7 +35,7 @@ def test_kill_9_of_a_region_loses_no_request(serving):
         load.wait_count(50, t0)
         t_kill = time.time()
         Supervisor(serving.home).fault("kill", [svc])
-        ev = serving.wait_event("failover", t_kill, timeout=60, service="a-serving")
+        ev = serving.wait_event("serving.server_down", t_kill, timeout=60, service="a-serving")
         after = time.time()
         load.wait_count(100, after)  # region b answers what region a would have
     try:
@@ -44,7 +47,7 @@ def test_kill_9_of_a_region_loses_no_request(serving):
         restore(serving, svc, t_kill)
     # region a is back in rotation: both regions answer again
     status = {
-        (s["backend"], s["server"]): s["status"] for s in router.serving_status(serving.cfg, serving.home)["servers"]
+        (s["backend"], s["server"]): s["status"] for s in control.serving_status(serving.cfg, serving.home)["servers"]
     }
     assert status[("bk_blue", "a")] == "UP" and status[("bk_blue", "b")] == "UP"
 
@@ -61,12 +64,15 @@ def test_sigstop_is_detected_within_the_health_check_budget(serving):
         t_freeze = time.time()
         Supervisor(serving.home).fault("freeze", [svc])
         try:
-            ev = serving.wait_event("failover", t_freeze, timeout=60, service="a-serving")
+            ev = serving.wait_event("serving.server_down", t_freeze, timeout=60, service="a-serving")
             after = time.time()
             load.wait_count(50, after)
         finally:
             restore(serving, svc, t_freeze)
     assert ev["fault"] == "fault.freeze" and ev["check_status"] in ("L7TOUT", "L4TOUT"), ev
     assert ev["detection_s"] <= budget + slack, (ev["detection_s"], budget)
-    # requests caught on the frozen server are retried on region b after the server timeout
-    assert load.failures() == [], load.failures()[:10]
+    # only what was on the frozen server when it froze fails (a 504 after the server timeout); every
+    # request after HAProxy took it out of rotation succeeds on region b
+    failed = load.failures()
+    assert len(failed) <= 2 and all(f[1] == 504 for f in failed), failed
+    assert all(f[0] <= ev["detected_at"] + TUNING.server_timeout_ms / 1000 + 1 for f in failed), (failed, ev)
