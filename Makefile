@@ -4,7 +4,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test system-deps clean
+.PHONY: demo test check lint system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,16 @@ system-deps:
 demo: $(STAMP) system-deps
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/xregion demo
 
-test: $(STAMP) system-deps
+# the fast inner loop: lint plus every test that needs no running stack (under 90 s)
+check: $(STAMP) lint
+	$(VENV)/bin/pytest -m "not stack" -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# the whole suite, as CI runs it
+test: $(STAMP) system-deps lint
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/pytest
 
 clean:

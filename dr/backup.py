@@ -25,10 +25,10 @@ from pathlib import Path
 
 import psycopg2
 import psycopg2.extensions
-from xregion.infra.embedded.postgres import PG_BIN, SUPERUSER, pg_user_kwargs
 
 from xregion import events
 from xregion.config import RegionConfig, XRegionConfig
+from xregion.infra.embedded.postgres import PG_BIN, SUPERUSER, pg_user_kwargs
 from xregion.store import RegionStore, RegionUnavailable, sha256_file, stores
 
 from .nodes import DRError, connect, current_primary, effective_config
@@ -309,7 +309,7 @@ def backup(
     }
     if verify:
         result["verify"] = verify_backup(cfg, home, bid, progress=progress)
-    events.record("backup", home, **{k: v for k, v in result.items() if k not in ("ids",)})
+    events.record("db.backup", home, **{k: v for k, v in result.items() if k not in ("ids",)})
     return result
 
 
@@ -472,7 +472,7 @@ def restore(cfg: XRegionConfig, home: Path, ref: str, force: bool = False, progr
         "ok": not diffs and not art["missing"] and not art["mismatched"],
         "seconds": round(time.time() - t0, 3),
     }
-    events.record("restore", home, **{k: v for k, v in result.items() if k not in ("ids",)})
+    events.record("db.restore", home, **{k: v for k, v in result.items() if k not in ("ids",)})
     return result
 
 

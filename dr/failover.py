@@ -22,12 +22,12 @@ from pathlib import Path
 
 import psycopg2
 import requests
-from xregion.infra.embedded import postgres as pg
-from xregion.infra.embedded.postgres import PG_BIN, SUPERUSER, pg_user_kwargs, prepare_dir, data_dir
-from xregion.infra.embedded.supervisor import Supervisor, SupervisorError
 
 from xregion import events
 from xregion.config import RegionConfig, XRegionConfig
+from xregion.infra.embedded import postgres as pg
+from xregion.infra.embedded.postgres import PG_BIN, SUPERUSER, data_dir, pg_user_kwargs, prepare_dir
+from xregion.infra.embedded.supervisor import Supervisor, SupervisorError
 
 from .nodes import (
     DRError,
@@ -337,7 +337,7 @@ def failover(
         "ok": all(m["ok"] is not False for m in mlflow.values()),
     }
     events.record(
-        "failover",
+        "db.failover",
         home,
         **{k: v for k, v in result.items() if k != "mlflow"},
         mlflow_ok={k: v["ok"] for k, v in mlflow.items()},
@@ -346,7 +346,7 @@ def failover(
 
 
 def _last_failover_ts(home: Path) -> float:
-    evs = [e for e in events.read(home) if e.get("kind") in ("failover", "switchover")]
+    evs = [e for e in events.read(home) if e.get("kind") in ("db.failover", "db.switchover")]
     return evs[-1]["ts"] if evs else 0.0
 
 
@@ -521,7 +521,7 @@ def rejoin(
         "seconds": round(time.time() - t0, 3),
         "steps": steps,
     }
-    events.record("rejoin", home, **result)
+    events.record("db.rejoin", home, **result)
     return result
 
 
@@ -600,7 +600,7 @@ def switchover(
         "mlflow": mlflow,
         "ok": all(m["ok"] is not False for m in mlflow.values()),
     }
-    events.record("switchover", home, **{k: v for k, v in result.items() if k != "mlflow"})
+    events.record("db.switchover", home, **{k: v for k, v in result.items() if k != "mlflow"})
     return result
 
 

@@ -11,7 +11,6 @@ regions file plus that state into the config with today's roles, so ``xregion up
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import re
@@ -20,17 +19,17 @@ import time
 from pathlib import Path
 
 import psycopg2
+
+from xregion.config import RegionConfig, XRegionConfig
 from xregion.infra.embedded import postgres as pg
 from xregion.infra.embedded.postgres import (
     PG_BIN,
     SUPERUSER,
+    data_dir,
     pg_user_kwargs,
     run_as_postgres,
-    data_dir,
     superuser_dsn,
 )
-
-from xregion.config import RegionConfig, XRegionConfig
 from xregion.topology import effective_config, load_state, save_state, state_path  # noqa: F401 (dr's API)
 
 

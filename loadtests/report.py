@@ -13,18 +13,18 @@ from .requestlog import Request
 
 EVENT_COLOURS = {
     "fault": "#c62828",
-    "failover": "#6a1b9a",
-    "recovery": "#2e7d32",
-    "switch": "#1565c0",
-    "rollback": "#ef6c00",
-    "promotion": "#00838f",
+    "serving.server_down": "#6a1b9a",
+    "serving.server_up": "#2e7d32",
+    "serving.switch": "#1565c0",
+    "serving.rollback": "#ef6c00",
+    "registry": "#00838f",
     "drill": "#455a64",
-    "rejoin": "#6d4c41",
+    "db": "#6d4c41",
 }
 
 
 def _colour(kind: str) -> str:
-    return EVENT_COLOURS.get(kind.split(".", 1)[0], "#757575")
+    return EVENT_COLOURS.get(kind) or EVENT_COLOURS.get(kind.split(".", 1)[0], "#757575")
 
 
 def timeline_png(reqs: list[Request], summary: dict, events: list[dict], path: Path) -> Path:
@@ -46,7 +46,7 @@ def timeline_png(reqs: list[Request], summary: dict, events: list[dict], path: P
     ax.set_xlabel("seconds since the load started")
     ax.set_ylabel("requests per second (by start time)")
     ax.set_xlim(0, max(xs[-1] + 1 if xs else 1, 1))
-    ymax = max([o + b for o, b in zip(ok, bad)] or [1])
+    ymax = max([o + b for o, b in zip(ok, bad, strict=True)] or [1])
     ax.set_ylim(0, ymax * 1.35 + 1)
 
     lat = ax.twinx()

@@ -170,7 +170,7 @@ class XRegionRegistryStore(SqlAlchemyStore):
             ) from None
         if problems:
             events.record(
-                "gate.refused", model=name, version=str(version), target=target, prefix=prefix, problems=problems[:50]
+                "registry.gate_refused", model=name, version=str(version), target=target, prefix=prefix, problems=problems[:50]
             )
             raise ReplicationGateError(refusal_message(name, version, target, prefix, problems), problems, prefix)
         return {"prefix": prefix, "objects": total}
@@ -248,7 +248,7 @@ class XRegionRegistryStore(SqlAlchemyStore):
         if production:
             self._push_history(name, version)
             events.record(
-                "promotion",
+                "registry.promotion",
                 model=name,
                 version=str(version),
                 stage=result.current_stage,
@@ -279,7 +279,7 @@ class XRegionRegistryStore(SqlAlchemyStore):
         if production:
             self._push_history(name, version)
             events.record(
-                "promotion",
+                "registry.promotion",
                 model=name,
                 version=str(version),
                 alias=alias,

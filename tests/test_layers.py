@@ -9,6 +9,7 @@ Typer and rich appear only on top.
 from __future__ import annotations
 
 import ast
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,7 @@ def layer_of_module(name: str) -> str | None:
     return "top" if parts[1] in ("cli", "demo") else "core"
 
 
+@cache
 def imports(path: Path) -> list[str]:
     tree = ast.parse(path.read_text())
     package = module_name(path).rsplit(".", 0 if path.name == "__init__.py" else 1)[0]
@@ -80,7 +82,7 @@ def violations(extra: dict[Path, list[str]] | None = None) -> list[str]:
     bad = []
     for path in sources():
         own = layer_of_file(path)
-        for name in imports(path) + (extra or {}).get(path, []):
+        for name in [*imports(path), *(extra or {}).get(path, [])]:
             target = layer_of_module(name)
             if target is not None and target not in ALLOWED[own]:
                 bad.append(f"{path.relative_to(ROOT)} ({own}) imports {name} ({target})")
@@ -95,9 +97,14 @@ def test_imports_run_one_way():
 
 @pytest.mark.parametrize(
     "source, bad_import",
-    [("xregion/store.py", "xregion.infra.embedded.supervisor"), ("plugins/verify.py", "xregion.dr.verify"),
-     ("infra/embedded/stack.py", "xregion.dr.nodes"), ("dr/verify.py", "xregion.loadtests.runner"),
-     ("recsys_model/train.py", "xregion.cli.train"), ("plugins/replication.py", "rich.console")],
+    [
+        ("xregion/store.py", "xregion.infra.embedded.supervisor"),
+        ("plugins/verify.py", "xregion.dr.verify"),
+        ("infra/embedded/stack.py", "xregion.dr.nodes"),
+        ("dr/verify.py", "xregion.loadtests.runner"),
+        ("recsys_model/train.py", "xregion.cli.train"),
+        ("plugins/replication.py", "rich.console"),
+    ],
 )
 def test_the_check_catches_an_arrow_that_runs_back(source, bad_import):
     assert any(v.startswith(source) and bad_import in v for v in violations({ROOT / source: [bad_import]}))

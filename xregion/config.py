@@ -33,7 +33,7 @@ def _check_url(value: str, what: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{what} must be an http(s) URL with a host, got {value!r}")
     try:
-        parts.port
+        _ = parts.port  # urlsplit checks the port only when asked
     except ValueError as exc:
         raise ValueError(f"{what} has an invalid port: {value!r}") from exc
     return value.rstrip("/")

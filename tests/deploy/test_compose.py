@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from dotenv import dotenv_values
+
 from xregion.infra.deploy import generate as deploy
 
 from .helpers import COMPOSE_DIR, INFRA, ROOT, compose_config, lint

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import yaml
-from xregion.infra.deploy import generate as deploy
 
 from xregion.config import ConfigError, load_config, parse_config
+from xregion.infra.deploy import generate as deploy
 
 from .helpers import COMPOSE_DIR, COMPOSE_REGIONS, EMBEDDED_REGIONS, K8S_DIR, K8S_REGIONS, ROOT
 

@@ -8,9 +8,9 @@ import copy
 
 import pytest
 import yaml
-from xregion.infra.deploy import generate as deploy
 
 from xregion.config import parse_config
+from xregion.infra.deploy import generate as deploy
 
 from .helpers import K8S_DIR, K8S_REGIONS, k8s_config, kustomize_build, lint, validate_manifest
 

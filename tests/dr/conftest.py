@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Stack, make_home, write_config
+from tests.stacks import Stack
+from xregion.infra.embedded.scratch import make_home
+from xregion.infra.embedded.scratch import scratch_config as write_config
 
 XREGION = str(Path(sys.executable).parent / "xregion")
 

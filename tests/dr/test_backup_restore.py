@@ -12,7 +12,7 @@ from tests.dr.conftest import start_stack, stop_stack, xr, xr_json
 from tests.dr.helpers import populate
 from xregion.store import RegionStore
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(900)]
 
 
 def snapshot(cfg, info) -> dict:

@@ -11,15 +11,15 @@ import time
 
 import psycopg2
 import pytest
+
+from tests.dr.conftest import xr, xr_json
+from tests.dr.helpers import MetricLogger, quick_http
 from xregion.dr import nodes
 from xregion.infra.embedded import postgres
 from xregion.infra.embedded.postgres import data_dir, superuser_dsn
 from xregion.infra.embedded.supervisor import Supervisor
 
-from tests.dr.conftest import xr, xr_json
-from tests.dr.helpers import MetricLogger, quick_http
-
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(900)]
 
 FIGURES: dict = {}
 

@@ -8,13 +8,13 @@ import time
 
 import psycopg2
 import pytest
-from xregion.infra.embedded.postgres import superuser_dsn
 
 from tests.dr.conftest import xr_json
 from tests.dr.helpers import MetricLogger, quick_http
 from tests.dr.test_failover_async import kill_under_load_and_fail_over
+from xregion.infra.embedded.postgres import superuser_dsn
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(900)]
 
 
 def _sync_names(region) -> str:
@@ -74,6 +74,7 @@ def test_rejoin_restores_synchronous_mode_and_switchover_is_lossless(sync_stack,
 def test_sync_mode_blocks_commits_while_the_only_standby_is_down(sync_stack, monkeypatch):
     """The availability trade-off of synchronous mode: no standby, no acknowledged commit."""
     import requests
+
     from xregion.infra.embedded import postgres
     from xregion.infra.embedded.supervisor import Supervisor
 

@@ -8,14 +8,14 @@ import os
 import subprocess
 
 import pytest
-from xregion.dr import nodes
-from xregion.dr.verify import _under
 
 from tests.dr.conftest import XREGION
 from tests.dr.helpers import populate
+from xregion.dr import nodes
+from xregion.dr.verify import _under
 from xregion.store import RegionStore
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(600)]
 
 
 def verify_json(stack) -> tuple[int, dict]:
@@ -71,8 +71,8 @@ def test_under_matches_whole_path_segments():
 
 
 def test_effective_config_follows_the_state_file(tmp_path):
-    from tests.conftest import write_config
     from xregion.config import load_config
+    from xregion.infra.embedded.scratch import scratch_config as write_config
 
     cfg = load_config(write_config(tmp_path))
     assert nodes.effective_config(cfg, tmp_path).primary.name == "a"

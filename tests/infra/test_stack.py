@@ -14,14 +14,15 @@ from pathlib import Path
 import psutil
 import psycopg2
 import pytest
+
+from xregion.config import load_config
 from xregion.infra.embedded import stack as embedded
 from xregion.infra.embedded.postgres import superuser_dsn
+from xregion.infra.embedded.scratch import make_home
+from xregion.infra.embedded.scratch import scratch_config as write_config
 from xregion.infra.embedded.supervisor import PortInUse, Supervisor
 
-from tests.conftest import make_home, write_config
-from xregion.config import load_config
-
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(600)]
 XREGION = str(Path(sys.executable).parent / "xregion")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(900)]
 
 SMALL_DATA = dict(n_users=150, n_items=80, mean_interactions=20)
 
@@ -24,6 +24,7 @@ SMALL_DATA = dict(n_users=150, n_items=80, mean_interactions=20)
 def model(stack):
     """A small recommender trained through region a's MLflow server, registered and in production."""
     import mlflow
+
     from xregion.recsys_model.train import run_training
 
     old = os.environ.get("MLFLOW_TRACKING_URI")
@@ -48,7 +49,7 @@ def model(stack):
 
 
 def _serve(stack, regions):
-    from xregion.infra.serving.router import start_serving, stop_serving
+    from xregion.infra.serving.control import start_serving, stop_serving
 
     stop_serving(stack.home)  # nothing left over from another module
     start_serving(stack.cfg, stack.home, progress=lambda m: None, regions=regions)
@@ -56,7 +57,7 @@ def _serve(stack, regions):
 
 @pytest.fixture
 def serving_both(stack, model):
-    from xregion.infra.serving.router import stop_serving
+    from xregion.infra.serving.control import stop_serving
 
     _serve(stack, None)
     yield
@@ -65,7 +66,7 @@ def serving_both(stack, model):
 
 @pytest.fixture
 def serving_a_only(stack, model):
-    from xregion.infra.serving.router import stop_serving
+    from xregion.infra.serving.control import stop_serving
 
     _serve(stack, ["a"])
     yield
@@ -74,6 +75,7 @@ def serving_a_only(stack, model):
 
 def test_region_outage_drill_meets_its_objectives(stack, serving_both, tmp_path):
     from mlflow.tracking import MlflowClient
+
     from xregion.infra.embedded.stack import status
     from xregion.loadtests.runner import run_drill
 

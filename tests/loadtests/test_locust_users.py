@@ -8,14 +8,15 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
+
+from xregion.infra.embedded.scratch import scratch_config as write_config
+from xregion.loadtests.load import LoadSpec, LocustLoad
 from xregion.loadtests.requestlog import read_requests, request_files
-from xregion.loadtests.runner import LoadProcesses
 
-from tests.conftest import write_config
-
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(300)]
 
 
 class Stub(ThreadingHTTPServer):
@@ -101,7 +102,9 @@ def run(tmp_path, stub, env, *, workers=0, duration=6, users=4, rate=5.0, max_re
         "--xr-max-requests",
         str(max_requests),
     ]
-    load = LoadProcesses(run_dir, stub.url, users, users, duration, workers, xr, ["ServingUser"], env)
+    load = LocustLoad(
+        env["XREGION_HOME"], run_dir, LoadSpec(stub.url, users, users, duration, workers, ["ServingUser"], xr, env)
+    )
     try:
         load.start()
         t0 = load.wait_started()
@@ -112,7 +115,7 @@ def run(tmp_path, stub, env, *, workers=0, duration=6, users=4, rate=5.0, max_re
             stub.failing = False
         codes = load.wait(timeout=duration + 60)
     finally:
-        load.kill()
+        load.stop()
     return run_dir, codes
 
 
@@ -156,4 +159,4 @@ def test_request_bound_stops_the_run_early(tmp_path, stub, env):
     run_dir, codes = run(tmp_path, stub, env, duration=40, max_requests=30)
     reqs = read_requests(request_files(run_dir))
     assert 30 <= len(reqs) < 200
-    assert "request bound 30 reached" in (run_dir / "locust.log").read_text()
+    assert "request bound 30 reached" in (Path(env["XREGION_HOME"]) / "logs" / "locust.log").read_text()

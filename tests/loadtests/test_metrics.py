@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from xregion.loadtests import metrics as M
 from xregion.loadtests.requestlog import Request, read_requests, write_merged
 

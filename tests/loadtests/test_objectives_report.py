@@ -6,12 +6,13 @@ import base64
 import re
 
 import pytest
+
 from xregion.loadtests import metrics as M
 from xregion.loadtests import objectives as O
 from xregion.loadtests import report
 from xregion.loadtests.requestlog import Request
-from xregion.loadtests.runner import default_schedule
 from xregion.loadtests.scenarios import SCENARIOS, DrillError
+from xregion.loadtests.schedule import default_schedule
 
 T0 = 2_000_000.0
 
@@ -124,7 +125,7 @@ def test_report_has_the_timeline_and_the_verdict(tmp_path):
     assert s["rto_s"] == pytest.approx(3.0) and not s["objectives_met"]
     evs = [
         {"ts": T0 + 10.0, "kind": "fault.kill", "service": "a-serving"},
-        {"ts": T0 + 11.0, "kind": "failover", "service": "a-serving"},
+        {"ts": T0 + 11.0, "kind": "serving.server_down", "service": "a-serving"},
     ]
     png = report.timeline_png(reqs, s, evs, tmp_path / "timeline.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -13,7 +13,7 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 
 from xregion.store import RegionStore, sha256_file
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(600)]
 
 
 @pytest.fixture

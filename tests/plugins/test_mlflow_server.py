@@ -15,15 +15,15 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+
 from xregion.infra.embedded import stack as embedded
 from xregion.infra.embedded.supervisor import Service
 from xregion.plugins.replication import Replicator
 from xregion.plugins.verify import resync
-
 from xregion.store import RegionStore
 from xregion.uris import key_prefix
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(900)]
 
 
 class Doubler(mlflow.pyfunc.PythonModel):

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
+
 from xregion.infra.embedded import stack as embedded
 from xregion.plugins.replication import Replicator
 from xregion.plugins.verify import resync, verify
-
 from xregion.store import RegionStore, sha256_file
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(900)]
 XREGION = str(Path(sys.executable).parent / "xregion")
 
 

@@ -28,6 +28,7 @@ def make_store(root: Path) -> str:
 def trained(tmp_path_factory):
     """Train on small synthetic data, register as 'recsys' v1, Production stage and @champion."""
     import mlflow
+
     from xregion.recsys_model.train import run_training
 
     root = tmp_path_factory.mktemp("recsys-store")

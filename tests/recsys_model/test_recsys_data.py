@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from xregion.recsys_model import evaluate as ev
 from xregion.recsys_model.data import DataFormatError, Interactions, leave_one_out, load_movielens
 from xregion.recsys_model.synthetic import generate

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import SMALL_DATA, SMALL_EPOCHS, make_store
+
 from xregion.recsys_model import evaluate as ev
 
 

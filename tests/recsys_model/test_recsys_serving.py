@@ -6,9 +6,10 @@ import os
 
 import psutil
 import pytest
+
 from xregion.recsys_model.bench_serving import ModelServer
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")

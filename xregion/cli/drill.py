@@ -60,6 +60,7 @@ def drill(
     availability, RTO, latency and RPO, write an HTML report and log it to MLflow (experiment
     `drills`). Exit 0 when the objectives are met, 1 when not, 2 when the drill cannot run."""
     from xregion.home import xregion_home
+    from xregion.loadtests.load import LoadError
     from xregion.loadtests.objectives import ObjectivesError
     from xregion.loadtests.runner import run_drill
     from xregion.loadtests.scenarios import DrillError
@@ -95,7 +96,7 @@ def drill(
                 home=xregion_home(),
                 progress=progress,
             )
-    except (DrillError, ObjectivesError) as err:
+    except (DrillError, ObjectivesError, LoadError) as err:
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(2) from None
     if as_json:

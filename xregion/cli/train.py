@@ -59,7 +59,7 @@ def train(
         )
     except DataFormatError as e:
         console.print(f"[red]data error:[/red] {e}")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     m = res.metrics
     t = Table(title="leave-one-out evaluation (k=10)")
     for c in ("protocol", "HR@10 model", "HR@10 popularity", "NDCG@10 model", "NDCG@10 popularity"):
