@@ -52,23 +52,46 @@ def client(cfg: XRegionConfig, tracking_uri: str | None = None):
     return MlflowClient(tracking_uri=url, registry_uri=url)
 
 
-def on_any_region(cfg: XRegionConfig, call):
-    """``call(client)`` against each region's MLflow server in turn (primary first) until one answers.
+class RegionOrder:
+    """The order to try the regions' MLflow servers in: the one that answered last first, a failing
+    one last, so that a frozen region costs one timeout, not one per call."""
+
+    def __init__(self, cfg: XRegionConfig):
+        self.names = [r.name for r in cfg.write_order()]
+
+    def answered(self, name: str) -> None:
+        self.names.remove(name)
+        self.names.insert(0, name)
+
+    def failed(self, name: str) -> None:
+        self.names.remove(name)
+        self.names.append(name)
+
+
+def on_any_region(cfg: XRegionConfig, call, order: RegionOrder | None = None):
+    """``call(client)`` against each region's MLflow server in turn (primary first, or ``order``)
+    until one answers.
 
     A region whose server is down, frozen or failing (connection error, 5xx) is skipped; an answer
     such as "not found" is an answer and is raised. Bound each attempt with the environment
-    variables MLFLOW_HTTP_REQUEST_TIMEOUT and MLFLOW_HTTP_REQUEST_MAX_RETRIES (the router sets 3 s
+    variables MLFLOW_HTTP_REQUEST_TIMEOUT and MLFLOW_HTTP_REQUEST_MAX_RETRIES (the router sets 10 s
     and 0), so a dead region costs seconds, not MLflow's minutes of back-off."""
     failures = []
-    for r in cfg.write_order():
+    for name in list(order.names) if order else [r.name for r in cfg.write_order()]:
         try:
-            return call(client(cfg, r.mlflow_url))
+            answer = call(client(cfg, cfg.region(name).mlflow_url))
         except MlflowException as err:
             if err.get_http_status_code() < 500:
                 raise
-            failures.append(f"{r.name}: {err.message[:200]}")
+            failures.append(f"{name}: {err.message[:200]}")
         except OSError as err:
-            failures.append(f"{r.name}: {err}")
+            failures.append(f"{name}: {err}")
+        else:
+            if order:
+                order.answered(name)
+            return answer
+        if order:
+            order.failed(name)
     raise RegistryError("no region's MLflow server answered: " + "; ".join(failures))
 
 

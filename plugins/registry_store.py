@@ -1,4 +1,4 @@
-"""The gated model registry: MLflow's own SQL registry store, with promotion gated on replication.
+"""The gated model registry: MLflow's own SQL registry store, with production gated on replication.
 
 Registered as an ``mlflow.model_registry_store`` plugin for the URI schemes
 ``xregion+postgresql``, ``xregion+postgresql+psycopg2`` and ``xregion+sqlite``: the store URI is
@@ -6,21 +6,22 @@ MLflow's database URI with ``xregion+`` in front. ``mlflow server --registry-sto
 xregion+postgresql+psycopg2://...`` runs it inside the server, so the MLflow UI, the REST API and
 every client are gated, not only the Python client.
 
-* Moving a version to the production stage (``registry.production_stage``, default Production)
-  or pointing the production alias (``registry.production_alias``, default champion) at it
-  succeeds only when every artifact of the version exists in every region with the same size
-  and recorded sha256 (``plugins/verify.py``). Otherwise ``MlflowException`` (HTTP 409,
-  RESOURCE_CONFLICT) names the regions, the objects and the repair command
-  ``xregion replicate resync --prefix <prefix>``.
-* Every stage transition and every alias change is recorded on the model version as a tag
-  ``xregion.transition.<epoch ms>`` = JSON {who, when, from, to, reason, via}, which the MLflow UI
-  shows on the version page, and in the xregion event log (``promotion``). A promotion to
-  production also appends the version to the registered model's tag
-  ``xregion.production_history`` (what ``xregion rollback`` goes back along).
-* Who: the authenticated user of the HTTP request when MLflow's auth is on, else the user the
-  client declared in the tag ``xregion.actor`` (``xregion promote`` sets it from
-  ``MLFLOW_TRACKING_USERNAME`` or the OS user), else the server's OS user. Why: the tag
-  ``xregion.reason``, set by the client before the call; both are consumed (deleted) by it.
+* Moving a version to the production stage (``registry.production_stage``) or pointing the
+  production alias (``registry.production_alias``) at it succeeds only when every artifact of the
+  version exists in every region with the same size and recorded sha256. Otherwise HTTP 409
+  (RESOURCE_CONFLICT) names the regions, the objects and ``xregion replicate resync --prefix ...``.
+  The check and the commit hold a per-model lock (``gate.GateLock``); the version's artifacts are
+  marked immutable before the check and stay so while it is in production.
+* Production can only move to a verified version: deleting the production alias falls back to the
+  newest version in the production stage only if that one verifies; a version (or model) that is
+  in production cannot be deleted.
+* A version's source must lie under the replicated artifacts prefix (HTTP 400 otherwise).
+* Every stage transition and alias change is recorded on the version as a tag
+  ``xregion.transition.<epoch ms>`` = JSON {who, when, from, to, reason, via} and in the event log;
+  a promotion also appends to the model's ``xregion.production_history`` (what rollback follows).
+* Who: with MLflow's auth on (``XREGION_AUTH=1`` in the server), the authenticated user only; else
+  the ``xregion.actor`` tag the client set, else the server's OS user. Why: the ``xregion.reason``
+  tag. Both tags are consumed.
 """
 
 from __future__ import annotations
@@ -38,8 +39,19 @@ from mlflow.protos.databricks_pb2 import RESOURCE_CONFLICT
 from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
 
 from xregion import events
-from xregion.config import XRegionConfig, load_config
-from xregion.uris import NotReplicatedURI, key_prefix
+from xregion.config import load_config
+from xregion.store import StoreError
+from xregion.uris import NotReplicatedURI
+
+from .gate import (
+    GateLock,
+    ReplicationGateError,
+    check_replicated,
+    protect,
+    refusal_message,
+    unprotect,
+    validate_source,
+)
 
 PREFIX = "xregion+"
 TRANSITION_TAG = "xregion.transition."
@@ -50,61 +62,6 @@ HISTORY_LEN = 20
 ARCHIVED = "Archived"
 
 
-class ReplicationGateError(MlflowException):
-    """A promotion refused because the version's artifacts are not in every region."""
-
-    def __init__(self, message: str, missing: list[dict], prefix: str):
-        super().__init__(message, error_code=RESOURCE_CONFLICT)
-        self.missing = missing
-        self.prefix = prefix
-
-
-class _Stores:
-    """What ``verify.verify`` needs of a replicator: the region stores (no outbox, no threads)."""
-
-    def __init__(self, cfg: XRegionConfig):
-        from xregion.store import stores
-
-        self.stores = stores(cfg)
-
-
-def check_replicated(cfg: XRegionConfig, artifact_uri: str) -> tuple[str, int, list[dict]]:
-    """(key prefix, objects verified, problems) for every object under an artifact location.
-
-    A problem is {key, region, problem, detail}: missing | size | hash | corrupt | unreachable, or
-    ``empty`` when no region holds any object under the prefix."""
-    from .verify import verify
-
-    prefix = key_prefix(artifact_uri, cfg)
-    total, diffs = verify(_Stores(cfg), prefix.rstrip("/") + "/")
-    problems = [{"key": d.key, "region": d.region, "problem": d.problem, "detail": d.detail} for d in diffs]
-    if total == 0 and not problems:
-        problems = [
-            {"key": prefix + "/", "region": r.name, "problem": "empty", "detail": "no objects under the prefix"}
-            for r in cfg.regions
-        ]
-    return prefix, total, problems
-
-
-def refusal_message(model: str, version: str, target: str, prefix: str, problems: list[dict]) -> str:
-    by_region: dict[str, list[str]] = {}
-    for p in problems:
-        by_region.setdefault(p["region"], []).append(
-            f"{p['key']} ({p['problem']}{': ' + p['detail'] if p['detail'] and p['problem'] != 'missing' else ''})"
-        )
-    lines = [
-        f"promotion of {model} version {version} to {target} refused: its artifacts are not verified in "
-        f"every region (regions: {', '.join(sorted(by_region))})."
-    ]
-    for region in sorted(by_region):
-        objs = by_region[region]
-        shown = objs[:10] + ([f"... and {len(objs) - 10} more"] if len(objs) > 10 else [])
-        lines.append(f"  region {region}: " + "; ".join(shown))
-    lines.append(f"Repair with: xregion replicate resync --prefix {prefix}")
-    lines.append("then promote again.")
-    return "\n".join(lines)
-
-
 def _request_user() -> str | None:
     try:
         from flask import has_request_context, request
@@ -113,9 +70,7 @@ def _request_user() -> str | None:
     if not has_request_context():
         return None
     auth = request.authorization
-    if auth and auth.username:
-        return auth.username
-    return None
+    return auth.username if auth and auth.username else None
 
 
 def _request_via() -> str:
@@ -129,51 +84,108 @@ def _request_via() -> str:
     return "store"
 
 
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
 class XRegionRegistryStore(SqlAlchemyStore):
-    """MLflow's SqlAlchemyStore for the registry, with promotion gated on cross-region replication."""
+    """MLflow's SqlAlchemyStore for the registry, with production gated on cross-region replication."""
 
     def __init__(self, store_uri: str, tracking_uri: str | None = None, read_db_uri: str | None = None, **_):
-        db_uri = store_uri[len(PREFIX) :] if store_uri.startswith(PREFIX) else store_uri
-        if read_db_uri and read_db_uri.startswith(PREFIX):
-            read_db_uri = read_db_uri[len(PREFIX) :]
+        db_uri = store_uri.removeprefix(PREFIX)
+        if read_db_uri:
+            read_db_uri = read_db_uri.removeprefix(PREFIX)
         from mlflow.server.constants import READ_REPLICA_BACKEND_STORE_URI_ENV_VAR
 
         read_db_uri = read_db_uri or os.environ.get(READ_REPLICA_BACKEND_STORE_URI_ENV_VAR) or None
         super().__init__(db_uri, read_db_uri=read_db_uri)
         self.cfg = load_config()
         self.tracking_uri = tracking_uri
+        self.lock = GateLock(self.engine)
+        self.authenticated = os.environ.get("XREGION_AUTH") == "1"
 
     # --- what a version's artifacts are -------------------------------------------------------
-    def artifact_location(self, name: str, version: str) -> str:
-        uri = self.get_model_version_download_uri(name, version)
-        if urlsplit(uri).scheme == "models":  # an MLflow 3 logged model: models:/m-<id>
-            from mlflow.store.artifact.utils.models import _parse_model_uri
-            from mlflow.tracking import MlflowClient
+    def _resolve(self, uri: str) -> str:
+        from mlflow.store.artifact.utils.models import _parse_model_uri
+        from mlflow.tracking import MlflowClient
 
+        scheme = urlsplit(uri).scheme
+        if scheme == "models":  # an MLflow 3 logged model (models:/m-<id>) or another version
             parsed = _parse_model_uri(uri)
             if parsed.model_id:
                 return MlflowClient(tracking_uri=self.tracking_uri).get_logged_model(parsed.model_id).artifact_location
             return self.artifact_location(parsed.name, parsed.version)
+        if scheme == "runs":
+            run_id, _, path = uri.removeprefix("runs:/").partition("/")
+            base = MlflowClient(tracking_uri=self.tracking_uri).get_run(run_id).info.artifact_uri
+            return f"{base.rstrip('/')}/{path}".rstrip("/")
         return uri
 
+    def artifact_location(self, name: str, version: str) -> str:
+        return self._resolve(self.get_model_version_download_uri(name, version))
+
+    def create_model_version(
+        self,
+        name,
+        source,
+        run_id=None,
+        tags=None,
+        run_link=None,
+        description=None,
+        local_model_path=None,
+        model_id=None,
+    ):
+        validate_source(self.cfg, self._resolve(source))
+        return super().create_model_version(
+            name, source, run_id, tags, run_link, description, local_model_path, model_id
+        )
+
+    # --- the gate -------------------------------------------------------------------------------
     def gate(self, name: str, version: str, target: str) -> dict:
-        """Raise ReplicationGateError unless every artifact of the version verifies in every region."""
+        """Mark the version immutable, then raise ReplicationGateError unless every artifact of it
+        verifies in every region. Called with the model's lock held."""
         location = self.artifact_location(name, version)
+        try:
+            prefix = validate_source(self.cfg, location)
+        except MlflowException as err:
+            raise ReplicationGateError(
+                f"promotion of {name} version {version} to {target} refused: {err.message}", [], ""
+            ) from None
+        try:
+            protect(self.cfg, name, str(version), prefix)  # before the check: nothing under it changes now
+        except StoreError as err:
+            raise ReplicationGateError(
+                f"promotion of {name} version {version} to {target} refused: a region's "
+                f"store cannot be written ({err}); every region must hold the version",
+                [],
+                prefix,
+            ) from None
         try:
             prefix, total, problems = check_replicated(self.cfg, location)
         except NotReplicatedURI as err:
             raise ReplicationGateError(
-                f"promotion of {name} version {version} to {target} refused: {err}. Only versions whose "
-                f"artifacts live in a replicated location can go to production.",
-                [],
-                "",
+                f"promotion of {name} version {version} to {target} refused: {err}", [], ""
             ) from None
         if problems:
+            self._release_if_idle(name, str(version))
             events.record(
-                "registry.gate_refused", model=name, version=str(version), target=target, prefix=prefix, problems=problems[:50]
+                "registry.gate_refused",
+                model=name,
+                version=str(version),
+                target=target,
+                prefix=prefix,
+                problems=problems[:50],
             )
             raise ReplicationGateError(refusal_message(name, version, target, prefix, problems), problems, prefix)
         return {"prefix": prefix, "objects": total}
+
+    def _in_production(self, name: str, version: str) -> bool:
+        mv = super().get_model_version(name, version)
+        return self._is_production(mv.current_stage) or self.cfg.registry.production_alias in (mv.aliases or [])
+
+    def _release_if_idle(self, name: str, version: str) -> None:
+        if not self._in_production(name, version):
+            unprotect(self.cfg, name, version)
 
     def _is_production(self, stage: str) -> bool:
         return stage.lower() == self.cfg.registry.production_stage.lower()
@@ -181,27 +193,26 @@ class XRegionRegistryStore(SqlAlchemyStore):
     # --- who and why ------------------------------------------------------------------------
     def _consume(self, name: str, version: str) -> tuple[str, str]:
         mv = super().get_model_version(name, version)
-        reason = mv.tags.get(REASON_TAG, "")
-        actor = mv.tags.get(ACTOR_TAG)
+        reason, actor = mv.tags.get(REASON_TAG, ""), mv.tags.get(ACTOR_TAG)
         for key in (REASON_TAG, ACTOR_TAG):
             if key in mv.tags:
                 super().delete_model_version_tag(name, version, key)
-        who = _request_user() or actor or os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
-        return who, reason
+        if self.authenticated:  # a declared actor is a claim; the authenticated user is a fact
+            return _request_user() or "unauthenticated", reason
+        return _request_user() or actor or os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser(), reason
 
     def _record(self, name: str, version: str, record: dict) -> None:
         ms = int(time.time() * 1000)
-        key = f"{TRANSITION_TAG}{ms}"
         tags = super().get_model_version(name, version).tags
-        while key in tags:  # two transitions in one millisecond
+        while f"{TRANSITION_TAG}{ms}" in tags:  # two transitions in one millisecond
             ms += 1
-            key = f"{TRANSITION_TAG}{ms}"
-        super().set_model_version_tag(name, version, ModelVersionTag(key, json.dumps(record, sort_keys=True)))
+        super().set_model_version_tag(
+            name, version, ModelVersionTag(f"{TRANSITION_TAG}{ms}", json.dumps(record, sort_keys=True))
+        )
 
     def _push_history(self, name: str, version: str) -> None:
-        rm = super().get_registered_model(name)
         try:
-            history = json.loads(rm.tags.get(HISTORY_TAG, "[]"))
+            history = json.loads(super().get_registered_model(name).tags.get(HISTORY_TAG, "[]"))
         except json.JSONDecodeError:
             history = []
         history = [v for v in history if str(v) != str(version)] + [str(version)]
@@ -209,16 +220,20 @@ class XRegionRegistryStore(SqlAlchemyStore):
 
     # --- gated operations -------------------------------------------------------------------
     def transition_model_version_stage(self, name, version, stage, archive_existing_versions):
-        before = super().get_model_version(name, version)
-        production = self._is_production(stage)
-        verified = self.gate(name, version, stage) if production else None
-        displaced = []
-        if archive_existing_versions:
-            displaced = [mv for mv in super().get_latest_versions(name, [stage]) if str(mv.version) != str(version)]
-        who, reason = self._consume(name, version)
-        result = super().transition_model_version_stage(name, version, stage, archive_existing_versions)
-        when = datetime.now(UTC).isoformat(timespec="milliseconds")
-        via = _request_via()
+        with self.lock.held(name):
+            before = super().get_model_version(name, version)
+            production = self._is_production(stage)
+            verified = self.gate(name, version, stage) if production else None
+            displaced = (
+                [mv for mv in super().get_latest_versions(name, [stage]) if str(mv.version) != str(version)]
+                if archive_existing_versions
+                else []
+            )
+            who, reason = self._consume(name, version)
+            result = super().transition_model_version_stage(name, version, stage, archive_existing_versions)
+            for mv in [before, *displaced]:
+                self._release_if_idle(name, str(mv.version))
+        when, via = _now(), _request_via()
         self._record(
             name,
             version,
@@ -232,18 +247,11 @@ class XRegionRegistryStore(SqlAlchemyStore):
             },
         )
         for mv in displaced:
+            why = f"archived: version {version} moved to {result.current_stage}" + (f" ({reason})" if reason else "")
             self._record(
                 name,
                 mv.version,
-                {
-                    "who": who,
-                    "when": when,
-                    "from": mv.current_stage,
-                    "to": ARCHIVED,
-                    "reason": f"archived: version {version} moved to {result.current_stage}"
-                    + (f" ({reason})" if reason else ""),
-                    "via": via,
-                },
+                {"who": who, "when": when, "from": mv.current_stage, "to": ARCHIVED, "reason": why, "via": via},
             )
         if production:
             self._push_history(name, version)
@@ -263,19 +271,25 @@ class XRegionRegistryStore(SqlAlchemyStore):
 
     def set_registered_model_alias(self, name, alias, version):
         production = alias == self.cfg.registry.production_alias
-        verified = self.gate(name, version, f"@{alias}") if production else None
-        previous = (super().get_registered_model(name).aliases or {}).get(alias)
-        who, reason = self._consume(name, version)
-        super().set_registered_model_alias(name, alias, version)
-        record = {
-            "who": who,
-            "when": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "from": f"@{alias} on version {previous}" if previous else f"@{alias} unset",
-            "to": f"@{alias}",
-            "reason": reason,
-            "via": _request_via(),
-        }
-        self._record(name, version, record)
+        with self.lock.held(name):
+            verified = self.gate(name, version, f"@{alias}") if production else None
+            previous = (super().get_registered_model(name).aliases or {}).get(alias)
+            who, reason = self._consume(name, version)
+            super().set_registered_model_alias(name, alias, version)
+            if production and previous and str(previous) != str(version):
+                self._release_if_idle(name, str(previous))
+        self._record(
+            name,
+            version,
+            {
+                "who": who,
+                "when": _now(),
+                "to": f"@{alias}",
+                "reason": reason,
+                "from": f"@{alias} on version {previous}" if previous else f"@{alias} unset",
+                "via": _request_via(),
+            },
+        )
         if production:
             self._push_history(name, version)
             events.record(
@@ -289,3 +303,44 @@ class XRegionRegistryStore(SqlAlchemyStore):
                 objects=verified["objects"],
                 prefix=verified["prefix"],
             )
+
+    def delete_registered_model_alias(self, name, alias):
+        """Without the production alias, serving follows the newest version in the production stage:
+        that one must verify, like any promotion."""
+        if alias != self.cfg.registry.production_alias:
+            return super().delete_registered_model_alias(name, alias)
+        with self.lock.held(name):
+            holder = (super().get_registered_model(name).aliases or {}).get(alias)
+            fallback = [
+                mv
+                for mv in super().get_latest_versions(name, [self.cfg.registry.production_stage])
+                if str(mv.version) != str(holder)
+            ]
+            if fallback:
+                self.gate(name, str(fallback[0].version), f"production (@{alias} removed from version {holder})")
+            super().delete_registered_model_alias(name, alias)
+            if holder:
+                self._release_if_idle(name, str(holder))
+
+    def delete_model_version(self, name, version):
+        with self.lock.held(name):
+            if self._in_production(name, str(version)):
+                raise MlflowException(
+                    f"{name} version {version} is in production (stage {self.cfg.registry.production_stage} or "
+                    f"@{self.cfg.registry.production_alias}): move production to another version first "
+                    f"(xregion rollback {name}), then delete it",
+                    error_code=RESOURCE_CONFLICT,
+                )
+            super().delete_model_version(name, version)
+            unprotect(self.cfg, name, str(version))
+
+    def delete_registered_model(self, name):
+        with self.lock.held(name):
+            rm = super().get_registered_model(name)
+            live = [mv for mv in rm.latest_versions or [] if self._is_production(mv.current_stage)]
+            if live or self.cfg.registry.production_alias in (rm.aliases or {}):
+                raise MlflowException(
+                    f"{name} has a version in production: it cannot be deleted while it serves",
+                    error_code=RESOURCE_CONFLICT,
+                )
+            super().delete_registered_model(name)

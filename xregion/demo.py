@@ -49,7 +49,7 @@ class Steps:
 
 def wait_replicated(cfg, model_uri_or_location: str, timeout: float = 120.0) -> float:
     """Seconds until every object of the model verifies in every region (the gate's own check)."""
-    from xregion.plugins.registry_store import check_replicated
+    from xregion.plugins.gate import check_replicated
 
     t = time.monotonic()
     while True:

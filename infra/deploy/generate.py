@@ -919,7 +919,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in ensure_buckets():
             print(f"bucket of region {name}: ready")
         return 0
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # infra/: compose/ and k8s/ live beside deploy/
     default_cfg = here / ("compose/regions.yaml" if args.kind == "compose" else "k8s/base/regions.yaml")
     cfg_path = args.config or default_cfg
     out = args.out or (here / args.kind)

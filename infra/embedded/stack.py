@@ -133,7 +133,9 @@ def select(cfg: XRegionConfig, home: Path, sup: Supervisor, region: str, compone
     chosen = [s for s in pool.values() if s.region == region and (component in (None, s.component))]
     if not chosen:
         comps = sorted({s.component for s in pool.values() if s.region == region})
-        raise SupervisorError(f"region {region} has no component {component!r}; components: {', '.join(comps) or 'none running'}")
+        raise SupervisorError(
+            f"region {region} has no component {component!r}; components: {', '.join(comps) or 'none running'}"
+        )
     return chosen
 
 

@@ -56,7 +56,7 @@ def router_service(cfg: XRegionConfig, home: Path, port: int) -> Service:
     env = {
         **child_env(cfg, cfg.primary, home),
         # a dead region's MLflow server costs the router seconds, not MLflow's minutes of back-off
-        "MLFLOW_HTTP_REQUEST_TIMEOUT": "3",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     }
     env.pop("XREGION_LOCAL_REGION", None)

@@ -115,7 +115,9 @@ class Rollout:
 
         with tempfile.TemporaryDirectory() as tmp:
             path = on_any_region(
-                self.cfg, lambda cl: download_version_file(cl, self.model, version, "serving_input_example.json", tmp)
+                self.cfg,
+                lambda cl: download_version_file(cl, self.model, version, "serving_input_example.json", tmp),
+                self.regions,
             )
             return Path(path).read_bytes()
 
@@ -126,7 +128,12 @@ class Rollout:
             if b.version not in self.examples:
                 self.examples = {b.version: self._input_example(b.version)}
             for s in self.state.slots[b.slot].servers.values():
-                b.probed(probe(s, self.examples[b.version], timeout=5), now)
+                t = time.perf_counter()
+                error = probe(s, self.examples[b.version], timeout=5)
+                took_ms = (time.perf_counter() - t) * 1000
+                if error is None and took_ms > self.policy.max_p99_ms:  # a correct request, answered too slowly
+                    error = f"answered its own input example in {took_ms:.0f} ms > {self.policy.max_p99_ms:.0f} ms"
+                b.probed(error, now)
         verdict = judge(b, self.reqlog.window(b.slot, b.switched_at) if self.reqlog else [], self.policy, now)
         if verdict.rollback:
             self.rollback(verdict.rollback, verdict.figures())
@@ -177,6 +184,7 @@ class Rollout:
                 lambda cl: registry_rollback(
                     cl, self.cfg, self.model, reason=reason, to_version=to_version, who="xregion-router", record=False
                 ),
+                self.regions,
             )
             return None
         except Exception as err:  # the data plane is back either way; say why the registry is not

@@ -73,7 +73,12 @@ class Router(Rollout):
         self.reqlog: RequestLog | None = None
         self.haproxy_id: str | None = None
         self.metrics = RouterMetrics()
-        self.examples: dict[str, bytes] = {}  # version -> its serving input example (the bake's probe)
+        self.examples: dict[str, bytes] = {}
+        from xregion.plugins.registry_client import RegionOrder
+
+        self.regions = RegionOrder(
+            cfg
+        )  # the registry's servers, the last that answered first  # version -> its serving input example (the bake's probe)
 
     # --- helpers --------------------------------------------------------------------------------
     def _event(self, kind: str, **fields) -> dict:
@@ -209,7 +214,7 @@ class Router(Rollout):
         from xregion.plugins.registry_client import on_any_region, production_version
 
         try:
-            mv = on_any_region(self.cfg, lambda cl: production_version(cl, self.cfg, self.model))
+            mv = on_any_region(self.cfg, lambda cl: production_version(cl, self.cfg, self.model), self.regions)
             self.registry_error = None
         except Exception as err:  # every region's server or the database may be down: keep serving
             if self.registry_error != str(err):

@@ -1,0 +1,164 @@
+"""The promotion gate's parts: the replication check, the refusal, the lock that holds from verify to
+commit, the source rule, and the protection markers that make promoted artifacts immutable.
+
+* ``check_replicated``: every object under a version's artifact location, in every region, with the
+  same size and recorded hash.
+* ``GateLock``: a Postgres advisory lock per registered model, held from the check to the commit,
+  so that no other promotion, alias move or delete of that model slips between them.
+* ``validate_source``: a model version's artifacts must lie under the configured artifacts prefix
+  (never, say, the database backups).
+* Protection markers: while a version is in production (stage or alias), the object
+  ``_xregion/protected/<model>/<version>`` in every region's bucket names its prefix; the artifact
+  repository refuses deletes and overwrites under a protected prefix (HTTP 409), in every region's
+  MLflow server and in direct clients alike, since the markers live with the objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from contextlib import contextmanager
+
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_CONFLICT
+
+from xregion.config import XRegionConfig
+from xregion.store import StoreError, stores
+from xregion.uris import NotReplicatedURI, key_prefix
+
+PROTECTED = "_xregion/protected/"
+
+
+class ReplicationGateError(MlflowException):
+    """A promotion refused because the version's artifacts are not in every region."""
+
+    def __init__(self, message: str, missing: list[dict], prefix: str):
+        super().__init__(message, error_code=RESOURCE_CONFLICT)
+        self.missing = missing
+        self.prefix = prefix
+
+
+class _Stores:
+    """What ``verify.verify`` needs: the region stores (no ledger, no threads)."""
+
+    def __init__(self, cfg: XRegionConfig):
+        self.stores = stores(cfg)
+
+
+def check_replicated(cfg: XRegionConfig, artifact_uri: str) -> tuple[str, int, list[dict]]:
+    """(key prefix, objects verified, problems) for every object under an artifact location.
+
+    A problem is {key, region, problem, detail}: missing | size | hash | corrupt | unreachable, or
+    ``empty`` when no region holds any object under the prefix."""
+    from .verify import verify
+
+    prefix = key_prefix(artifact_uri, cfg)
+    total, diffs = verify(_Stores(cfg), prefix.rstrip("/") + "/")
+    problems = [{"key": d.key, "region": d.region, "problem": d.problem, "detail": d.detail} for d in diffs]
+    if total == 0 and not problems:
+        problems = [
+            {"key": prefix + "/", "region": r.name, "problem": "empty", "detail": "no objects under the prefix"}
+            for r in cfg.regions
+        ]
+    return prefix, total, problems
+
+
+def refusal_message(model: str, version: str, target: str, prefix: str, problems: list[dict]) -> str:
+    by_region: dict[str, list[str]] = {}
+    for p in problems:
+        detail = f": {p['detail']}" if p["detail"] and p["problem"] != "missing" else ""
+        by_region.setdefault(p["region"], []).append(f"{p['key']} ({p['problem']}{detail})")
+    lines = [
+        f"promotion of {model} version {version} to {target} refused: its artifacts are not verified in "
+        f"every region (regions: {', '.join(sorted(by_region))})."
+    ]
+    for region in sorted(by_region):
+        objs = by_region[region]
+        shown = objs[:10] + ([f"... and {len(objs) - 10} more"] if len(objs) > 10 else [])
+        lines.append(f"  region {region}: " + "; ".join(shown))
+    lines.append(f"Repair with: xregion replicate resync --prefix {prefix}")
+    lines.append("then promote again.")
+    return "\n".join(lines)
+
+
+def validate_source(cfg: XRegionConfig, location: str) -> str:
+    """The key prefix of a model version's artifact location, which must lie under the artifacts
+    prefix; otherwise MlflowException INVALID_PARAMETER_VALUE (HTTP 400) says what is allowed."""
+    allowed = cfg.artifacts.prefix.strip("/") + "/"
+    try:
+        prefix = key_prefix(location, cfg)
+    except NotReplicatedURI:
+        prefix = None
+    if prefix is None or not (prefix + "/").startswith(allowed) or ".." in prefix.split("/"):
+        raise MlflowException(
+            f"model version source {location!r} is not under the replicated artifacts prefix "
+            f"(xregion:///{allowed} or mlflow-artifacts:/ of this platform's servers): log the model through "
+            f"the platform, then register it",
+            error_code=INVALID_PARAMETER_VALUE,
+        )
+    return prefix
+
+
+class GateLock:
+    """One lock per registered model from the replication check to the commit: a Postgres advisory
+    lock (held on its own connection, so every MLflow server in every region sees it), or a process
+    lock on SQLite."""
+
+    _local = threading.Lock()
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    @contextmanager
+    def held(self, model: str):
+        if self.engine.dialect.name != "postgresql":
+            with self._local:
+                yield
+            return
+        from sqlalchemy import text
+
+        key = int.from_bytes(hashlib.sha256(f"xregion-gate:{model}".encode()).digest()[:8], "big", signed=True)
+        with self.engine.connect() as conn:
+            conn.execute(text("select pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(text("select pg_advisory_unlock(:k)"), {"k": key})
+
+
+def marker_key(model: str, version: str) -> str:
+    return f"{PROTECTED}{model}/{version}"
+
+
+def protect(cfg: XRegionConfig, model: str, version: str, prefix: str) -> None:
+    """Mark the version's prefix immutable in every region (a region that cannot be written fails
+    the promotion: the gate needs every region anyway)."""
+    for store in stores(cfg).values():
+        store.put_bytes(marker_key(model, version), prefix.encode())
+
+
+def unprotect(cfg: XRegionConfig, model: str, version: str) -> list[str]:
+    """The version left production: its artifacts may be deleted again. Regions that could not be
+    reached keep their marker (the safe side); their names are returned."""
+    missed = []
+    for name, store in stores(cfg).items():
+        try:
+            store.delete(marker_key(model, version))
+        except StoreError:
+            missed.append(name)
+    return missed
+
+
+def protected_prefixes(store) -> set[str]:
+    """Every protected prefix a region's store knows of (one listing and a read per marker)."""
+    return {store.get_bytes(o.key).decode() for o in store.list(PROTECTED)}
+
+
+def is_protected(key: str, prefixes: set[str]) -> str | None:
+    """The protected prefix ``key`` (an object or a directory) lies in, or under which it would
+    delete something; None when it touches nothing protected."""
+    k = key.strip("/")
+    for p in prefixes:
+        if k == p or k.startswith(p + "/") or p.startswith(k + "/") or not k:
+            return p
+    return None
