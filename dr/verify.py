@@ -171,7 +171,7 @@ def verify(cfg: XRegionConfig, home: Path, deep: bool = False) -> dict:
         "primary": primary,
         "references": len(refs),
         "locations": len(prefixes),
-        "objects": {n: len(o) for n, o in objects.items()},
+        "objects": objects,
         "missing": missing,
         "mismatched": mismatched,
         "orphans": orphans,

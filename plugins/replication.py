@@ -30,8 +30,8 @@ from xregion.config import XRegionConfig
 from xregion.home import ledger_path
 from xregion.store import ObjectInfo, Payload, Store, StoreError, stores
 
-from . import reads, reconcile
 from . import outbox as ledger
+from . import reads, reconcile
 from .outbox import KeyState, Outbox, Owed
 from .reads import CorruptCopy, NoRegionAvailable  # noqa: F401  (re-exported: their home was here)
 

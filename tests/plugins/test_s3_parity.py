@@ -28,7 +28,9 @@ def capture(store: RegionStore) -> list[tuple[str, dict, bytes]]:
     sent: list[tuple[str, dict, bytes]] = []
 
     def grab(request, **_):
-        sent.append((request.url, dict(request.headers), request.body))
+        body = request.body.getvalue() if hasattr(request.body, "getvalue") else request.body
+        headers = {k: v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()}
+        sent.append((request.url, headers, body))
 
     for op in ("PutObject", "UploadPart"):
         store.client.meta.events.register(f"before-send.s3.{op}", grab)
