@@ -28,8 +28,11 @@ import psycopg2.extensions
 
 from xregion import events
 from xregion.config import RegionConfig, XRegionConfig
+from xregion.home import ledger_path
 from xregion.infra.embedded.postgres import PG_BIN, SUPERUSER, pg_user_kwargs
-from xregion.store import RegionStore, RegionUnavailable, sha256_file, stores
+from xregion.plugins.outbox import Outbox
+from xregion.plugins.verify import check
+from xregion.store import RegionStore, StoreError, sha256_file, stores
 
 from .nodes import DRError, connect, current_primary, effective_config
 
@@ -95,30 +98,27 @@ def compare_tables(expected: dict, got: dict) -> list[str]:
 
 
 # --- artifacts manifest ----------------------------------------------------------------------
-def _hash_object(store: RegionStore, key: str) -> str:
-    with tempfile.TemporaryDirectory() as tmp:
-        return store.get_file(key, Path(tmp) / "obj").sha256
-
-
 def artifact_manifest(cfg: XRegionConfig, primary: str, progress: Progress = _quiet) -> dict:
-    """Every object under the artifacts prefix, from the primary region's store (else the next one)."""
+    """Every object under the artifacts prefix as its newest write (key, size, sha256), by the
+    one verification (plugins/verify.check), with a region holding a good copy of each."""
     prefix = cfg.artifacts.prefix.strip("/") + "/"
-    order = [cfg.region(primary)] + [r for r in cfg.regions if r.name != primary]
-    last = None
-    for region in order:
-        store = RegionStore(region)
-        try:
-            objects = []
-            for obj in store.list(prefix):
-                info = store.stat(obj.key)
-                digest = info.sha256 if info and info.sha256 else _hash_object(store, obj.key)
-                objects.append({"key": obj.key, "size": obj.size, "sha256": digest})
-            progress(f"manifest: {len(objects)} artifact objects listed in region {region.name}")
-            return {"prefix": prefix, "source_region": region.name, "objects": objects}
-        except RegionUnavailable as exc:
-            last = exc
-            progress(f"region {region.name} unavailable for the manifest ({exc}); trying the next")
-    raise DRError(f"no region's store answers: {last}")
+    report = check(stores(cfg), prefix, Outbox(ledger_path(cfg)))
+    objects = []
+    for e in report.entries:
+        if e.newest.deleted:
+            continue
+        if not e.good:
+            raise DRError(f"no region holds a good copy of {e.key}; run `xregion replicate resync` first")
+        region = primary if primary in e.good else e.good[0]
+        objects.append({"key": e.key, "size": e.newest.size, "sha256": e.newest.sha256, "region": region})
+    reachable = [
+        r for r in report.regions if not any(d.region == r and d.problem == "unreachable" for d in report.differences)
+    ]
+    if not reachable:
+        raise DRError("no region's store answers")
+    source = primary if primary in reachable else reachable[0]
+    progress(f"manifest: {len(objects)} artifact objects, verified across {len(reachable)} region(s)")
+    return {"prefix": prefix, "source_region": source, "objects": objects}
 
 
 # --- where backups live -----------------------------------------------------------------------
@@ -142,7 +142,7 @@ def list_backups(cfg: XRegionConfig) -> list[dict]:
     for name, store in stores(cfg).items():
         try:
             dirs, _ = store.list_dir(f"{BACKUP_ROOT}/")
-        except RegionUnavailable:
+        except StoreError:
             continue
         for d in dirs:
             bid = d.rstrip("/").rsplit("/", 1)[-1]
@@ -275,10 +275,9 @@ def backup(
         }
         target.put_file(prefix + "db.dump", dump, manifest["database"]["dump"]["sha256"])
         if include_artifacts:
-            src = RegionStore(cfg.region(artifacts["source_region"]))
             for obj in artifacts["objects"]:
                 local = Path(tmp) / "obj"
-                got = src.get_file(obj["key"], local)
+                got = RegionStore(cfg.region(obj.get("region", artifacts["source_region"]))).get_file(obj["key"], local)
                 if got.sha256 != obj["sha256"]:
                     raise DRError(
                         f"artifact {obj['key']} changed while backing up (hash differs); run the backup again"

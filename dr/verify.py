@@ -1,7 +1,9 @@
 """Consistency of the whole platform: database references against the objects in every region.
 
 - every run's, logged model's, model version's and trace's artifact location has all its objects
-  in every region, with the same size (and, with ``deep``, the same recorded sha256);
+  in every region as their newest write (``plugins/verify.check``: the one comparison replicate
+  verify and the registry gate use; ``deep`` hashes every copy); an object the ledger knows that
+  is in no region, and a model location with no object in any region, are missing everywhere;
 - objects under the artifacts prefix that nothing references are orphans;
 - each standby's replication state and lag, as the primary sees it.
 
@@ -19,7 +21,10 @@ from pathlib import Path
 import psycopg2
 
 from xregion.config import XRegionConfig
-from xregion.store import RegionUnavailable, stores
+from xregion.home import ledger_path
+from xregion.plugins.outbox import Outbox
+from xregion.plugins.verify import check
+from xregion.store import stores
 from xregion.uris import NotReplicatedURI, key_prefix
 
 from .nodes import DRError, connect, current_primary, effective_config, probe_all, replication_rows
@@ -73,6 +78,43 @@ def _under(keys: list[str], prefix: str) -> list[str]:
     return out
 
 
+def _objects(cfg: XRegionConfig, prefixes: dict[str, str], deep: bool):
+    """Every region's objects, by the one verification (plugins/verify.py): under the artifacts
+    prefix, and any referenced prefix outside it. (objects per region, missing, mismatched,
+    orphans, unreachable regions)."""
+    art = cfg.artifacts.prefix.strip("/")
+    roots = {art} | {p for p in prefixes if not (p == art or p.startswith(art + "/"))}
+    report = check(stores(cfg), sorted(r + "/" if r else "" for r in roots), Outbox(ledger_path(cfg)), deep=deep)
+    unreachable = [
+        f"region {d.region} unavailable: {d.detail}" for d in report.differences if d.problem == "unreachable"
+    ]
+    objects = {n: sum(e.copies.get(n) is not None for e in report.entries) for n in report.regions}
+    live = sorted(e.key for e in report.entries if not e.newest.deleted)
+    by_key: dict[str, list] = {}
+    for d in report.differences:
+        by_key.setdefault(d.key, []).append(d)
+    missing, mismatched, covered = [], [], set()
+    for p, owner in sorted(prefixes.items()):
+        under = _under(live, p)
+        if not under and owner.startswith(("model version ", "logged model ")):
+            # a model with no object in any region: nothing to list, everything to report
+            missing += [{"key": p + "/", "region": n, "owner": owner} for n in report.regions]
+        covered.update(under)
+        for key in under:
+            for d in by_key.get(key, []):
+                row = {"key": key, "region": d.region, "owner": owner}
+                if d.problem == "missing":
+                    missing.append(row)
+                else:
+                    mismatched.append(row | {"problem": d.problem, "detail": d.detail})
+    orphans = [
+        {"key": e.key, "regions": sorted(n for n, c in e.copies.items() if c is not None)}
+        for e in report.entries
+        if not e.newest.deleted and e.key not in covered and (e.key.startswith(art + "/") or not art)
+    ]
+    return objects, missing, mismatched, orphans, unreachable
+
+
 def verify(cfg: XRegionConfig, home: Path, deep: bool = False) -> dict:
     cfg = effective_config(cfg, home)
     problems: list[str] = []
@@ -96,43 +138,8 @@ def verify(cfg: XRegionConfig, home: Path, deep: bool = False) -> dict:
             continue
         prefixes.setdefault(p, ref["owner"])
 
-    # --- every region's objects: under the artifacts prefix, and any referenced prefix outside it
-    art = cfg.artifacts.prefix.strip("/")
-    roots = {art} | {p for p in prefixes if not (p == art or p.startswith(art + "/"))}
-    objects: dict[str, dict[str, int]] = {}
-    regions = stores(cfg)
-    for name, store in regions.items():
-        found: dict[str, int] = {}
-        try:
-            for root in sorted(roots):
-                for obj in store.list(root + "/" if root else ""):
-                    found[obj.key] = obj.size
-        except RegionUnavailable as exc:
-            problems.append(f"region {name} unavailable: {exc}")
-            continue
-        objects[name] = found
-    all_keys = sorted(set().union(*[set(o) for o in objects.values()])) if objects else []
-
-    missing, mismatched, covered = [], [], set()
-    for p, owner in sorted(prefixes.items()):
-        for key in _under(all_keys, p):
-            covered.add(key)
-            sizes = {n: objs.get(key) for n, objs in objects.items()}
-            for n, size in sizes.items():
-                if size is None:
-                    missing.append({"key": key, "region": n, "owner": owner})
-            present = {n: s for n, s in sizes.items() if s is not None}
-            if len(set(present.values())) > 1:
-                mismatched.append({"key": key, "owner": owner, "sizes": present})
-            elif deep and len(present) > 1:
-                hashes = {n: regions[n].stat(key).sha256 for n in present}
-                if len({h for h in hashes.values() if h}) > 1:
-                    mismatched.append({"key": key, "owner": owner, "sha256": hashes})
-    orphans = [
-        {"key": k, "regions": sorted(n for n, o in objects.items() if k in o)}
-        for k in all_keys
-        if k not in covered and (k.startswith(art + "/") or not art)
-    ]
+    objects, missing, mismatched, orphans, unreachable = _objects(cfg, prefixes, deep)
+    problems += unreachable
 
     # --- the database standbys
     replication = []
@@ -164,7 +171,7 @@ def verify(cfg: XRegionConfig, home: Path, deep: bool = False) -> dict:
         "primary": primary,
         "references": len(refs),
         "locations": len(prefixes),
-        "objects": {n: len(o) for n, o in objects.items()},
+        "objects": objects,
         "missing": missing,
         "mismatched": mismatched,
         "orphans": orphans,

@@ -38,29 +38,28 @@ class ReplicationGateError(MlflowException):
         self.prefix = prefix
 
 
-class _Stores:
-    """What ``verify.verify`` needs: the region stores (no ledger, no threads)."""
-
-    def __init__(self, cfg: XRegionConfig):
-        self.stores = stores(cfg)
-
-
 def check_replicated(cfg: XRegionConfig, artifact_uri: str) -> tuple[str, int, list[dict]]:
     """(key prefix, objects verified, problems) for every object under an artifact location.
 
-    A problem is {key, region, problem, detail}: missing | size | hash | corrupt | unreachable, or
-    ``empty`` when no region holds any object under the prefix."""
-    from .verify import verify
+    A problem is {key, region, problem, detail}: missing | stale | hash | size | corrupt |
+    deleted | unreachable (plugins/verify.py), or ``empty`` when no region holds any object
+    under the prefix and the ledger knows none."""
+    from xregion.home import ledger_path
+
+    from .outbox import Outbox
+    from .verify import check
 
     prefix = key_prefix(artifact_uri, cfg)
-    total, diffs = verify(_Stores(cfg), prefix.rstrip("/") + "/")
-    problems = [{"key": d.key, "region": d.region, "problem": d.problem, "detail": d.detail} for d in diffs]
-    if total == 0 and not problems:
+    report = check(stores(cfg), prefix.rstrip("/") + "/", Outbox(ledger_path(cfg)))
+    problems = [
+        {"key": d.key, "region": d.region, "problem": d.problem, "detail": d.detail} for d in report.differences
+    ]
+    if report.objects == 0 and not problems:
         problems = [
             {"key": prefix + "/", "region": r.name, "problem": "empty", "detail": "no objects under the prefix"}
             for r in cfg.regions
         ]
-    return prefix, total, problems
+    return prefix, report.objects, problems
 
 
 def refusal_message(model: str, version: str, target: str, prefix: str, problems: list[dict]) -> str:

@@ -1,13 +1,26 @@
-"""The durable ledger of what regions are owed: puts and deletes not yet applied to a region.
+"""The ledger: which write of each key is newest, and what each region is owed.
 
-A SQLite file under XREGION_HOME (WAL, synchronous=FULL: a committed row survives a kill -9 of
-the writer at any point). Several processes on a host share it (the MLflow server, the
-`xregion replicate run` service, clients): a worker leases a row before copying, so two
-replicators never copy the same object at once, and a lease left by a killed worker expires.
+A SQLite file (WAL, synchronous=FULL: a committed row survives a kill -9 of the writer at any
+point) at the path ``xregion.home.ledger_path`` names. Several processes share it (the MLflow
+servers, ``xregion replicate run``, clients): one ledger per deployment.
+
+- ``keys``: per key the newest acknowledged write, put or delete (a tombstone), with its
+  generation and content hash. Reads verify against it; copies never go past it.
+- ``trees``: deleted prefixes (a delete of a directory), so a key below one that a region still
+  holds reads as deleted, not as missing.
+- ``writing``: writes in progress. A copy that lands while a newer write is in progress checks
+  again after it, so a stale copy never stays.
+- ``owed``: per (key, region) a region that may not hold the newest state. A row is a request to
+  converge the region to what ``keys`` says, not a recipe: whoever pays it re-reads the newest
+  state. A worker leases a row and renews the lease while it works; a newer write to the key
+  bumps the row's ``seq`` without touching the lease, so the holder sees it when it finishes and
+  the row stays owed.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import sqlite3
 import threading
 import time
@@ -29,8 +42,29 @@ create table if not exists owed (
     last_error text,
     reason text not null default 'replicate'   -- replicate | region-down | repair
 );
-create unique index if not exists owed_key_region on owed(key, region);
+create table if not exists keys (
+    key text primary key,
+    gen integer not null,
+    op text not null,              -- put | delete (a tombstone)
+    sha256 text,
+    size integer not null default 0,
+    acked real not null
+);
+create table if not exists trees (base text primary key, gen integer not null);
+create table if not exists writing (key text not null, gen integer not null, until real not null,
+                                    primary key (key, gen));
 """
+# columns added to ledgers written by earlier versions (a plain add keeps their rows)
+OWED_COLUMNS = {
+    "gen": "integer not null default 0",
+    "seq": "integer not null default 0",
+    "tree": "integer not null default 0",
+    "holder": "text",
+    "owner": "text",
+}
+ROW = "id, op, key, region, source, sha256, size, created, attempts, reason, gen, seq, tree"
+LEASE_SECONDS = 20.0  # renewed every few seconds while a worker holds it; a killed worker's expires
+WRITE_SECONDS = 60.0  # a write in progress, renewed likewise
 
 
 @dataclass(frozen=True)
@@ -45,15 +79,50 @@ class Owed:
     created: float
     attempts: int
     reason: str
+    gen: int = 0
+    seq: int = 0
+    tree: int = 0
+
+
+@dataclass(frozen=True)
+class KeyState:
+    """The newest acknowledged write of a key: a put (with its hash) or a delete."""
+
+    key: str
+    gen: int
+    op: str
+    sha256: str | None = None
+    size: int = 0
+
+    @property
+    def deleted(self) -> bool:
+        return self.op == "delete"
+
+
+def ancestors(key: str) -> list[str]:
+    """Every prefix a tree delete could have named to cover ``key``: '', 'a', 'a/b', ... key."""
+    parts = key.split("/")
+    return [""] + ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _under_sql(column: str) -> str:
+    return f"({column} = ? or substr({column}, 1, length(?) + 1) = ? || '/' or ? = '')"
 
 
 class Outbox:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._local = threading.local()
-        with self._conn() as c:
-            c.executescript(SCHEMA)
+        conn = self._conn()
+        conn.executescript(SCHEMA)
+        have = {r[1] for r in conn.execute("pragma table_info(owed)")}
+        for name, decl in OWED_COLUMNS.items():
+            if name not in have:
+                conn.execute(f"alter table owed add column {name} {decl}")
+        conn.execute("drop index if exists owed_key_region")
+        conn.execute("create unique index if not exists owed_key_region_tree on owed(key, region, tree)")
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -64,6 +133,138 @@ class Outbox:
             self._local.conn = conn
         return conn
 
+    def _tx(self):
+        return _Tx(self._conn())
+
+    # --- generations ----------------------------------------------------------------------
+    def begin_write(self, key: str, tree: bool = False) -> int:
+        """Allocate the generation of a new write of ``key`` (or of the tree ``key``) and record
+        it as in progress: newer than anything this ledger knows of the key, else the clock."""
+        with self._tx() as c:
+            known = self._known_gen(c, key, tree)
+            gen = max(time.time_ns(), known + 1)
+            c.execute("insert into writing(key, gen, until) values (?, ?, ?)", (key, gen, time.time() + WRITE_SECONDS))
+        return gen
+
+    def _known_gen(self, c, key: str, tree: bool) -> int:
+        marks = ",".join("?" * len(ancestors(key)))
+        gens = [
+            c.execute("select max(gen) from keys where key = ?", (key,)).fetchone()[0],
+            c.execute(f"select max(gen) from trees where base in ({marks})", ancestors(key)).fetchone()[0],
+            c.execute("select max(gen) from writing where key = ?", (key,)).fetchone()[0],
+        ]
+        if tree:
+            gens.append(c.execute(f"select max(gen) from keys where {_under_sql('key')}", (key,) * 4).fetchone()[0])
+        return max([g for g in gens if g is not None], default=0)
+
+    def renew_write(self, key: str, gen: int) -> None:
+        self._conn().execute(
+            "update writing set until = ? where key = ? and gen = ?", (time.time() + WRITE_SECONDS, key, gen)
+        )
+
+    def end_write(
+        self,
+        key: str,
+        gen: int,
+        state: KeyState | None = None,
+        tree: bool = False,
+        owe: list[tuple[str, str]] = (),
+        source: str | None = None,
+        regions: list[str] = (),
+    ) -> None:
+        """The write is over. With ``state`` (acknowledged): record it as the key's newest unless a
+        newer one is, and owe it to each (region, reason) of ``owe``, in one transaction. If
+        another write of the key ran at the same time, copies may have landed in any order: every
+        one of ``regions`` is owed a converge. ``state`` None: nothing was acknowledged."""
+        with self._tx() as c:
+            c.execute("delete from writing where key = ? and gen = ?", (key, gen))
+            if state is None:
+                return
+            if tree:
+                c.execute(
+                    "insert into trees(base, gen) values (?, ?) on conflict(base) do update set gen = excluded.gen "
+                    "where excluded.gen > trees.gen",
+                    (key, gen),
+                )
+            else:
+                c.execute(
+                    """insert into keys(key, gen, op, sha256, size, acked) values (?, ?, ?, ?, ?, ?)
+                       on conflict(key) do update set gen = excluded.gen, op = excluded.op, sha256 = excluded.sha256,
+                         size = excluded.size, acked = excluded.acked where excluded.gen > keys.gen""",
+                    (key, gen, state.op, state.sha256, state.size, time.time()),
+                )
+            raced = not tree and (
+                c.execute("select 1 from writing where key = ? and until > ?", (key, time.time())).fetchone()
+                or c.execute("select 1 from keys where key = ? and gen > ?", (key, gen)).fetchone()
+            )
+            targets = [(r, "concurrent-write") for r in regions] if raced else list(owe)
+            now = time.time()
+            for region, reason in targets:
+                self._owe(c, state.op, key, region, source, state.sha256, state.size, now, reason, gen, tree)
+
+    def tombstone(self, keys: list[str], gen: int) -> None:
+        """Record the delete (generation ``gen``) of every key in ``keys`` in one transaction."""
+        with self._tx() as c:
+            c.executemany(
+                """insert into keys(key, gen, op, sha256, size, acked) values (?, ?, 'delete', null, 0, ?)
+                   on conflict(key) do update set gen = excluded.gen, op = 'delete', sha256 = null, size = 0,
+                     acked = excluded.acked where excluded.gen > keys.gen""",
+                [(k, gen, time.time()) for k in keys],
+            )
+
+    def newest(self, key: str) -> KeyState | None:
+        """The newest acknowledged write of ``key`` this ledger knows (None: it knows none)."""
+        c = self._conn()
+        row = c.execute("select gen, op, sha256, size from keys where key = ?", (key,)).fetchone()
+        marks = ",".join("?" * len(ancestors(key)))
+        tree = c.execute(f"select max(gen) from trees where base in ({marks})", ancestors(key)).fetchone()[0]
+        if tree is not None and (row is None or tree > row[0]):
+            return KeyState(key, tree, "delete")
+        return KeyState(key, *row) if row else None
+
+    def writing(self, key: str) -> bool:
+        """Is a write of ``key`` (or a delete of a tree above it) in progress? Its copies may land
+        at any moment, so a converge of the key waits for it to end."""
+        marks = ",".join("?" * len(ancestors(key)))
+        return bool(
+            self._conn()
+            .execute(
+                f"select 1 from writing where until > ? and key in ({marks}) limit 1",
+                (time.time(), *ancestors(key)),
+            )
+            .fetchone()
+        )
+
+    def live_keys(self, prefix: str) -> dict[str, KeyState]:
+        """Keys under ``prefix`` (a key, a directory, or '' for all) whose newest write is a put."""
+        rows = self._conn().execute(
+            f"select key, gen, op, sha256, size from keys where op = 'put' and {_under_sql('key')}",
+            (prefix.rstrip("/"),) * 4,
+        )
+        return {r[0]: KeyState(*r) for r in rows if not (s := self.newest(r[0])) or not s.deleted}
+
+    def known(self, prefix: str) -> set[str]:
+        """Every key under ``prefix`` whose newest write here is a put, or that a region is owed."""
+        c, prefix = self._conn(), prefix.rstrip("/")
+        got = {r[0] for r in c.execute(f"select key from keys where op = 'put' and {_under_sql('key')}", (prefix,) * 4)}
+        got |= {r[0] for r in c.execute(f"select key from owed where tree = 0 and {_under_sql('key')}", (prefix,) * 4)}
+        return got
+
+    def dir_deleted(self, prefix: str) -> bool:
+        """A directory a tree delete removed and that no newer put has filled again."""
+        base = prefix.rstrip("/")
+        marks = ",".join("?" * len(ancestors(base)))
+        tree = (
+            self._conn().execute(f"select max(gen) from trees where base in ({marks})", ancestors(base)).fetchone()[0]
+        )
+        if tree is None:
+            return False
+        newer = self._conn().execute(
+            f"select 1 from keys where op = 'put' and gen > ? and {_under_sql('key')} limit 1", (tree, *(base,) * 4)
+        )
+        return newer.fetchone() is None
+
+    # --- what regions are owed --------------------------------------------------------------
     def owe(
         self,
         op: str,
@@ -75,73 +276,101 @@ class Outbox:
         size: int = 0,
         created: float | None = None,
         reason: str = "replicate",
+        gen: int = 0,
+        tree: bool = False,
     ) -> None:
-        """Record that ``region`` is owed ``op`` on ``key``; a later operation on the key replaces it."""
-        self._conn().execute(
-            """insert into owed(op, key, region, source, sha256, size, created, reason)
-               values (?, ?, ?, ?, ?, ?, ?, ?)
-               on conflict(key, region) do update set op=excluded.op, source=excluded.source,
-                 sha256=excluded.sha256, size=excluded.size, created=excluded.created,
-                 reason=excluded.reason, lease_until=0, attempts=0, last_error=null""",
-            (op, key, region, source, sha256, size, created or time.time(), reason),
+        """Record that ``region`` must converge on ``key`` (to the newest write, generation
+        ``gen`` or later). A newer owe replaces an older one; an active lease is kept (its holder
+        sees the new ``seq`` and leaves the row owed), a back-off is cleared."""
+        self._owe(self._conn(), op, key, region, source, sha256, size, created or time.time(), reason, gen, tree)
+
+    def _owe(self, c, op, key, region, source, sha256, size, created, reason, gen, tree) -> None:
+        c.execute(
+            """insert into owed(op, key, region, source, sha256, size, created, reason, gen, tree, owner)
+               values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               on conflict(key, region, tree) do update set op=excluded.op, source=excluded.source,
+                 sha256=excluded.sha256, size=excluded.size, created=excluded.created, reason=excluded.reason,
+                 gen=excluded.gen, owner=excluded.owner, seq=owed.seq + 1, attempts=0, last_error=null,
+                 lease_until=case when owed.holder is not null and owed.lease_until > ? then owed.lease_until else 0 end
+               where excluded.gen >= owed.gen""",
+            (op, key, region, source, sha256, size, created, reason, gen, int(tree), self.owner, time.time()),
         )
 
-    def lease(self, limit: int = 16, seconds: float = 60.0, skip_regions: frozenset[str] = frozenset()) -> list[Owed]:
+    def lease(
+        self, limit: int = 16, seconds: float | None = None, skip_regions: frozenset[str] = frozenset()
+    ) -> list[Owed]:
         """Claim up to ``limit`` rows nobody else holds, oldest first."""
-        now = time.time()
-        conn = self._conn()
-        conn.execute("begin immediate")
-        try:
+        now, seconds = time.time(), seconds or LEASE_SECONDS
+        with self._tx() as c:
             marks = ",".join("?" * len(skip_regions)) or "''"
-            rows = conn.execute(
-                f"""select id, op, key, region, source, sha256, size, created, attempts, reason from owed
-                    where lease_until < ? and region not in ({marks}) order by created limit ?""",
+            rows = c.execute(
+                f"""select {ROW} from owed where lease_until < ? and region not in ({marks})
+                    order by created limit ?""",
                 (now, *skip_regions, limit),
             ).fetchall()
-            conn.executemany("update owed set lease_until = ? where id = ?", [(now + seconds, r[0]) for r in rows])
-            conn.execute("commit")
-        except BaseException:
-            conn.execute("rollback")
-            raise
+            c.executemany(
+                "update owed set lease_until = ?, holder = ? where id = ?",
+                [(now + seconds, self.owner, r[0]) for r in rows],
+            )
         return [Owed(*r) for r in rows]
 
-    def done(self, item: Owed) -> None:
-        # only the row as leased: a newer write to the same key replaced it and stays owed
-        self._conn().execute(
-            "delete from owed where id = ? and created = ? and op = ?", (item.id, item.created, item.op)
+    def renew(self, items: list[Owed], seconds: float | None = None) -> None:
+        self._conn().executemany(
+            "update owed set lease_until = ? where id = ? and holder = ?",
+            [(time.time() + (seconds or LEASE_SECONDS), i.id, self.owner) for i in items],
         )
 
-    def failed(self, item: Owed, error: str, retry_in: float) -> None:
+    def done(self, item: Owed) -> bool:
+        """The region converged as of the row leased: drop it, unless a newer write bumped it
+        meanwhile (then it is released to be paid again at once). True when dropped."""
+        c = self._conn()
+        if c.execute("delete from owed where id = ? and seq = ?", (item.id, item.seq)).rowcount:
+            return True
+        c.execute("update owed set lease_until = 0, holder = null where id = ? and holder = ?", (item.id, self.owner))
+        return False
+
+    def failed(self, item: Owed, error: str, retry_in: float, count: bool = True) -> None:
+        """Back off ``retry_in`` seconds (none when a newer write bumped the row meanwhile)."""
         self._conn().execute(
-            "update owed set attempts = attempts + 1, last_error = ?, lease_until = ? where id = ? and created = ?",
-            (error[:500], time.time() + retry_in, item.id, item.created),
+            """update owed set attempts = attempts + ?, last_error = ?, holder = null,
+                 lease_until = case when seq = ? then ? else 0 end where id = ?""",
+            (int(count), error[:500], item.seq, time.time() + retry_in, item.id),
         )
 
     def release(self) -> None:
-        """Drop every lease and back-off (after a repair run gave up, or an operator's retry)."""
-        self._conn().execute("update owed set lease_until = 0")
+        """Drop every back-off (an operator's retry); leases that workers hold are kept."""
+        self._conn().execute("update owed set lease_until = 0 where holder is null")
 
     def pending(self) -> dict[str, dict]:
-        """Per owed region: objects, bytes, oldest write time and the last error."""
-        rows = (
-            self._conn()
-            .execute(
-                """select region, count(*), coalesce(sum(size), 0), min(created),
-                      (select last_error from owed o2 where o2.region = owed.region and last_error is not null
-                       order by id desc limit 1)
+        """Per owed region: objects, bytes, oldest write time, the last error, and deleted
+        prefixes (``trees``) it is owed besides its objects."""
+        rows = self._conn().execute(
+            """select region, sum(tree = 0), coalesce(sum(size), 0), min(created),
+                  (select last_error from owed o2 where o2.region = owed.region and last_error is not null
+                   order by id desc limit 1), sum(tree)
                from owed group by region"""
-            )
-            .fetchall()
         )
-        return {r[0]: {"objects": r[1], "bytes": r[2], "oldest": r[3], "last_error": r[4]} for r in rows}
+        return {r[0]: {"objects": r[1], "bytes": r[2], "oldest": r[3], "last_error": r[4], "trees": r[5]} for r in rows}
 
-    def count(self) -> int:
+    def count(self, owner: str | None = None) -> int:
+        if owner:
+            return self._conn().execute("select count(*) from owed where owner = ?", (owner,)).fetchone()[0]
         return self._conn().execute("select count(*) from owed").fetchone()[0]
 
     def items(self) -> list[Owed]:
-        return [
-            Owed(*r)
-            for r in self._conn().execute(
-                "select id, op, key, region, source, sha256, size, created, attempts, reason from owed order by created"
-            )
-        ]
+        return [Owed(*r) for r in self._conn().execute(f"select {ROW} from owed order by created")]
+
+
+class _Tx:
+    """``begin immediate`` ... commit, or rollback on any error."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("begin immediate")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.conn.execute("rollback" if exc_type else "commit")
+        return False

@@ -118,6 +118,9 @@ class ArtifactsConfig(_Strict):
     mode: Literal["sync", "async"] = "sync"
     local_region: str | None = Field(default=None, description="region to read from first")
     prefix: str = "mlartifacts"
+    ledger: str | None = Field(
+        default=None, description="the shared replication ledger (SQLite path; relative to this file)"
+    )
 
 
 class ServingConfig(_Strict):

@@ -1,4 +1,5 @@
-"""Where the embedded stack keeps state, logs and pid files (XREGION_HOME, default ./.xregion)."""
+"""Where the embedded stack keeps state, logs and pid files (XREGION_HOME, default ./.xregion), and
+where the replication ledger lives (``ledger_path``)."""
 
 from __future__ import annotations
 
@@ -26,3 +27,24 @@ def environment(**values: str) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def ledger_path(cfg=None) -> Path:
+    """Where the replication ledger lives: one file that every writer and replicator of a
+    deployment shares, so owed work outlives the process that owed it.
+
+    ``XREGION_LEDGER``, else the regions file's ``artifacts.ledger`` (relative to that file),
+    else ``$XREGION_HOME/outbox.sqlite`` when XREGION_HOME is set, else the user's state
+    directory (``$XDG_STATE_HOME/xregion``, default ``~/.local/state/xregion``): never whatever
+    directory a client happens to run in.
+    """
+    if os.environ.get("XREGION_LEDGER"):
+        return Path(os.environ["XREGION_LEDGER"]).expanduser().resolve()
+    configured = getattr(getattr(cfg, "artifacts", None), "ledger", None)
+    if configured:
+        base = Path(cfg.source).parent if cfg.source else Path.cwd()
+        return (base / Path(configured).expanduser()).resolve()
+    if os.environ.get("XREGION_HOME"):
+        return xregion_home() / "outbox.sqlite"
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return (state / "xregion" / "outbox.sqlite").resolve()

@@ -117,10 +117,8 @@ def resync(ctx: Ctx) -> dict:
         res = run_resync(rep)
     finally:
         rep.close()
-    return {k: res[k] for k in ("objects", "differences", "repaired", "still_owed")} | {
-        "unreachable": res["unreachable"],
-        "unrepairable": len(res["unrepairable"]),
-    }
+    return {"objects": res.objects, "differences": res.differences, "repaired": res.repaired,
+            "still_owed": res.still_owed, "unreachable": res.unreachable, "unrepairable": len(res.unrepairable)}
 
 
 def primary_region(ctx: Ctx) -> str:

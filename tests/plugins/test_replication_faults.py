@@ -44,7 +44,7 @@ def heal(stack, rep: Replicator) -> dict:
             fault(stack, "thaw", r.name)
         elif stack.sup.state(f"{r.name}-s3") != "running":
             fault(stack, "restart", r.name)
-    rep.health = type(rep.health)()  # forget what the breaker learnt during the fault
+    rep.reset_health()  # forget what the breaker learnt during the fault
     return resync(rep)
 
 
@@ -134,7 +134,7 @@ def test_delete_while_region_down_reaches_it_later(stack, tmp_path, prefix):
         assert rep.outbox.pending()["b"]["objects"] == 3
     finally:
         fault(stack, "thaw", "b")
-    rep.health = type(rep.health)()
+    rep.reset_health()
     assert rep.wait_replicated(timeout=60)
     for r in stack.cfg.regions:
         assert list(RegionStore(r).list(prefix)) == []

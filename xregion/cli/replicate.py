@@ -82,31 +82,33 @@ def verify(
     deep: bool = typer.Option(False, help="Download and hash every copy, not only suspects."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Compare every object in every region (key, size, hash). Exit 1 on any difference."""
-    from xregion.plugins.verify import as_rows
-    from xregion.plugins.verify import verify as run_verify
+    """Compare every object in every region with its newest write; objects the ledger knows that
+    are missing everywhere count too. Exit 1 on any difference."""
+    from xregion.plugins.verify import check
 
     rep = _replicator()
     with _bar() as bar:
         task = bar.add_task("comparing", total=None)
-        total, diffs = run_verify(rep, prefix, deep, lambda i, n: bar.update(task, completed=i, total=n))
+        report = check(rep.stores, prefix, rep.outbox, deep, lambda i, n: bar.update(task, completed=i, total=n))
     if as_json:
-        print(json.dumps({"objects": total, "regions": list(rep.stores), "differences": as_rows(diffs)}, indent=2))
+        print(json.dumps(report.as_dict(), indent=2))
     else:
+        counts = ", ".join(f"{n} {p}" for p, n in report.counts.items() if n)
         table = Table(
             "key",
             "region",
             "problem",
             "detail",
             "good copy in",
-            title=f"{total} objects in {len(rep.stores)} regions: {len(diffs)} difference(s)",
+            title=f"{report.objects} objects in {len(rep.stores)} regions: {len(report.differences)} difference(s)"
+            + (f" ({counts})" if counts else ""),
         )
-        for d in diffs:
+        for d in report.differences:
             table.add_row(d.key, d.region, d.problem, d.detail, d.good_source or "-")
         Console().print(table)
-        if diffs:
+        if report.differences:
             console.print("Repair with `xregion replicate resync`.")
-    raise typer.Exit(1 if diffs else 0)
+    raise typer.Exit(0 if report.ok else 1)
 
 
 @replicate_app.command()
@@ -128,8 +130,9 @@ def resync(
             bar.update(tasks[phase], completed=i, total=n)
 
         result = run_resync(rep, prefix, deep, progress)
+    rep.close()
     if as_json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result.as_dict(), indent=2))
     else:
         console.print(
             f"{result['objects']} objects, {result['differences']} difference(s), "
@@ -153,11 +156,16 @@ def run(
     rep = _replicator()
     if metrics_port:
         start_http_server(metrics_port, addr="127.0.0.1")
-    console.print(f"replicating ({rep.mode}); outbox {rep.outbox.path}")
-    deadline = time.monotonic() + seconds if seconds else None
-    while deadline is None or time.monotonic() < deadline:
-        if not rep.drain_once(limit=32):
-            time.sleep(0.2)
+    console.print(f"replicating ({rep.mode}); ledger {rep.outbox.path}")
+    rep.start()
+    try:
+        deadline = time.monotonic() + seconds if seconds else None
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())) if deadline else 1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        rep.close()
 
 
 @bench_app.command()
@@ -165,10 +173,14 @@ def replication(
     as_json: bool = typer.Option(False, "--json"),
     max_mib: int = typer.Option(64, help="Largest file of the artifact set, MiB."),
 ) -> None:
-    """Upload one artifact set by plain boto3, xregion sync, xregion async and two sequential uploads."""
-    from xregion.plugins.bench_replication import render, run_bench
+    """Upload one artifact set by plain boto3, xregion sync and async, sequential and parallel plain uploads."""
+    from xregion.plugins.bench_replication import BenchError, render, run_bench
 
-    result = run_bench(max_mib=max_mib, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
+    try:
+        result = run_bench(max_mib=max_mib, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
+    except BenchError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(2) from None
     if as_json:
         print(json.dumps(result, indent=2))
     else:

@@ -1,0 +1,152 @@
+"""Converge one region on one key: the only way anything but a client's own write reaches a region.
+
+An owed row says "region R may not hold the newest state of key K". Paying it re-reads the newest
+state (the ledger's record, else the newest generation any region holds) and makes R agree:
+deletes a copy older than a tombstone, copies the newest generation from a region that holds it
+with the right hash. Every write to R is conditional on the copy looked at (If-Match its ETag, or
+If-None-Match when there was none), and after the write the newest state is read again: if a
+newer write was acknowledged meanwhile, or is in progress, the row stays owed. So a stale copy may
+land for a moment but never stays, and nothing ever goes back over a newer generation.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from xregion.store import ObjectInfo, PreconditionFailed, Store, StoreError
+
+from .outbox import KeyState, Owed
+
+if TYPE_CHECKING:
+    from .replication import Replicator
+
+log = logging.getLogger(__name__)
+ROUNDS = 3  # attempts per lease when a newer write keeps landing; after that the row waits its turn
+
+
+class Outcome(Enum):
+    DONE = "done"  # the region agrees with the newest state as of the end of the work
+    WAIT = "wait"  # a write of the key is in progress, or the newest state moved: pay it again soon
+
+
+class NoGoodCopy(StoreError):
+    """No region holds the newest generation with the right hash (yet)."""
+
+
+def newest_in_stores(stores: dict[str, Store], key: str, skip: str | None = None) -> KeyState | None:
+    """The newest copy any region holds, by generation (for keys the ledger does not know)."""
+    best: tuple[int, ObjectInfo] | None = None
+    for name, store in stores.items():
+        if name == skip:
+            continue
+        try:
+            info = store.stat(key)
+        except StoreError:
+            continue
+        if info is not None and (best is None or (info.gen or 0) > best[0]):
+            best = (info.gen or 0, info)
+    if best is None:
+        return None
+    return KeyState(key, best[0], "put", best[1].sha256, best[1].size)
+
+
+def newest(rep: Replicator, key: str) -> KeyState | None:
+    return rep.outbox.newest(key) or newest_in_stores(rep.stores, key)
+
+
+def converge(rep: Replicator, item: Owed) -> Outcome:
+    if item.tree:
+        return _converge_tree(rep, item)
+    for _ in range(ROUNDS):
+        if rep.outbox.writing(item.key):
+            return Outcome.WAIT
+        state = newest(rep, item.key)
+        if state is None:
+            return Outcome.DONE  # no region holds it and the ledger never heard of it
+        _apply(rep, item, state)
+        if not rep.outbox.writing(item.key) and _same(newest(rep, item.key), state):
+            return Outcome.DONE
+    return Outcome.WAIT
+
+
+def _same(a: KeyState | None, b: KeyState) -> bool:
+    return a is not None and (a.gen, a.op) == (b.gen, b.op)
+
+
+def _apply(rep: Replicator, item: Owed, state: KeyState) -> None:
+    target = rep.stores[item.region]
+    have = target.stat(item.key)
+    try:
+        if state.deleted:
+            if have is not None and (have.gen or 0) <= state.gen:
+                target.delete(item.key, if_match=have.etag)
+            return
+        if have is not None and (have.gen or 0) > state.gen:
+            return  # a newer write than the ledger knows (another writer): never undone here
+        current = have is not None and have.gen == state.gen and have.sha256 == state.sha256
+        if current and item.reason != "corrupt":
+            return
+        _copy(rep, item, state, target, have)
+    except PreconditionFailed:
+        log.info("%s changed in region %s while it was converged; looking again", item.key, item.region)
+
+
+def _copy(rep: Replicator, item: Owed, state: KeyState, target: Store, have: ObjectInfo | None) -> None:
+    """Stream the newest generation from a region holding it, checked against its hash."""
+    names = [item.source] + [r for r in rep.stores if r not in (item.source, item.region)]
+    last: Exception | None = None
+    with tempfile.TemporaryDirectory(prefix="xregion-copy-") as tmp:
+        local = Path(tmp) / "object"
+        for name in filter(None, names):
+            source = rep.stores.get(name)
+            if source is None or name == item.region:
+                continue
+            try:
+                got = source.get_file(item.key, local)
+            except StoreError as err:
+                last = err
+                continue
+            if (got.gen or 0) != state.gen:
+                last = NoGoodCopy(f"region {name} holds generation {got.gen} of {item.key}, not {state.gen}")
+                continue
+            expected = state.sha256 or got.recorded
+            if expected and got.sha256 != expected:
+                last = NoGoodCopy(f"region {name} holds a corrupt copy of {item.key} (sha256 {got.sha256[:12]})")
+                continue
+            target.put_file(
+                item.key,
+                local,
+                sha256=got.sha256,
+                gen=state.gen or None,
+                extra=got.upload_args | rep.extra_upload_args(),
+                if_match=have.etag if have else None,
+                if_none_match=have is None,
+            )
+            return
+    raise last or NoGoodCopy(f"no region holds generation {state.gen} of {item.key}")
+
+
+def _converge_tree(rep: Replicator, item: Owed) -> Outcome:
+    """A deleted prefix owed to a region that could not be listed: delete what it holds below
+    the prefix, copy by copy, where the newest state of the key is a delete newer than the copy."""
+    if rep.outbox.writing(item.key):
+        return Outcome.WAIT
+    target = rep.stores[item.region]
+    base = item.key
+    for obj in list(target.list(base)):
+        if base and obj.key != base and not obj.key.startswith(base + "/"):
+            continue
+        state = rep.outbox.newest(obj.key)
+        if state is None or not state.deleted:
+            continue
+        have = target.stat(obj.key)
+        if have is not None and (have.gen or 0) <= state.gen:
+            try:
+                target.delete(obj.key, if_match=have.etag)
+            except PreconditionFailed:
+                return Outcome.WAIT
+    return Outcome.DONE

@@ -1,0 +1,77 @@
+"""Owed work outlives the process that owed it (issue 13, item 6): a client writing xregion://
+directly pays what it owes before it exits, keeps its ledger where config/env say (never its
+working directory), and what it cannot pay in time stays in that ledger for a replicator."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from xregion.infra.embedded import stack as embedded
+from xregion.plugins.outbox import Outbox
+from xregion.store import RegionStore
+
+pytestmark = pytest.mark.timeout(600)
+XREGION = str(Path(sys.executable).parent / "xregion")
+CLIENT = """
+import sys
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+get_artifact_repository("xregion:///" + sys.argv[1]).log_artifact(sys.argv[2])
+print("logged", flush=True)
+"""  # and exits at once: nothing but the exit drain can pay region b
+
+
+def client_env(stack, tmp_path: Path, **extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("XREGION_HOME", "XREGION_LEDGER")}
+    return env | {
+        "XREGION_CONFIG": str(stack.config_path),
+        "XREGION_ARTIFACT_MODE": "async",
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+        **extra,
+    }
+
+
+def run_client(stack, tmp_path: Path, root: str, env: dict) -> subprocess.CompletedProcess:
+    f = tmp_path / "model.bin"
+    f.write_bytes(os.urandom(512 * 1024))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir(exist_ok=True)
+    return subprocess.run(
+        [sys.executable, "-c", CLIENT, root, str(f)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_a_direct_client_pays_what_it_owes_before_it_exits(stack, tmp_path):
+    root = f"exit/{uuid.uuid4().hex}"
+    done = run_client(stack, tmp_path, root, client_env(stack, tmp_path))
+    assert done.returncode == 0 and "logged" in done.stdout, done.stderr
+    assert RegionStore(stack.cfg.region("b")).stat(f"{root}/model.bin") is not None
+    assert not (tmp_path / "cwd" / ".xregion").exists()  # never a ledger in whatever cwd the client had
+    ledger = tmp_path / "state" / "xregion" / "outbox.sqlite"
+    assert ledger.exists() and Outbox(ledger).count() == 0
+
+
+def test_what_cannot_be_paid_in_time_stays_in_the_shared_ledger_for_a_replicator(stack, tmp_path):
+    root = f"exit/{uuid.uuid4().hex}"
+    ledger = tmp_path / "shared" / "ledger.sqlite"
+    env = client_env(stack, tmp_path, XREGION_LEDGER=str(ledger), XREGION_EXIT_DRAIN_SECONDS="1")
+    b = embedded.select(stack.cfg, stack.home, stack.sup, "b", "s3")
+    stack.sup.fault("freeze", b)
+    try:
+        done = run_client(stack, tmp_path, root, env)
+    finally:
+        stack.sup.fault("thaw", b)
+    assert done.returncode == 0, done.stderr
+    assert "still owed in the ledger" in done.stderr and str(ledger) in done.stderr
+    assert Outbox(ledger).count() == 1
+    replicator = subprocess.run(
+        [XREGION, "replicate", "run", "--seconds", "15"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert replicator.returncode == 0, replicator.stderr
+    assert Outbox(ledger).count() == 0
+    assert RegionStore(stack.cfg.region("b")).stat(f"{root}/model.bin") is not None
