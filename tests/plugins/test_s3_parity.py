@@ -17,11 +17,11 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-from tests.conftest import free_ports
 from xregion.infra.embedded.supervisor import Service
+from xregion.net import free_ports
 from xregion.store import RegionStore
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(600)]
 
 
 def capture(store: RegionStore) -> list[tuple[str, dict, bytes]]:
