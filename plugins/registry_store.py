@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 from mlflow.entities.model_registry import ModelVersionTag, RegisteredModelTag
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_CONFLICT
+from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, RESOURCE_CONFLICT
 from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
 
 from xregion import events
@@ -82,6 +82,21 @@ def _request_via() -> str:
     except ImportError:
         pass
     return "store"
+
+
+def _may_manage(model: str) -> bool:
+    """With MLflow's auth app: may the request's user manage ``model`` (admin, or MANAGE through a
+    role or grant)? MLflow itself lets EDIT move stages and aliases; production asks for more."""
+    from mlflow.server import auth as mlflow_auth  # the auth app of this very server process
+
+    user = _request_user()
+    if not mlflow_auth.is_auth_enabled():
+        return True
+    if not user:
+        return False
+    if mlflow_auth.store.get_user(user).is_admin:
+        return True
+    return mlflow_auth._resolve_user_permission_for_resource(user, "registered_model", model).can_manage
 
 
 def _now() -> str:
@@ -144,6 +159,12 @@ class XRegionRegistryStore(SqlAlchemyStore):
     def gate(self, name: str, version: str, target: str) -> dict:
         """Mark the version immutable, then raise ReplicationGateError unless every artifact of it
         verifies in every region. Called with the model's lock held."""
+        if self.authenticated and not _may_manage(name):
+            raise MlflowException(
+                f"moving {name} version {version} to {target} needs MANAGE on {name} "
+                f"(a release manager's account); {_request_user() or 'nobody'} has less",
+                error_code=PERMISSION_DENIED,
+            )
         location = self.artifact_location(name, version)
         try:
             prefix = validate_source(self.cfg, location)

@@ -106,11 +106,11 @@ def test_location_outside_the_replicated_store_is_refused(stack):
     cl = client(stack.cfg.region("a").mlflow_url)
     name = unique("gate-outside")
     cl.create_registered_model(name)
-    mv = cl.create_model_version(name, "s3://somewhere-else/model", run_id=None)
-    with pytest.raises(MlflowException, match="not a replicated location"):
-        cl.transition_model_version_stage(name, mv.version, "Production")
-    # other stages are not gated
-    assert cl.transition_model_version_stage(name, mv.version, "Staging").current_stage == "Staging"
+    # such a version would never be promotable: it is refused when it is registered
+    with pytest.raises(MlflowException, match="not under the replicated artifacts prefix") as err:
+        cl.create_model_version(name, "s3://somewhere-else/model", run_id=None)
+    assert err.value.get_http_status_code() == 400
+    assert cl.search_model_versions(f"name='{name}'") == []
 
 
 def test_rollback_puts_the_previous_version_back_and_archives_the_current(stack):

@@ -1,0 +1,127 @@
+"""Who may do what on the platform's MLflow servers: MLflow's own auth app (``--app-name basic-auth``).
+
+Every MLflow server runs the basic-auth app beside the gated registry store. Its user database is
+``mlflow_auth`` in the platform's Postgres (so every region's server knows the same users, and it
+survives a region like the rest of the registry). Accounts, generated at ``xregion up`` with
+passwords in ``XREGION_HOME/secrets`` (0600):
+
+| account | role | what it may do |
+| --- | --- | --- |
+| ``admin`` | MLflow admin | everything; creates the accounts below |
+| ``scientist`` | scientist | read everything, create experiments and runs, register versions of the served model (EDIT) |
+| ``release-manager`` | release manager | MANAGE on the served model: promote, roll back, delete versions |
+| ``xregion-router`` | the serving control plane | MANAGE on the served model: its automatic rollback writes the registry |
+| ``xregion-serving`` | model servers | read only (the default permission) |
+
+Promotion to production additionally needs MANAGE (the registry plugin checks it), so a
+scientist who can register a version cannot put it into production.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from xregion.config import XRegionConfig
+from xregion.secrets import secret, secret_path
+
+log = logging.getLogger(__name__)
+ADMIN = "admin"
+AUTH_DATABASE = "mlflow_auth"
+
+
+@dataclass(frozen=True)
+class Account:
+    username: str
+    role: str
+    grants: tuple[tuple[str, str], ...]  # (resource type, permission) on the served model
+
+    @property
+    def secret_name(self) -> str:
+        return f"mlflow-{self.username}"
+
+
+def accounts(cfg: XRegionConfig) -> dict[str, Account]:
+    """The platform's accounts by role."""
+    return {
+        a.role: a
+        for a in (
+            Account("scientist", "scientist", (("registered_model", "EDIT"),)),
+            Account("release-manager", "release-manager", (("registered_model", "MANAGE"),)),
+            Account("xregion-router", "router", (("registered_model", "MANAGE"),)),
+            Account("xregion-serving", "serving", ()),
+        )
+    }
+
+
+def password(home: Path, username: str) -> str:
+    return secret(home, f"mlflow-{username}")
+
+
+def credentials(home: Path, role: str, cfg: XRegionConfig) -> tuple[str, str]:
+    """(username, password) of a role's account; ``admin`` for the administrator."""
+    username = ADMIN if role == ADMIN else accounts(cfg)[role].username
+    return username, password(home, username)
+
+
+def client_env(home: Path, role: str, cfg: XRegionConfig) -> dict[str, str]:
+    """What an MLflow client process needs in its environment to act as ``role``."""
+    user, pw = credentials(home, role, cfg)
+    return {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": pw}
+
+
+def server_config(cfg: XRegionConfig, home: Path, database_uri: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(env, secret_env) of an MLflow server running the auth app: its config file (0600) and
+    the admin password and Flask secret by reference, never in argv or a pid file."""
+    ini = Path(home) / "auth" / "basic_auth.ini"
+    ini.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    text = (
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = {database_uri}\n"
+        f"admin_username = {ADMIN}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "grant_default_workspace_access = false\n"
+    )
+    fd = os.open(ini.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    ini.with_suffix(".tmp").replace(ini)
+    password(home, ADMIN)
+    secret(home, "mlflow-flask-secret")
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "XREGION_AUTH": "1"}
+    secret_env = {
+        "MLFLOW_AUTH_ADMIN_PASSWORD": f"file:{secret_path(home, f'mlflow-{ADMIN}')}",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": f"file:{secret_path(home, 'mlflow-flask-secret')}",
+    }
+    return env, secret_env
+
+
+def ensure_accounts(cfg: XRegionConfig, home: Path, url: str) -> list[str]:
+    """Create the accounts and their role grants through the auth app (idempotent); returns what was
+    created. Runs as the administrator against one region's server."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.server.auth.client import AuthServiceClient
+
+    from xregion.home import environment
+
+    created = []
+    with environment(**client_env(home, ADMIN, cfg)):
+        auth = AuthServiceClient(url)
+        roles = {r.name: r for r in auth.list_roles("default")}
+        for acc in accounts(cfg).values():
+            try:
+                auth.create_user(acc.username, password(home, acc.username))
+                created.append(acc.username)
+            except MlflowException as err:
+                if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code) and "exists" not in err.message:
+                    raise
+            if not acc.grants or acc.role in roles:
+                continue
+            role = auth.create_role("default", acc.role, description=f"xregion {acc.role}")
+            for resource, permission in acc.grants:
+                auth.add_role_permission(role.id, resource, cfg.registry.model_name, permission)
+            auth.assign_role(acc.username, role.id)
+    return created
