@@ -140,6 +140,8 @@ def _init(environment, **_kw):
         environment.host = cfg.serving.frontend_url
     ServingUser.host = environment.host
     ServingUser.wait_time = constant_throughput(opts.xr_serving_rate)
+    ServingUser.connection_timeout = min(1.0, opts.xr_timeout)  # read when each user's client is made
+    ServingUser.network_timeout = opts.xr_timeout
     ScientistUser.wait_time = constant_throughput(opts.xr_scientist_rate)
     ReleaseManagerUser.wait_time = constant(opts.xr_release_interval)
     # fixed counts for the low-rate personas; the serving users take the rest of -u

@@ -33,6 +33,8 @@ from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
+from xregion.stats import percentile
+
 from .requestlog import Request
 
 WINDOW_S = 5.0
@@ -57,19 +59,6 @@ def between(reqs: Iterable[Request], start: float | None = None, end: float | No
 
 def of_kind(reqs: Iterable[Request], kind: str | None) -> list[Request]:
     return list(reqs) if kind is None else [r for r in reqs if r.kind == kind]
-
-
-def percentile(values: Sequence[float], p: float) -> float | None:
-    """The p-th percentile (0..100) with linear interpolation between closest ranks (numpy's default)."""
-    if not values:
-        return None
-    xs = sorted(values)
-    if len(xs) == 1:
-        return float(xs[0])
-    pos = (len(xs) - 1) * p / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return float(xs[lo] + (xs[hi] - xs[lo]) * (pos - lo))
 
 
 def latency(reqs: Iterable[Request]) -> dict:

@@ -52,6 +52,8 @@ class DrillOptions:
     timeout: float = 5.0
     seed: int = 0
     to_mlflow: bool = True
+    load: float | None = None  # serving load as a share of the measured capacity (users and rate follow)
+    capacity_rps: float | None = None  # the capacity it was a share of
 
 
 @dataclass
@@ -90,6 +92,8 @@ def plan(scenario: str, opts: DrillOptions, cfg: XRegionConfig, home: Path, prog
             f"--users {opts.users} is too few for {n_sci} scientist(s), {n_rm} release manager(s) and the serving users"
         )
     fault_at, restore_at = default_schedule(opts.duration, sc, opts.fault_at, opts.restore_at)
+    if opts.load is not None:
+        _size_load(opts, sc, cfg, home, n_sci + n_rm, progress)
     if opts.max_requests is None:
         rate = max(opts.serving_rate, opts.scientist_rate)
         opts.max_requests = int(min(5_000_000, max(1000, opts.users * rate * opts.duration * 3)))
@@ -103,6 +107,23 @@ def plan(scenario: str, opts: DrillOptions, cfg: XRegionConfig, home: Path, prog
             f"({detail}); start serving first (`xregion router start`)"
         )
     return DrillRun(sc, opts, ctx, out_dir, n_sci, n_rm, fault_at, restore_at, O.load(opts.objectives_file, scenario))
+
+
+def _size_load(opts: DrillOptions, sc: Scenario, cfg: XRegionConfig, home: Path, others: int, progress) -> None:
+    """Serving users and their rate for ``opts.load`` times the platform's measured capacity."""
+    from . import capacity
+
+    if not 0 < opts.load <= 1.5:
+        raise DrillError("--load is a share of the measured capacity: between 0 and 1.5 (e.g. 0.5)")
+    cap = capacity.for_drill(cfg, home, progress)
+    rps = opts.load * cap.max_rps
+    users, rate = capacity.split_rate(rps, opts.workers)
+    opts.users, opts.serving_rate = users + others, rate
+    opts.capacity_rps = cap.max_rps
+    progress(
+        f"load {opts.load:.0%} of the measured capacity ({cap.max_rps:.0f}/s): {rps:.0f} requests/s from "
+        f"{users} serving users"
+    )
 
 
 def load_spec(run: DrillRun, versions: list[str], user_ids: str) -> LoadSpec:

@@ -35,7 +35,19 @@ def _fmt(v, unit: str = "", pct: bool = False) -> str:
 def drill(
     scenario: str = typer.Argument(..., help=_SCENARIO_HELP),
     duration: float = typer.Option(60.0, "--duration", help="Seconds of load (Locust -t)."),
-    users: int = typer.Option(8, "--users", help="Locust users in all (scientists and release managers included)."),
+    load: float | None = typer.Option(
+        None,
+        "--load",
+        help="Serving load as a share of the capacity measured on this "
+        "platform (`xregion bench capacity`; measured first when missing). Default 0.5, "
+        "unless --users or --serving-rate set the load by hand.",
+    ),
+    users: int | None = typer.Option(
+        None,
+        "--users",
+        help="Locust users in all (scientists and release managers "
+        "included); with --serving-rate, the load by hand instead of --load.",
+    ),
     workers: int = typer.Option(0, "--workers", help="Distributed mode: a Locust master and N worker processes."),
     spawn_rate: float | None = typer.Option(None, help="Users started per second (default: all at once)."),
     fault_at: float | None = typer.Option(None, help="Seconds after the start of the load (default 30 % of it)."),
@@ -49,7 +61,7 @@ def drill(
     max_requests: int | None = typer.Option(None, help="Stop the load after this many requests."),
     scientists: int | None = typer.Option(None, help="Scientist users (default per scenario)."),
     release_managers: int | None = typer.Option(None, help="Release manager users (default per scenario)."),
-    serving_rate: float = typer.Option(2.0, help="Requests/s per serving user."),
+    serving_rate: float | None = typer.Option(None, help="Requests/s per serving user (by hand; default 2)."),
     scientist_rate: float = typer.Option(2.0, help="Operations/s per scientist."),
     timeout: float = typer.Option(5.0, help="Client timeout (s) per request or operation; slower counts as failed."),
     seed: int = typer.Option(0, help="Seed of the request mix."),
@@ -77,7 +89,8 @@ def drill(
             summary = run_drill(
                 scenario,
                 duration=duration,
-                users=users,
+                load=load if load is not None else (None if users or serving_rate else 0.5),
+                users=users or 8,
                 workers=workers,
                 spawn_rate=spawn_rate,
                 fault_at=fault_at,
@@ -87,7 +100,7 @@ def drill(
                 max_requests=max_requests,
                 scientists=scientists,
                 release_managers=release_managers,
-                serving_rate=serving_rate,
+                serving_rate=serving_rate or 2.0,
                 scientist_rate=scientist_rate,
                 timeout=timeout,
                 seed=seed,
@@ -184,3 +197,79 @@ def show(s: dict) -> None:
     out.print(f"report: {s['report']}")
     if (s.get("mlflow") or {}).get("run_id"):
         out.print(f"MLflow: {s['mlflow']['tracking_uri']} experiment drills, run {s['mlflow']['run_id']}")
+
+
+bench_app = typer.Typer()
+
+
+@bench_app.command("capacity")
+def bench_capacity(
+    p99_ms: float = typer.Option(50.0, help="The latency objective: p99 of successful requests, ms."),
+    workers: int = typer.Option(2, help="Locust worker processes (a master and N workers, as on real hosts)."),
+    step_s: float = typer.Option(15.0, help="Seconds of load per step."),
+    start_rps: float = typer.Option(50.0, help="Requests per second of the first step."),
+    growth: float = typer.Option(1.5, help="Each step offers this many times the last."),
+    no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not log the run to MLflow."),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON on stdout."),
+) -> None:
+    """The front door's maximum sustainable requests/s (distributed Locust ramps until the p99 objective
+    breaks or requests fail), latency at 25/50/75/100 % of it, and where the CPU goes. Needs a running
+    platform with serving (`xregion up`, then `xregion router start` or `xregion demo`)."""
+    from xregion.home import xregion_home
+    from xregion.loadtests import capacity
+    from xregion.loadtests.load import LoadError
+    from xregion.loadtests.preflight import wait_serving
+
+    from .common import config_or_exit
+
+    cfg, home = config_or_exit(), xregion_home()
+    ok, detail = wait_serving(cfg, timeout=20, consecutive=3)
+    if not ok:
+        console.print(
+            f"[red]the front door {cfg.serving.frontend_url} does not serve ({detail})[/red]: start the "
+            "platform and serving first (`xregion up`, then `xregion router start`)"
+        )
+        raise typer.Exit(2)
+    try:
+        cap = capacity.measure(
+            cfg,
+            home,
+            p99_ms=p99_ms,
+            workers=workers,
+            step_s=step_s,
+            start_rps=start_rps,
+            growth=growth,
+            progress=lambda m: console.print(f"[dim]{m}[/dim]"),
+        )
+    except (LoadError, RuntimeError) as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(1) from None
+    out = cap.as_dict()
+    if not no_mlflow:
+        out["mlflow_run_id"] = capacity.log_to_mlflow(cfg, cap)
+    if as_json:
+        print(json.dumps(out, indent=2))
+        return
+    table = Table(
+        "share",
+        "offered/s",
+        "achieved/s",
+        "p50 ms",
+        "p99 ms",
+        "failed",
+        "CPU cores by component",
+        title=f"capacity {cap.max_rps:.0f} requests/s at p99 <= {p99_ms:g} ms",
+    )
+    for share, s in cap.at_share.items():
+        cpu = ", ".join(f"{k} {v:.2f}" for k, v in sorted(s.cpu_cores.items()))
+        table.add_row(
+            share,
+            f"{s.offered_rps:.0f}",
+            f"{s.achieved_rps:.0f}",
+            f"{s.p50_ms:.1f}",
+            f"{s.p99_ms:.1f}",
+            str(s.failed),
+            cpu,
+        )
+    Console().print(table)
+    console.print(f"plot: {cap.plot}")
