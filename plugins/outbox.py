@@ -297,16 +297,25 @@ class Outbox:
         )
 
     def lease(
-        self, limit: int = 16, seconds: float | None = None, skip_regions: frozenset[str] = frozenset()
+        self,
+        limit: int = 16,
+        seconds: float | None = None,
+        skip_regions: frozenset[str] = frozenset(),
+        due: tuple[float, float] | None = None,
     ) -> list[Owed]:
-        """Claim up to ``limit`` rows nobody else holds, oldest first."""
+        """Claim up to ``limit`` rows nobody else holds, oldest first. ``due`` (budget seconds,
+        bytes per second): only rows that could not wait longer and still be copied within
+        ``budget`` seconds of their write at that rate (the pacing of plugins/loop.py)."""
         now, seconds = time.time(), seconds or LEASE_SECONDS
+        paced, args = "", ()
+        if due is not None:
+            paced, args = "and created + ? - size / ? <= ?", (due[0], max(due[1], 1.0), now)
         with self._tx() as c:
             marks = ",".join("?" * len(skip_regions)) or "''"
             rows = c.execute(
-                f"""select {ROW} from owed where lease_until < ? and region not in ({marks})
+                f"""select {ROW} from owed where lease_until < ? and region not in ({marks}) {paced}
                     order by created limit ?""",
-                (now, *skip_regions, limit),
+                (now, *skip_regions, *args, limit),
             ).fetchall()
             c.executemany(
                 "update owed set lease_until = ?, holder = ? where id = ?",
