@@ -16,7 +16,7 @@ from xregion.infra.embedded import stack as embedded
 from xregion.plugins.outbox import Outbox
 from xregion.store import RegionStore
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(600)]
 XREGION = str(Path(sys.executable).parent / "xregion")
 CLIENT = """
 import sys

@@ -19,7 +19,7 @@ from xregion.plugins.replication import Replicator
 from xregion.plugins.verify import check, resync
 from xregion.store import ObjectNotFound, RegionStore, stores
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(600)]
 
 
 class HeldStore:

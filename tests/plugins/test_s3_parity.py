@@ -17,11 +17,11 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-from tests.conftest import free_ports
 from xregion.infra.embedded.supervisor import Service
+from xregion.net import free_ports
 from xregion.store import RegionStore
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(600)]
 
 
 def capture(store: RegionStore) -> list[tuple[str, dict, bytes]]:
@@ -41,18 +41,26 @@ def b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
 
-@pytest.mark.parametrize("size", [100 * 1024, 20 << 20])
-def test_every_upload_request_carries_the_sha256_of_its_body(stack, tmp_path, size):
+@pytest.mark.parametrize(
+    "size, threshold_mib, requests",
+    [(100 * 1024, None, 1), (20 << 20, None, 1), (20 << 20, 8, 3)],  # one request up to the threshold (64 MiB)
+)
+def test_every_upload_request_carries_the_sha256_of_its_body(stack, tmp_path, monkeypatch, size, threshold_mib, requests):
+    if threshold_mib:
+        monkeypatch.setenv("XREGION_MULTIPART_THRESHOLD_MIB", str(threshold_mib))
     store = RegionStore(stack.cfg.region("a"))
     sent = capture(store)
     f = tmp_path / "obj.bin"
     f.write_bytes(os.urandom(size))
     key = f"parity/{uuid.uuid4().hex}"
     info = store.put_file(key, f)
-    assert len(sent) == (1 if size < 8 << 20 else 3)  # one request, or 8 MiB parts
+    assert len(sent) == requests  # one request, or 8 MiB parts
     for _, headers, body in sent:
-        assert headers["x-amz-checksum-sha256"] == b64(hashlib.sha256(body).digest())
+        digest = hashlib.sha256(body).digest()
+        assert headers["x-amz-checksum-sha256"] == b64(digest)
+        assert headers["X-Amz-Content-SHA256"] == digest.hex()  # signed with the same hash, not hashed again
     assert store.stat(key).sha256 == info.sha256 == hashlib.sha256(f.read_bytes()).hexdigest()
+    assert store.get_bytes(key) == f.read_bytes()
 
 
 def test_content_md5_for_stores_without_flexible_checksums(stack, tmp_path, monkeypatch):
