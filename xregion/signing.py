@@ -15,6 +15,7 @@ import binascii
 
 import botocore.auth
 from botocore.auth import S3SigV4Auth
+from botocore.handlers import set_operation_specific_signer
 
 NAME = "xregion-s3v4"
 
@@ -32,11 +33,18 @@ class KnownPayloadS3SigV4Auth(S3SigV4Auth):
         return super().payload(request)
 
 
-def _choose(signature_version=None, **_):
-    return NAME if signature_version == "s3v4" else None
+def _choose(signature_version=None, context=None, signing_name=None, **_):
+    """Where botocore would sign a request (not a presigned URL) with plain ``s3v4``, use ours;
+    otherwise (unsigned, bearer, v4a, express, presigning) say nothing and let botocore choose."""
+    if signature_version not in ("v4", "s3v4"):
+        return None
+    chosen = set_operation_specific_signer(context=context or {}, signing_name=signing_name) or signature_version
+    return NAME if chosen == "s3v4" else None
 
 
 def install(client) -> None:
-    """Sign ``client``'s S3 requests with the known payload hash where the request carries one."""
+    """Sign ``client``'s S3 requests with the known payload hash where the request carries one.
+    Registered first: botocore's own choice (``set_operation_specific_signer``) answers otherwise
+    and the event stops at the first answer."""
     botocore.auth.AUTH_TYPE_MAPS.setdefault(NAME, KnownPayloadS3SigV4Auth)
-    client.meta.events.register("choose-signer.s3", _choose)
+    client.meta.events.register_first("choose-signer.s3", _choose)
