@@ -38,6 +38,7 @@ from .reads import CorruptCopy, NoRegionAvailable  # noqa: F401  (re-exported: t
 from .seeds import Seeds
 
 log = logging.getLogger(__name__)
+MARKER_TIMEOUT = 2.0  # seconds per request for the protection markers
 
 
 class RegionHealth:
@@ -99,6 +100,7 @@ class Replicator(ReconcileLoop):
         self.outbox = Outbox(outbox_path or ledger_path(cfg))
         self.pool = DaemonPool(4 * len(self.stores), "xregion-replicator")
         self.seeds = Seeds()
+        self._markers: dict[str, Store] | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
@@ -115,6 +117,16 @@ class Replicator(ReconcileLoop):
 
     def extra_upload_args(self) -> dict:
         return extra_upload_args()
+
+    def marker_stores(self) -> dict[str, Store]:
+        """The regions' stores with requests bounded by MARKER_TIMEOUT, for the protection markers
+        every artifact write and delete reads (a frozen region must not hold each of them)."""
+        with self._lock:
+            if self._markers is None:
+                self._markers = {
+                    n: s.bounded(MARKER_TIMEOUT) if hasattr(s, "bounded") else s for n, s in self.stores.items()
+                }
+            return self._markers
 
     # --- writes ----------------------------------------------------------------------------
     def put_file(self, key: str, path: str | os.PathLike, extra: dict | None = None) -> ObjectInfo:
