@@ -205,6 +205,7 @@ class ReconcileLoop:
         )
         worker.start()
         worker.join(timeout)
+        self.outbox.give_up_leases()  # what a hanging request of this process holds is free for others at once
         left = self.outbox.count(self.outbox.owner)
         result = done[0] if done else Drained(left == 0, left, time.monotonic() - t0)
         if not result.drained:

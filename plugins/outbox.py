@@ -350,6 +350,10 @@ class Outbox:
         """Drop every back-off (an operator's retry); leases that workers hold are kept."""
         self._conn().execute("update owed set lease_until = 0 where holder is null")
 
+    def give_up_leases(self) -> None:
+        """This process stops working (it exits): the rows it holds are free for others at once."""
+        self._conn().execute("update owed set lease_until = 0, holder = null where holder = ?", (self.owner,))
+
     def pending(self) -> dict[str, dict]:
         """Per owed region: objects, bytes, oldest write time, the last error, and deleted
         prefixes (``trees``) it is owed besides its objects."""
