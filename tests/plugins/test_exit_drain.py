@@ -37,8 +37,15 @@ def client_env(stack, tmp_path: Path, **extra) -> dict[str, str]:
     }
 
 
-TIMED = CLIENT.replace('print("logged", flush=True)', 'import time; print("logged", time.time(), flush=True)')
-MARGIN = 3.0  # interpreter teardown on a busy machine; a request to a frozen region waits 10 s here
+# "exiting" is printed by an atexit hook: after threading's exit hooks (the exit drain, and the
+# joins of worker threads that a hanging request would stretch), before the interpreter tears its
+# modules down (a second or more for MLflow's imports on a busy machine, and not ours to bound)
+TIMED = CLIENT.replace(
+    'print("logged", flush=True)',
+    'import atexit, time; print("logged", time.time(), flush=True)\n'
+    'atexit.register(lambda: print("exiting", time.time(), flush=True))',
+)
+MARGIN = 2.0  # a busy machine; a request to a frozen region waits 10 s here, twice
 
 
 def run_client(stack, tmp_path: Path, root: str, env: dict, script: str = CLIENT) -> subprocess.CompletedProcess:
@@ -99,8 +106,9 @@ def test_a_frozen_region_cannot_hold_the_exit_drain_past_its_timeout(stack, tmp_
     finally:
         stack.sup.fault("thaw", b)
     assert done.returncode == 0, done.stderr
-    logged = float(next(line for line in done.stdout.splitlines() if line.startswith("logged")).split()[1])
-    assert exited - logged < bound + MARGIN, f"exit took {exited - logged:.1f}s after the write"
+    said = {line.split()[0]: float(line.split()[1]) for line in done.stdout.splitlines() if line.split()}
+    took = f"exit work took {said['exiting'] - said['logged']:.1f}s, the process {exited - said['logged']:.1f}s"
+    assert said["exiting"] - said["logged"] < bound + MARGIN, took
     assert "still owed in the ledger" in done.stderr
     assert Outbox(ledger).count() == 1
     replicator = subprocess.run(
