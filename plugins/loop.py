@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -62,12 +63,25 @@ class Drained:
 
 
 class ReconcileLoop:
+    _active = 0  # client writes of this process in progress (from reading the file to the last ack)
     _last_write = 0.0  # monotonic time a write of this process last ended
     _rate = 32.0 * 2**20  # bytes per second that copies reach (a moving average)
 
+    @contextmanager
+    def foreground(self):
+        """A client's write (put or delete), from its first read of the file to its last ack."""
+        with self._lock:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+            self._last_write = time.monotonic()
+
     def _writing(self) -> bool:
-        """Is this process writing (a write in flight, or one that ended a moment ago)?"""
-        return bool(self._writes) or time.monotonic() - self._last_write < IDLE_AFTER
+        """Is this process writing (a write in progress, or one that ended a moment ago)?"""
+        return self._active > 0 or time.monotonic() - self._last_write < IDLE_AFTER
 
     def _lag(self, seconds: float) -> None:
         LAG.observe(seconds)

@@ -131,6 +131,10 @@ class Replicator(ReconcileLoop):
     # --- writes ----------------------------------------------------------------------------
     def put_file(self, key: str, path: str | os.PathLike, extra: dict | None = None) -> ObjectInfo:
         """Write ``path`` as ``key``: a new generation, acknowledged per ``mode``."""
+        with self.foreground():  # the background worker paces its copies meanwhile (plugins/loop.py)
+            return self._put_file(key, path, extra)
+
+    def _put_file(self, key: str, path: str | os.PathLike, extra: dict | None) -> ObjectInfo:
         extra = (guessed_type_args(str(path)) if extra is None else extra) | extra_upload_args()
         payload = Payload.read(path)  # read once: the hash and every region's body come from it
         kept = False
@@ -177,7 +181,6 @@ class Replicator(ReconcileLoop):
         finally:
             with self._lock:
                 self._writes.discard((key, gen))
-            self._last_write = time.monotonic()
 
     def _put(self, key: str, payload: Payload, gen: int, extra: dict, regions: list[str]) -> list[str]:
         """One upload to every region of ``regions`` at once; the regions that hold it now."""
@@ -205,6 +208,10 @@ class Replicator(ReconcileLoop):
         """Delete ``base`` and everything under ``base/``: a tombstone in the ledger first (so no
         copy in flight can bring a key back), then every region, each listed whatever its breaker
         says; a region that cannot be listed or fails is owed the delete of the whole tree."""
+        with self.foreground():
+            self._delete_tree(base)
+
+    def _delete_tree(self, base: str) -> None:
         gen = self._begin(base, tree=True)
         try:
             keys, unlisted = reads.tree_keys(self, base)
