@@ -12,6 +12,13 @@ region. Use it as ``mlflow server --artifacts-destination xregion:///mlartifacts
 server writes), as ``--default-artifact-root xregion:///mlartifacts`` (clients write directly,
 with the regions file and credentials in their environment), or as an experiment's
 artifact_location.
+
+Promoted artifacts are immutable (plugins/gate.py): while a model version is in production, a
+marker ``_xregion/protected/<model>/<version>`` in every region's bucket names its key prefix,
+and this repository refuses to write or delete anything under a protected prefix (HTTP 409
+RESOURCE_CONFLICT), reading the markers at every call (a promotion writes its marker before it
+verifies: nothing may be cached). The ``_xregion/`` namespace itself cannot be written or deleted
+through the repository (HTTP 403), nor can a repository's root or the bucket's root (HTTP 400).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from mlflow.protos.databricks_pb2 import (
     INTERNAL_ERROR,
     INVALID_PARAMETER_VALUE,
     PERMISSION_DENIED,
+    RESOURCE_CONFLICT,
     RESOURCE_DOES_NOT_EXIST,
     TEMPORARILY_UNAVAILABLE,
     UNAUTHENTICATED,
@@ -35,7 +43,9 @@ from mlflow.utils.file_utils import relative_path_to_artifact_path
 from xregion.config import ConfigError, load_config
 from xregion.store import AccessError, ObjectNotFound, StoreError
 from xregion.uris import NotReplicatedURI, key_prefix
+from xregion.workers import shared_pool
 
+from .gate import RESERVED, MarkersUnreadable, is_protected, protected_now
 from .replication import NoRegionAvailable, shared_replicator
 
 # as MLflow's S3 artifact repository maps S3's refusals: a permissions mistake is not an outage
@@ -53,17 +63,54 @@ class XRegionArtifactRepository(ArtifactRepository):
     def __init__(self, artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None):
         super().__init__(artifact_uri, tracking_uri, registry_uri)
         try:
-            cfg = load_config()
-            self.root = key_prefix(artifact_uri, cfg)
+            self.cfg = load_config()
+            self.root = key_prefix(artifact_uri, self.cfg)
         except (ConfigError, NotReplicatedURI) as err:
             raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
-        self.replicator = shared_replicator(cfg)
+        self.replicator = shared_replicator(self.cfg)
+
+    def _rel(self, *parts: str | None) -> str:
+        """The path below the repository's root that ``parts`` name ('' for the root itself)."""
+        segments = [s for p in parts if p for s in p.split("/") if s not in ("", ".")]
+        if ".." in segments:
+            raise MlflowException(f"invalid artifact path {'/'.join(segments)!r}", error_code=INVALID_PARAMETER_VALUE)
+        return "/".join(segments)
 
     def _key(self, *parts: str | None) -> str:
-        key = posixpath.join(self.root, *[p.strip("/") for p in parts if p])
-        if ".." in key.split("/"):
-            raise MlflowException(f"invalid artifact path {key!r}", error_code=INVALID_PARAMETER_VALUE)
-        return key
+        return "/".join(p for p in (self.root, self._rel(*parts)) if p)
+
+    # --- what may not change ------------------------------------------------------------------
+    def _protected(self) -> set[str]:
+        """Every region's protection markers, read now (plugins/gate.py ``protected_now``)."""
+        rep = self.replicator
+        try:
+            # not the replicator's pool: its workers may all wait on a frozen region
+            return protected_now(rep.marker_stores(), shared_pool(), rep.health)
+        except MarkersUnreadable as err:
+            raise MlflowException(
+                f"cannot read the protection markers of promoted models in any region, so nothing is changed: {err}",
+                error_code=TEMPORARILY_UNAVAILABLE,
+            ) from None
+
+    def _check(self, keys: list[str], action: str) -> None:
+        """Refuse ``action`` (write, delete) of ``keys`` in xregion's own namespace or under the
+        prefix of a model version in production."""
+        for key in keys:
+            rel = key[len(self.root) :].lstrip("/") if self.root and key.startswith(self.root) else key
+            if any(k == RESERVED or k.startswith(RESERVED + "/") for k in (key, rel)):
+                raise MlflowException(
+                    f"refusing to {action} {key!r}: {RESERVED}/ is reserved for xregion's own markers "
+                    "(the protection of promoted models); it cannot be changed through the artifact API",
+                    error_code=PERMISSION_DENIED,
+                )
+        prefixes = self._protected()
+        for key in keys:
+            if (prefix := is_protected(key, prefixes)) is not None:
+                raise MlflowException(
+                    f"refusing to {action} {key!r}: the artifacts under {prefix!r} belong to a model version "
+                    "in production and are immutable; move production to another version first",
+                    error_code=RESOURCE_CONFLICT,
+                )
 
     def _error(self, err: StoreError, action: str = "Failed to access artifacts in") -> MlflowException:
         if isinstance(err, AccessError):
@@ -82,10 +129,13 @@ class XRegionArtifactRepository(ArtifactRepository):
             raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
 
     def log_artifact(self, local_file, artifact_path=None):
-        self._put(self._key(artifact_path, os.path.basename(local_file)), local_file)
+        key = self._key(artifact_path, os.path.basename(local_file))
+        self._check([key], "write")
+        self._put(key, local_file)
 
     def log_artifacts(self, local_dir, artifact_path=None):
         local_dir = os.path.abspath(local_dir)
+        files = []
         for root, _, filenames in os.walk(local_dir):
             rel = os.path.relpath(root, local_dir)
             sub = (
@@ -93,8 +143,10 @@ class XRegionArtifactRepository(ArtifactRepository):
                 if rel == "."
                 else posixpath.join(artifact_path or "", relative_path_to_artifact_path(rel))
             )
-            for name in filenames:
-                self._put(self._key(sub, name), os.path.join(root, name))
+            files += [(self._key(sub, name), os.path.join(root, name)) for name in filenames]
+        self._check([key for key, _ in files], "write")  # all or nothing
+        for key, path in files:
+            self._put(key, path)
 
     def list_artifacts(self, path=None):
         base = self._key(path)
@@ -121,6 +173,15 @@ class XRegionArtifactRepository(ArtifactRepository):
 
     def delete_artifacts(self, artifact_path=None):
         base = self._key(artifact_path)
+        whole_store = self.cfg.artifacts.prefix.strip("/")
+        if not self._rel(artifact_path) or not base or base == whole_store:
+            raise MlflowException(
+                f"refusing to delete {'the bucket root' if not base else repr(base)} through "
+                f"{self.artifact_uri}: the root of a repository, of the bucket or of the artifact store is never "
+                "deleted whole; delete the paths under it that you mean",
+                error_code=INVALID_PARAMETER_VALUE,
+            )
+        self._check([base], "delete")
         try:
             self.replicator.delete_tree(base)
         except StoreError as err:

@@ -4,7 +4,8 @@
 (client-observed, then until fully replicated); (d) the naive baseline: plain boto3 to each
 region one after the other; (e) plain boto3 to every region in parallel, the physical limit of a
 sync write. Throughputs are compared as ratios (sync to (e), async to (a)), measured in the same
-run and interleaved over rounds, because absolute times drift on a shared machine.
+run and interleaved over rounds, because absolute times drift on a shared machine. The result is a
+plain dict (``--json``); the CLI (xregion/cli/replicate.py) renders it as a table.
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ def run_bench(max_mib: int = 64, rounds: int = 4, progress=print) -> dict:
     times: dict[str, list[float]] = {k: [] for k in keys}
     lags: list[float] = []
     full: list[float] = []
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="xregion-bench-") as tmp:
         files = make_set(Path(tmp), max_mib)
         total = sum(p.stat().st_size for p in files)
@@ -154,37 +156,5 @@ def run_bench(max_mib: int = 64, rounds: int = 4, progress=print) -> dict:
         "async_lag_s": {"p50": round(pct(lags, 50), 3), "p99": round(pct(lags, 99), 3), "samples": len(lags)},
         "async_fully_replicated_s": round(statistics.median(full), 3),
         "targets": {"sync_over_e": ">= 0.9", "async_over_a": ">= 0.8", "async_lag_p99_s": "<= 2"},
+        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],  # how noisy the machine was
     }
-
-
-def render(result: dict, console) -> None:
-    from rich.table import Table
-
-    t = Table(
-        "method",
-        "seconds",
-        "MiB/s",
-        "ratio to (a)",
-        title=f"replication benchmark: {result['artifact_set']['files']} files, "
-        f"{result['artifact_set']['bytes'] / 2**20:.1f} MiB, regions {', '.join(result['regions'])}",
-    )
-    ratio = {
-        "a_plain_boto3": 1.0,
-        "b_xregion_sync": result["ratios"]["b_over_a"],
-        "c_xregion_async": result["ratios"]["c_over_a"],
-        "d_sequential_regions": result["ratios"]["d_over_a"],
-        "e_parallel_plain": result["ratios"]["e_over_a"],
-    }
-    for k, s in result["seconds"].items():
-        t.add_row(k, f"{s:.2f}", f"{result['throughput_mib_s'][k]:.1f}", f"{ratio[k]:.2f}")
-    console.print(t)
-    lag = result["async_lag_s"]
-    console.print(
-        f"async lag p50 {lag['p50']}s, p99 {lag['p99']}s ({lag['samples']} objects); "
-        f"async set fully replicated after {result['async_fully_replicated_s']}s"
-    )
-    r = result["ratios"]
-    console.print(
-        f"sync / (e) parallel plain = {r['sync_over_e']} (target >= 0.9); "
-        f"async foreground / (a) = {r['async_over_a']} (target >= 0.8); async lag p99 {lag['p99']}s (target <= 2)"
-    )

@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, wait
 from contextlib import contextmanager
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_CONFLICT
 
 from xregion.config import XRegionConfig
-from xregion.store import StoreError, stores
+from xregion.store import AccessError, StoreError, stores
 from xregion.uris import NotReplicatedURI, key_prefix
 
-PROTECTED = "_xregion/protected/"
+RESERVED = "_xregion"  # xregion's own objects in every bucket; never written through the artifact API
+PROTECTED = f"{RESERVED}/protected/"
+MARKER_GRACE = 0.5  # seconds to wait for the other regions once one region has answered
 
 
 class ReplicationGateError(MlflowException):
@@ -161,3 +165,40 @@ def is_protected(key: str, prefixes: set[str]) -> str | None:
         if k == p or k.startswith(p + "/") or p.startswith(k + "/") or not k:
             return p
     return None
+
+
+class MarkersUnreadable(StoreError):
+    """No region answered with its protection markers."""
+
+
+def protected_now(markers: dict, pool, health) -> set[str]:
+    """Every protected prefix, read now (never cached) from the regions' stores ``markers``
+    (name -> store, with short request timeouts), in parallel on ``pool``, skipping regions whose
+    breaker (``health``) is open while another is left. Every region holds every marker (a
+    promotion that cannot write one in each region is refused), so the union of the regions that
+    answer within ``MARKER_GRACE`` of the first answer is the whole set; a region that has not
+    answered by then opens its breaker. Raises MarkersUnreadable when no region answers."""
+    names = [r for r in markers if health.up(r)] or list(markers)
+    futures = {pool.submit(protected_prefixes, markers[r]): r for r in names}
+    found: set[str] = set()
+    errors: list[str] = []
+    pending, deadline = set(futures), None
+    while pending:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        done, pending = wait(pending, timeout=left, return_when=FIRST_COMPLETED)
+        if not done:
+            break
+        for future in done:
+            try:
+                found |= future.result()
+            except StoreError as err:
+                errors.append(f"{futures[future]}: {err}")
+                if not isinstance(err, AccessError):
+                    health.failed(futures[future])
+                continue
+            deadline = deadline or time.monotonic() + MARKER_GRACE
+    for future in pending:
+        health.failed(futures[future])
+    if deadline is None:
+        raise MarkersUnreadable("; ".join(errors) or "no region to ask")
+    return found

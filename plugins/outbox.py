@@ -297,16 +297,25 @@ class Outbox:
         )
 
     def lease(
-        self, limit: int = 16, seconds: float | None = None, skip_regions: frozenset[str] = frozenset()
+        self,
+        limit: int = 16,
+        seconds: float | None = None,
+        skip_regions: frozenset[str] = frozenset(),
+        due: tuple[float, float] | None = None,
     ) -> list[Owed]:
-        """Claim up to ``limit`` rows nobody else holds, oldest first."""
+        """Claim up to ``limit`` rows nobody else holds, oldest first. ``due`` (budget seconds,
+        bytes per second): only rows that could not wait longer and still be copied within
+        ``budget`` seconds of their write at that rate (the pacing of plugins/loop.py)."""
         now, seconds = time.time(), seconds or LEASE_SECONDS
+        paced, args = "", ()
+        if due is not None:
+            paced, args = "and created + ? - size / ? <= ?", (due[0], max(due[1], 1.0), now)
         with self._tx() as c:
             marks = ",".join("?" * len(skip_regions)) or "''"
             rows = c.execute(
-                f"""select {ROW} from owed where lease_until < ? and region not in ({marks})
+                f"""select {ROW} from owed where lease_until < ? and region not in ({marks}) {paced}
                     order by created limit ?""",
-                (now, *skip_regions, limit),
+                (now, *skip_regions, *args, limit),
             ).fetchall()
             c.executemany(
                 "update owed set lease_until = ?, holder = ? where id = ?",
@@ -340,6 +349,10 @@ class Outbox:
     def release(self) -> None:
         """Drop every back-off (an operator's retry); leases that workers hold are kept."""
         self._conn().execute("update owed set lease_until = 0 where holder is null")
+
+    def give_up_leases(self) -> None:
+        """This process stops working (it exits): the rows it holds are free for others at once."""
+        self._conn().execute("update owed set lease_until = 0, holder = null where holder = ?", (self.owner,))
 
     def pending(self) -> dict[str, dict]:
         """Per owed region: objects, bytes, oldest write time, the last error, and deleted

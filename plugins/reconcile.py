@@ -17,6 +17,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from xregion.payload import SourceChanged
 from xregion.store import ObjectInfo, PreconditionFailed, Store, StoreError
 
 from .outbox import KeyState, Owed
@@ -95,8 +96,34 @@ def _apply(rep: Replicator, item: Owed, state: KeyState) -> None:
         log.info("%s changed in region %s while it was converged; looking again", item.key, item.region)
 
 
+def _seeded(rep: Replicator, item: Owed, state: KeyState, target: Store, have: ObjectInfo | None) -> bool:
+    """Send the bytes this process wrote (plugins/seeds.py), re-hashed as read; False when there
+    are none for this generation, or the file changed since (then a region's copy is used)."""
+    seed = rep.seeds.get(item.key, state.gen, state.sha256)
+    if seed is None or item.reason == "corrupt":
+        return False
+    try:
+        target.put_payload(
+            item.key,
+            seed.payload,
+            gen=state.gen or None,
+            extra=seed.extra,
+            if_match=have.etag if have else None,
+            if_none_match=have is None,
+            verify=True,
+        )
+    except (SourceChanged, OSError) as err:
+        log.info("the written file of %s cannot seed region %s (%s): copying from a region", item.key, item.region, err)
+        rep.seeds.drop(item.key)
+        return False
+    return True
+
+
 def _copy(rep: Replicator, item: Owed, state: KeyState, target: Store, have: ObjectInfo | None) -> None:
-    """Stream the newest generation from a region holding it, checked against its hash."""
+    """Stream the newest generation from a region holding it, checked against its hash (or send
+    the writer's own bytes when this process wrote it)."""
+    if _seeded(rep, item, state, target, have):
+        return
     names = [item.source] + [r for r in rep.stores if r not in (item.source, item.region)]
     last: Exception | None = None
     with tempfile.TemporaryDirectory(prefix="xregion-copy-") as tmp:

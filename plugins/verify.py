@@ -208,9 +208,6 @@ class ResyncResult:
     def as_dict(self) -> dict:
         return asdict(self)
 
-    def __getitem__(self, name: str):  # callers written against the dict this used to be
-        return getattr(self, name)
-
 
 def owe_repairs(rep: Replicator, report: Report) -> None:
     """Owe every difference a converge to the newest write (which a repair re-reads itself)."""

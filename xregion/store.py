@@ -14,159 +14,45 @@ Not found: ``stat`` returns None, ``get_*`` raise ``ObjectNotFound``, ``delete``
 succeeds (S3 semantics). Credentials or permissions the store refuses raise ``AccessError`` (a
 configuration mistake, not an outage); a failed condition raises ``PreconditionFailed``; any other
 failure of the endpoint raises ``RegionUnavailable``.
+
+The types and errors live in ``xregion/objects.py``, the read-once hashed file in
+``xregion/payload.py``, the parallel multipart upload to one or several regions in
+``xregion/fanout.py``; this module re-exports what callers import from it.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import io
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
 
 import boto3
 from boto3.exceptions import Boto3Error
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+from . import signing
 from .config import RegionConfig
+from .fanout import Target, put_all
+from .objects import (  # noqa: F401  (re-exported: callers import them from here)
+    CHUNK,
+    GEN_META,
+    HASH_META,
+    PART,
+    AccessError,
+    ObjectInfo,
+    ObjectNotFound,
+    PreconditionFailed,
+    RegionUnavailable,
+    Store,
+    StoreError,
+    sha256_file,
+)
+from .payload import Payload
 
-HASH_META = "sha256"  # user metadata key (x-amz-meta-sha256) holding the content hash recorded at write
-GEN_META = "xregion-gen"  # user metadata key holding the generation of the write (plugins/ARTIFACTS.md)
-CHUNK = 1024 * 1024
-PART = 8 * CHUNK  # multipart threshold and part size (boto3's defaults): memory bounded by parts in flight
 ACCESS_CODES = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket", "403")
-
-
-class StoreError(Exception):
-    """Base for region store failures."""
-
-
-class ObjectNotFound(StoreError):
-    pass
-
-
-class RegionUnavailable(StoreError):
-    """The region's endpoint did not answer or failed; the caller may try another region."""
-
-
-class AccessError(StoreError):
-    """The store answered and refused: bad credentials, no permission, no such bucket.
-
-    ``code`` is S3's error code, ``s3_message`` its message: callers map them (MLflow's S3
-    repository does the same) instead of reporting an outage."""
-
-    def __init__(self, message: str, code: str, s3_message: str):
-        super().__init__(message)
-        self.code = code
-        self.s3_message = s3_message
-
-
-class PreconditionFailed(StoreError):
-    """A conditional write or delete found the object changed since it was looked at."""
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    key: str
-    size: int
-    sha256: str | None = None  # recorded hash (stat/list) or hash of the bytes received (get_file)
-    etag: str | None = None  # computed by the store from the bytes it holds (MD5 for single-part)
-    gen: int | None = None  # generation of the write that made this copy (None: unknown, e.g. listing)
-    recorded: str | None = None  # get_file: the hash the copy's metadata records
-    content_type: str | None = None
-    content_encoding: str | None = None
-
-    @property
-    def upload_args(self) -> dict:
-        """The headers a copy of this object must carry again."""
-        args = {"ContentType": self.content_type} if self.content_type else {}
-        return args | ({"ContentEncoding": self.content_encoding} if self.content_encoding else {})
-
-
-class Store(Protocol):
-    """What the replicator, verify and DR need of one region's store (RegionStore implements it)."""
-
-    name: str
-
-    def ensure_bucket(self) -> None: ...
-    def healthy(self) -> bool: ...
-    def stat(self, key: str) -> ObjectInfo | None: ...
-    def get_file(self, key: str, path: str | os.PathLike) -> ObjectInfo: ...
-    def get_bytes(self, key: str) -> bytes: ...
-    def put_file(self, key: str, path: str | os.PathLike, sha256: str | None = None, **kw) -> ObjectInfo: ...
-    def put_bytes(self, key: str, data: bytes, **kw) -> ObjectInfo: ...
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
-    def list_dir(self, prefix: str) -> tuple[list[str], list[ObjectInfo]]: ...
-    def delete(self, key: str, if_match: str | None = None) -> None: ...
-    def delete_prefix(self, prefix: str) -> int: ...
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class Payload:
-    """A file read once for every region it goes to: its hash, and the S3 checksum of each part.
-
-    Small files (one request) are held in memory, hashed as they are read and sent from that one
-    buffer to every region. Multipart files are read once here to hash them whole and per part
-    (the whole-file hash must be in the metadata of CreateMultipartUpload, before any part is
-    sent); each part is read again as it is sent, and the store checks it against its digest."""
-
-    path: str
-    size: int
-    sha256: str
-    data: bytes | None  # the whole body when it fits in one request
-    part_digests: tuple[bytes, ...]  # raw SHA-256 of each part (single part: the body's)
-    part_md5s: tuple[bytes, ...]
-
-    @classmethod
-    def read(cls, path: str | os.PathLike) -> Payload:
-        path = str(path)
-        size = os.path.getsize(path)
-        whole = hashlib.sha256()
-        digests, md5s = [], []
-        data = None
-        with open(path, "rb") as f:
-            while True:
-                part = f.read(PART)
-                if not part and digests:
-                    break
-                whole.update(part)
-                digests.append(hashlib.sha256(part).digest())
-                md5s.append(hashlib.md5(part, usedforsecurity=False).digest())
-                if size <= PART:
-                    data = part
-                    break
-        return cls(path, size, whole.hexdigest(), data, tuple(digests), tuple(md5s))
-
-    @classmethod
-    def of_bytes(cls, data: bytes) -> Payload:
-        digest = hashlib.sha256(data).digest()
-        return cls("", len(data), digest.hex(), data, (digest,), (hashlib.md5(data, usedforsecurity=False).digest(),))
-
-    def part(self, n: int) -> bytes:
-        if self.data is not None:
-            return self.data
-        with open(self.path, "rb") as f:
-            f.seek(n * PART)
-            return f.read(PART)
-
-
-def _checksum_args(digest: bytes, md5: bytes) -> dict:
-    """The S3-verified checksum of one request body: SHA-256, or Content-MD5 for older stores."""
-    if os.environ.get("XREGION_S3_CHECKSUM", "sha256").lower() == "md5":
-        return {"ContentMD5": base64.b64encode(md5).decode()}
-    return {"ChecksumSHA256": base64.b64encode(digest).decode()}
 
 
 def _error_code(err: ClientError) -> str:
@@ -179,12 +65,6 @@ def _not_found(err: ClientError) -> bool:
 
 def _no_bucket(err: Exception) -> bool:
     return "NoSuchBucket" in str(err)
-
-
-def _condition(if_match: str | None, if_none_match: bool) -> dict:
-    if if_match:
-        return {"IfMatch": f'"{if_match}"'}
-    return {"IfNoneMatch": "*"} if if_none_match else {}
 
 
 class RegionStore:
@@ -213,10 +93,21 @@ class RegionStore:
                 read_timeout=read_timeout,
                 retries={"max_attempts": attempts, "mode": "standard"},
                 s3={"addressing_style": "path"},
-                max_pool_connections=16,
+                max_pool_connections=32,  # PART_CONCURRENCY parts of two uploads at once, and reads
                 # we send our own checksum (SHA-256 or MD5); botocore must not add a CRC32 beside it
                 request_checksum_calculation="when_required",
             ),
+        )
+        signing.install(self.client)  # the body's known SHA-256 signs it: no second hash of every byte
+        self.timeouts = (connect_timeout, read_timeout, attempts)
+
+    def bounded(self, seconds: float) -> RegionStore:
+        """The same store with every request bounded by ``seconds`` (connect and each read) and
+        tried once: for work that must end by a deadline, such as the drain before a process exits."""
+        seconds = max(0.1, seconds)
+        connect, read, _ = self.timeouts
+        return RegionStore(
+            self.region, connect_timeout=min(connect, seconds), read_timeout=min(read, seconds), attempts=1
         )
 
     def __repr__(self) -> str:
@@ -281,79 +172,64 @@ class RegionStore:
         extra: dict | None = None,
         if_match: str | None = None,
         if_none_match: bool = False,
+        verify: bool = False,
     ) -> ObjectInfo:
         """Upload ``payload`` with its hash (and generation) in the metadata, every request body
         checked by the store. ``if_match``/``if_none_match`` make the write conditional on the
-        copy the caller looked at (an ETag, or no copy at all)."""
-        meta = {HASH_META: payload.sha256} | ({GEN_META: str(gen)} if gen is not None else {})
-        args = {**(extra or {}), "Metadata": {**(extra or {}).get("Metadata", {}), **meta}}
-        cond = _condition(if_match, if_none_match)
-        if len(payload.part_digests) == 1:
-            body = payload.part(0)
-            head = self._write(
-                self.client.put_object,
-                Bucket=self.bucket,
-                Key=key,
-                Body=body,
-                **args,
-                **cond,
-                **_checksum_args(payload.part_digests[0], payload.part_md5s[0]),
-                key=key,
-            )
-        else:
-            head = self._multipart(key, payload, args, cond)
-        etag = head.get("ETag", "").strip('"') or None
-        return ObjectInfo(key, payload.size, payload.sha256, etag, gen, None, args.get("ContentType"))
+        copy the caller looked at (an ETag, or no copy at all); ``verify``: see ``fanout.put_all``."""
+        target = Target(self, if_match, if_none_match)
+        got = put_all({self.name: target}, key, payload, gen=gen, extra=extra, verify=verify)[self.name]
+        if isinstance(got, StoreError):
+            raise got
+        return got
 
-    def _multipart(self, key: str, payload: Payload, args: dict, cond: dict) -> dict:
-        md5 = os.environ.get("XREGION_S3_CHECKSUM", "sha256").lower() == "md5"
-        created = self._write(
-            self.client.create_multipart_upload,
+    def put_object_body(self, key: str, body: bytes, args: dict, condition: dict, checksum: dict) -> dict:
+        """One PUT (fanout.py sends the parts; callers use put_payload/put_file/put_bytes)."""
+        return self._write(
+            self.client.put_object, Bucket=self.bucket, Key=key, Body=body, **args, **condition, **checksum, key=key
+        )
+
+    def create_upload(self, key: str, args: dict, sha256: bool = True) -> str:
+        algorithm = {"ChecksumAlgorithm": "SHA256"} if sha256 else {}
+        created = self._write(self.client.create_multipart_upload, Bucket=self.bucket, Key=key, **args, **algorithm)
+        return created["UploadId"]
+
+    def upload_part(self, key: str, upload: str, number: int, body: bytes, checksum: dict) -> str:
+        got = self._call(
+            self.client.upload_part,
             Bucket=self.bucket,
             Key=key,
-            **args,
-            **({} if md5 else {"ChecksumAlgorithm": "SHA256"}),
+            UploadId=upload,
+            PartNumber=number,
+            Body=body,
+            **checksum,
         )
-        upload = created["UploadId"]
+        return got["ETag"]
+
+    def complete_upload(self, key: str, upload: str, parts: list[dict], condition: dict) -> dict:
+        return self._call(
+            self.client.complete_multipart_upload,
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=upload,
+            MultipartUpload={"Parts": parts},
+            **condition,
+            key=key,
+        )
+
+    def abort_upload(self, key: str, upload: str) -> None:
         try:
-            parts = []
-            for n, (digest, md5sum) in enumerate(zip(payload.part_digests, payload.part_md5s, strict=True)):
-                check = _checksum_args(digest, md5sum)
-                got = self._call(
-                    self.client.upload_part,
-                    Bucket=self.bucket,
-                    Key=key,
-                    UploadId=upload,
-                    PartNumber=n + 1,
-                    Body=payload.part(n),
-                    **check,
-                )
-                parts.append(
-                    {"PartNumber": n + 1, "ETag": got["ETag"], **{k: v for k, v in check.items() if k != "ContentMD5"}}
-                )
-            return self._call(
-                self.client.complete_multipart_upload,
-                Bucket=self.bucket,
-                Key=key,
-                UploadId=upload,
-                MultipartUpload={"Parts": parts},
-                **cond,
-                key=key,
-            )
-        except BaseException:
-            try:  # an abandoned upload holds storage until aborted
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload)
-            except (ClientError, BotoCoreError, OSError):
-                pass
-            raise
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload)
+        except (ClientError, BotoCoreError, OSError):
+            pass  # best effort: the store's lifecycle rules, or nothing (moto), clean the rest
 
     def put_file(self, key: str, path: str | os.PathLike, sha256: str | None = None, **kw) -> ObjectInfo:
         """Upload a file (multipart above 8 MiB, bounded memory). ``sha256``, when given, must be
         the file's hash: a file that differs from it is refused before anything is sent."""
-        payload = Payload.read(path)
-        if sha256 and payload.sha256 != sha256:
-            raise ValueError(f"{path} changed: its sha256 is {payload.sha256}, not the expected {sha256}")
-        return self.put_payload(key, payload, **kw)
+        with Payload.read(path) as payload:
+            if sha256 and payload.sha256 != sha256:
+                raise ValueError(f"{path} changed: its sha256 is {payload.sha256}, not the expected {sha256}")
+            return self.put_payload(key, payload, **kw)
 
     def put_bytes(self, key: str, data: bytes, **kw) -> ObjectInfo:
         return self.put_payload(key, Payload.of_bytes(data), **kw)
@@ -400,9 +276,9 @@ class RegionStore:
         return replace(info, size=size, sha256=h.hexdigest(), recorded=info.sha256)
 
     def get_bytes(self, key: str) -> bytes:
-        buf = io.BytesIO()
-        self._call(self.client.download_fileobj, self.bucket, key, buf, key=key)
-        return buf.getvalue()
+        """The bytes of one (small) object, from one GET."""
+        resp = self._call(self.client.get_object, Bucket=self.bucket, Key=key, key=key)
+        return self._call(resp["Body"].read, key=key)
 
     def _pages(self, **kwargs):
         try:
@@ -431,7 +307,9 @@ class RegionStore:
     def delete(self, key: str, if_match: str | None = None) -> None:
         """Delete ``key``; with ``if_match`` only the copy with that ETag (else PreconditionFailed)."""
         try:
-            self._call(self.client.delete_object, Bucket=self.bucket, Key=key, **_condition(if_match, False), key=key)
+            self._call(
+                self.client.delete_object, Bucket=self.bucket, Key=key, **Target(self, if_match).condition, key=key
+            )
         except ObjectNotFound:
             pass  # conditional delete of a copy that is already gone
 

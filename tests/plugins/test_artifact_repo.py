@@ -95,7 +95,8 @@ def test_delete_reaches_every_region(stack, repo, tmp_path):
         assert list(RegionStore(reg).list(root)) == []
 
 
-def test_64_mib_file_streams_through_multipart(stack, repo, tmp_path):
+def test_64_mib_file_streams_through_multipart(stack, repo, tmp_path, monkeypatch):
+    monkeypatch.setenv("XREGION_MULTIPART_THRESHOLD_MIB", "16")  # above it: 8 MiB parts (default 64: one request)
     r, root = repo
     big = tmp_path / "big.bin"
     with open(big, "wb") as f:

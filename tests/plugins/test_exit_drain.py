@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -36,13 +37,24 @@ def client_env(stack, tmp_path: Path, **extra) -> dict[str, str]:
     }
 
 
-def run_client(stack, tmp_path: Path, root: str, env: dict) -> subprocess.CompletedProcess:
+# "exiting" is printed by an atexit hook: after threading's exit hooks (the exit drain, and the
+# joins of worker threads that a hanging request would stretch), before the interpreter tears its
+# modules down (a second or more for MLflow's imports on a busy machine, and not ours to bound)
+TIMED = CLIENT.replace(
+    'print("logged", flush=True)',
+    'import atexit, time; print("logged", time.time(), flush=True)\n'
+    'atexit.register(lambda: print("exiting", time.time(), flush=True))',
+)
+MARGIN = 2.0  # a busy machine; a request to a frozen region waits 10 s here, twice
+
+
+def run_client(stack, tmp_path: Path, root: str, env: dict, script: str = CLIENT) -> subprocess.CompletedProcess:
     f = tmp_path / "model.bin"
     f.write_bytes(os.urandom(512 * 1024))
     cwd = tmp_path / "cwd"
     cwd.mkdir(exist_ok=True)
     return subprocess.run(
-        [sys.executable, "-c", CLIENT, root, str(f)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script, root, str(f)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
 
 
@@ -68,6 +80,36 @@ def test_what_cannot_be_paid_in_time_stays_in_the_shared_ledger_for_a_replicator
         stack.sup.fault("thaw", b)
     assert done.returncode == 0, done.stderr
     assert "still owed in the ledger" in done.stderr and str(ledger) in done.stderr
+    assert Outbox(ledger).count() == 1
+    replicator = subprocess.run(
+        [XREGION, "replicate", "run", "--seconds", "15"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert replicator.returncode == 0, replicator.stderr
+    assert Outbox(ledger).count() == 0
+    assert RegionStore(stack.cfg.region("b")).stat(f"{root}/model.bin") is not None
+
+
+def test_a_frozen_region_cannot_hold_the_exit_drain_past_its_timeout(stack, tmp_path):
+    """The drain's timeout bounds the exit even when every request to a region hangs (each would
+    wait XREGION_S3_READ_TIMEOUT, twice): what is left stays in the shared ledger."""
+    root = f"exit/{uuid.uuid4().hex}"
+    ledger = tmp_path / "shared" / "ledger.sqlite"
+    bound = 2.0
+    env = client_env(
+        stack, tmp_path, XREGION_LEDGER=str(ledger), XREGION_EXIT_DRAIN_SECONDS=str(bound), XREGION_S3_READ_TIMEOUT="10"
+    )
+    b = embedded.select(stack.cfg, stack.home, stack.sup, "b", "s3")
+    stack.sup.fault("freeze", b)
+    try:
+        done = run_client(stack, tmp_path, root, env, TIMED)
+        exited = time.time()
+    finally:
+        stack.sup.fault("thaw", b)
+    assert done.returncode == 0, done.stderr
+    said = {line.split()[0]: float(line.split()[1]) for line in done.stdout.splitlines() if line.split()}
+    took = f"exit work took {said['exiting'] - said['logged']:.1f}s, the process {exited - said['logged']:.1f}s"
+    assert said["exiting"] - said["logged"] < bound + MARGIN, took
+    assert "still owed in the ledger" in done.stderr
     assert Outbox(ledger).count() == 1
     replicator = subprocess.run(
         [XREGION, "replicate", "run", "--seconds", "15"], env=env, capture_output=True, text=True, timeout=120

@@ -53,7 +53,7 @@ def test_proxied_artifacts_replicate_and_survive_the_loss_of_region_a_store(stac
         assert Path(out).read_text() == "replicated"
     finally:
         stack.sup.fault("restart", sup_a_s3)
-        assert resync(Replicator(stack.cfg, tmp_path / "heal.sqlite"))["still_owed"] == 0
+        assert resync(Replicator(stack.cfg, tmp_path / "heal.sqlite")).still_owed == 0
 
 
 def test_clients_write_directly_to_an_xregion_artifact_location(stack, tmp_path):

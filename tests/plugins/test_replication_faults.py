@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 
 from xregion.infra.embedded import stack as embedded
 from xregion.plugins.replication import Replicator
-from xregion.plugins.verify import resync, verify
+from xregion.plugins.verify import ResyncResult, resync, verify
 from xregion.store import RegionStore, sha256_file
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(900)]
@@ -37,7 +37,7 @@ def fault(stack, action: str, region: str, component: str = "s3") -> None:
     stack.sup.fault(action, embedded.select(stack.cfg, stack.home, stack.sup, region, component))
 
 
-def heal(stack, rep: Replicator) -> dict:
+def heal(stack, rep: Replicator) -> ResyncResult:
     """Bring every S3 endpoint back (a killed moto loses its data) and resync everything."""
     for r in stack.cfg.regions:
         if stack.sup.state(f"{r.name}-s3") == "frozen":
@@ -77,7 +77,7 @@ def test_region_frozen_during_writes(stack, tmp_path, prefix, mode):
         assert {o.key for o in RegionStore(stack.cfg.region("a")).list(prefix)} == {f"{prefix}/{p.name}" for p in data}
     finally:
         result = heal(stack, rep)
-    assert result["still_owed"] == 0
+    assert result.still_owed == 0
     assert_identical(stack, prefix, {f"{prefix}/{p.name}": sha256_file(p) for p in data})
 
 
@@ -105,7 +105,7 @@ def test_region_killed_during_writes(stack, tmp_path, prefix, mode):
         assert rep.outbox.pending().get("b", {}).get("objects", 0) >= 1
     finally:
         result = heal(stack, rep)
-    assert result["still_owed"] == 0 and result["unrepairable"] == []
+    assert result.still_owed == 0 and result.unrepairable == []
     assert_identical(stack, prefix, {f"{prefix}/{p.name}": sha256_file(p) for p in data})
 
 
@@ -257,4 +257,4 @@ def test_a_store_that_comes_back_empty_is_written_again(stack, tmp_path, prefix)
         rep.put_file(f"{prefix}/{p.name}", p)
         assert b.stat(f"{prefix}/{p.name}").sha256 == sha256_file(p)
     finally:
-        assert heal(stack, rep)["still_owed"] == 0
+        assert heal(stack, rep).still_owed == 0

@@ -17,6 +17,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
+from xregion.config import load_config
 from xregion.infra.embedded.supervisor import Service
 from xregion.net import free_ports
 from xregion.store import RegionStore
@@ -41,18 +42,28 @@ def b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
 
-@pytest.mark.parametrize("size", [100 * 1024, 20 << 20])
-def test_every_upload_request_carries_the_sha256_of_its_body(stack, tmp_path, size):
+@pytest.mark.parametrize(
+    "size, threshold_mib, requests",
+    [(100 * 1024, None, 1), (20 << 20, None, 1), (20 << 20, 8, 3)],  # one request up to the threshold (64 MiB)
+)
+def test_every_upload_request_carries_the_sha256_of_its_body(
+    stack, tmp_path, monkeypatch, size, threshold_mib, requests
+):
+    if threshold_mib:
+        monkeypatch.setenv("XREGION_MULTIPART_THRESHOLD_MIB", str(threshold_mib))
     store = RegionStore(stack.cfg.region("a"))
     sent = capture(store)
     f = tmp_path / "obj.bin"
     f.write_bytes(os.urandom(size))
     key = f"parity/{uuid.uuid4().hex}"
     info = store.put_file(key, f)
-    assert len(sent) == (1 if size < 8 << 20 else 3)  # one request, or 8 MiB parts
+    assert len(sent) == requests  # one request, or 8 MiB parts
     for _, headers, body in sent:
-        assert headers["x-amz-checksum-sha256"] == b64(hashlib.sha256(body).digest())
+        digest = hashlib.sha256(body).digest()
+        assert headers["x-amz-checksum-sha256"] == b64(digest)
+        assert headers["X-Amz-Content-SHA256"] == digest.hex()  # signed with the same hash, not hashed again
     assert store.stat(key).sha256 == info.sha256 == hashlib.sha256(f.read_bytes()).hexdigest()
+    assert store.get_bytes(key) == f.read_bytes()
 
 
 def test_content_md5_for_stores_without_flexible_checksums(stack, tmp_path, monkeypatch):
@@ -109,6 +120,10 @@ def test_missing_bucket_is_resource_does_not_exist_not_an_outage(stack, tmp_path
     assert "bucket does not exist" in err.value.message and "unavailable" not in err.value.message
 
 
+ALLOW_S3 = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}'
+WRITER: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
 def iam_moto(stack):
     """A moto S3 endpoint enforcing IAM: a user with no permission at all, and its key."""
@@ -121,7 +136,7 @@ def iam_moto(stack):
         argv=[str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
         listen=("127.0.0.1", port),
         health={"type": "http", "url": f"{url}/moto-api/"},
-        env={"PATH": os.environ["PATH"], "INITIAL_NO_AUTH_ACTION_COUNT": "4"},
+        env={"PATH": os.environ["PATH"], "INITIAL_NO_AUTH_ACTION_COUNT": "8"},
         start_timeout=30,
     )
     stack.sup.start(svc)
@@ -130,9 +145,14 @@ def iam_moto(stack):
         iam = boto3.client("iam", **anon)
         iam.create_user(UserName="nobody")
         key = iam.create_access_key(UserName="nobody")["AccessKey"]
+        iam.create_user(UserName="writer")  # the 4 more actions before moto enforces IAM: a user allowed s3:*
+        writer = iam.create_access_key(UserName="writer")["AccessKey"]
+        arn = iam.create_policy(PolicyName="s3-all", PolicyDocument=ALLOW_S3)["Policy"]["Arn"]
+        iam.attach_user_policy(UserName="writer", PolicyArn=arn)
         s3 = boto3.client("s3", **anon)
         for b in ("iam-a", "iam-b"):
             s3.create_bucket(Bucket=b)
+        WRITER.update(key=writer["AccessKeyId"], secret=writer["SecretAccessKey"])
         yield url, key["AccessKeyId"], key["SecretAccessKey"]
     finally:
         stack.sup.stop(svc.name)
@@ -162,3 +182,23 @@ def test_refusals_map_like_mlflows_s3_repository(stack, tmp_path, monkeypatch, i
     assert err.value.error_code == code, err.value.message
     assert err.value.message.startswith(f"Failed to list artifacts in xregion:///parity/{which}: ")
     assert "unavailable in every region" not in err.value.message
+
+
+@pytest.mark.parametrize("size", [100 * 1024, 20 << 20])
+def test_uploads_signed_with_the_known_body_hash_pass_a_store_that_checks_signatures(
+    stack, tmp_path, monkeypatch, iam_moto, size
+):
+    url, _, _ = iam_moto
+    monkeypatch.setenv("XREGION_MULTIPART_THRESHOLD_MIB", "8")  # the 20 MiB file in parts
+    monkeypatch.setenv("IAMW_KEY", WRITER["key"])
+    monkeypatch.setenv("IAMW_SECRET", WRITER["secret"])
+    cfg = regions_file(stack, tmp_path / "writer.yaml", {"a": "iam-a", "b": "iam-b"}, endpoint=url, env="IAMW")
+    data = yaml.safe_load(cfg.read_text())
+    data["regions"] = data["regions"][:1]  # one region on the IAM endpoint (two would clash on its port)
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+    store = RegionStore(load_config(cfg).region("a"))
+    f = tmp_path / "signed.bin"
+    f.write_bytes(os.urandom(size))
+    key = f"parity/{uuid.uuid4().hex}"
+    store.put_file(key, f)
+    assert store.get_bytes(key) == f.read_bytes()

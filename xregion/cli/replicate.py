@@ -135,14 +135,14 @@ def resync(
         print(json.dumps(result.as_dict(), indent=2))
     else:
         console.print(
-            f"{result['objects']} objects, {result['differences']} difference(s), "
-            f"{result['repaired']} operation(s) applied, {result['still_owed']} still owed"
+            f"{result.objects} objects, {result.differences} difference(s), "
+            f"{result.repaired} operation(s) applied, {result.still_owed} still owed"
         )
-        for region in result["unreachable"]:
+        for region in result.unreachable:
             console.print(f"[red]region {region} unreachable[/red]: run resync again when it is back")
-        for d in result["unrepairable"]:
+        for d in result.unrepairable:
             console.print(f"[red]no good copy of {d['key']} anywhere[/red]")
-    raise typer.Exit(0 if not result["still_owed"] and not result["unrepairable"] and not result["unreachable"] else 1)
+    raise typer.Exit(0 if not result.still_owed and not result.unrepairable and not result.unreachable else 1)
 
 
 @replicate_app.command()
@@ -174,7 +174,7 @@ def replication(
     max_mib: int = typer.Option(64, help="Largest file of the artifact set, MiB."),
 ) -> None:
     """Upload one artifact set by plain boto3, xregion sync and async, sequential and parallel plain uploads."""
-    from xregion.plugins.bench_replication import BenchError, render, run_bench
+    from xregion.plugins.bench_replication import BenchError, run_bench
 
     try:
         result = run_bench(max_mib=max_mib, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
@@ -184,4 +184,38 @@ def replication(
     if as_json:
         print(json.dumps(result, indent=2))
     else:
-        render(result, Console())
+        render_bench(result, Console())
+
+
+def render_bench(result: dict, out: Console) -> None:
+    """The benchmark's figures as a table, then its ratios against the targets."""
+    ratios = result["ratios"]
+    t = Table(
+        "method",
+        "seconds",
+        "MiB/s",
+        "ratio to (a)",
+        title=f"replication benchmark: {result['artifact_set']['files']} files, "
+        f"{result['artifact_set']['bytes'] / 2**20:.1f} MiB, regions {', '.join(result['regions'])}",
+    )
+    to_a = {
+        "a_plain_boto3": 1.0,
+        "b_xregion_sync": ratios["b_over_a"],
+        "c_xregion_async": ratios["c_over_a"],
+        "d_sequential_regions": ratios["d_over_a"],
+        "e_parallel_plain": ratios["e_over_a"],
+    }
+    for k, s in result["seconds"].items():
+        t.add_row(k, f"{s:.2f}", f"{result['throughput_mib_s'][k]:.1f}", f"{to_a[k]:.2f}")
+    out.print(t)
+    lag = result["async_lag_s"]
+    out.print(
+        f"async lag p50 {lag['p50']}s, p99 {lag['p99']}s ({lag['samples']} objects); "
+        f"async set fully replicated after {result['async_fully_replicated_s']}s"
+    )
+    out.print(
+        f"sync / (e) parallel plain = {ratios['sync_over_e']} (target >= 0.9); "
+        f"async foreground / (a) = {ratios['async_over_a']} (target >= 0.8); async lag p99 {lag['p99']}s (target <= 2)"
+    )
+    if "load_average" in result:
+        out.print(f"load average during the run: {result['load_average'][0]} -> {result['load_average'][1]}")
