@@ -29,12 +29,17 @@ def free_ports(n: int) -> list[int]:
 def write_config(home: Path, **overrides) -> Path:
     """The embedded regions file with every port replaced by a free one, written into ``home``."""
     data = yaml.safe_load(EMBEDDED_CONFIG.read_text())
-    ports = iter(free_ports(4 * len(data["regions"]) + 2))
+    ports = iter(free_ports(7 * len(data["regions"]) + 4))
     for r in data["regions"]:
         r["s3"]["endpoint_url"] = f"http://127.0.0.1:{next(ports)}"
         r["postgres"] = f"127.0.0.1:{next(ports)}"
         r["mlflow_url"] = f"http://127.0.0.1:{next(ports)}"
         r["serving_url"] = f"http://127.0.0.1:{next(ports)}"
+        if "patroni" in r:  # Patroni's REST API and the region's etcd member
+            r["patroni"] = f"127.0.0.1:{next(ports)}"
+            r["etcd"] = {"client": f"127.0.0.1:{next(ports)}", "peer": f"127.0.0.1:{next(ports)}"}
+    if data.get("witness"):
+        data["witness"]["etcd"] = {"client": f"127.0.0.1:{next(ports)}", "peer": f"127.0.0.1:{next(ports)}"}
     data["serving"] = {
         "frontend_url": f"http://127.0.0.1:{next(ports)}",
         "haproxy_stats_url": f"http://127.0.0.1:{next(ports)}",

@@ -11,7 +11,7 @@ import os
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -33,7 +33,7 @@ def _check_url(value: str, what: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{what} must be an http(s) URL with a host, got {value!r}")
     try:
-        parts.port
+        _ = parts.port  # raises on a malformed port
     except ValueError as exc:
         raise ValueError(f"{what} has an invalid port: {value!r}") from exc
     return value.rstrip("/")
@@ -42,6 +42,38 @@ def _check_url(value: str, what: str) -> str:
 def _host_port(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _check_host_port(value: str, what: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{what} must be host:port, got {value!r}")
+    return value
+
+
+def _split_host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host, int(port)
+
+
+class EtcdMember(_Strict):
+    """One member of the etcd cluster Patroni keeps the leader lock in (host:port of each listener)."""
+
+    client: str = Field(description="host:port where Patroni and etcdctl reach this member")
+    peer: str = Field(description="host:port of the member-to-member (raft) listener")
+
+    @field_validator("client", "peer")
+    @classmethod
+    def _hp(cls, v: str, info) -> str:
+        return _check_host_port(v, f"etcd.{info.field_name}")
+
+    @property
+    def client_url(self) -> str:
+        return f"http://{self.client}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.peer}"
 
 
 class S3Config(_Strict):
@@ -75,6 +107,8 @@ class RegionConfig(_Strict):
     postgres: str = Field(description="host:port of this region's Postgres node")
     mlflow_url: str
     serving_url: str
+    etcd: EtcdMember | None = Field(default=None, description="this region's etcd member (Patroni's DCS)")
+    patroni: str | None = Field(default=None, description="host:port of this region's Patroni REST API")
 
     @field_validator("mlflow_url", "serving_url")
     @classmethod
@@ -84,10 +118,17 @@ class RegionConfig(_Strict):
     @field_validator("postgres")
     @classmethod
     def _pg(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"postgres must be host:port, got {v!r}")
-        return v
+        return _check_host_port(v, "postgres")
+
+    @field_validator("patroni")
+    @classmethod
+    def _patroni(cls, v: str | None) -> str | None:
+        return None if v is None else _check_host_port(v, "patroni")
+
+    @property
+    def patroni_url(self) -> str | None:
+        """Base URL of this region's Patroni REST API (GET /cluster, /primary, POST /failover...)."""
+        return f"http://{self.patroni}" if self.patroni else None
 
     @property
     def pg_host(self) -> str:
@@ -99,12 +140,18 @@ class RegionConfig(_Strict):
 
     def endpoints(self) -> dict[str, tuple[str, int]]:
         """Every (host, port) this region listens on, by component."""
-        return {
+        out = {
             "s3": _host_port(self.s3.endpoint_url),
             "postgres": (self.pg_host, self.pg_port),
             "mlflow": _host_port(self.mlflow_url),
             "serving": _host_port(self.serving_url),
         }
+        if self.etcd:
+            out["etcd.client"] = _split_host_port(self.etcd.client)
+            out["etcd.peer"] = _split_host_port(self.etcd.peer)
+        if self.patroni:
+            out["patroni"] = _split_host_port(self.patroni)
+        return out
 
 
 class PostgresConfig(_Strict):
@@ -112,6 +159,46 @@ class PostgresConfig(_Strict):
     user: str = "mlflow"
     password_env: str | None = Field(default=None, description="env var holding the password, if any")
     replication: Literal["async", "sync"] = "async"
+
+
+class WitnessConfig(_Strict):
+    """A third place that runs only an etcd member, so that two data regions keep an etcd quorum
+    (and so a Patroni leader) when either of them is lost."""
+
+    name: str = Field(default="witness", pattern=r"^[a-z][a-z0-9-]{0,30}$")
+    etcd: EtcdMember
+
+
+class PatroniConfig(_Strict):
+    """Patroni's timing (its dynamic configuration in etcd); README.md and dr/README.md say what each costs.
+
+    Detection of a lost primary takes up to ``ttl`` (the leader key's lease must expire),
+    promotion then takes about a second; Patroni refuses ``ttl`` < 20 and requires
+    ``loop_wait + 2 * retry_timeout <= ttl``.
+    """
+
+    scope: str = Field(default="xregion", pattern=r"^[a-z][a-z0-9-]{0,62}$", description="Patroni cluster name")
+    ttl: int = Field(default=20, ge=20, description="leader lease (s): the upper bound of failure detection")
+    loop_wait: int = Field(default=2, ge=1, description="seconds between two HA cycles (lease refreshes)")
+    retry_timeout: int = Field(default=9, ge=3, description="how long etcd and Postgres calls are retried")
+    primary_start_timeout: int = Field(
+        default=10, ge=0, description="seconds a crashed primary may take to restart before failing over"
+    )
+    maximum_lag_on_failover: int = Field(
+        default=1048576, ge=0, description="bytes a replica may lag and still be promoted (async mode)"
+    )
+    synchronous_mode_strict: bool = Field(
+        default=False, description="sync mode: refuse writes while no synchronous standby is left"
+    )
+
+    @model_validator(mode="after")
+    def _timing(self) -> PatroniConfig:
+        if self.loop_wait + 2 * self.retry_timeout > self.ttl:
+            raise ValueError(
+                f"Patroni requires loop_wait + 2 * retry_timeout <= ttl; got {self.loop_wait} + 2 * "
+                f"{self.retry_timeout} > {self.ttl}"
+            )
+        return self
 
 
 class ArtifactsConfig(_Strict):
@@ -144,6 +231,8 @@ class XRegionConfig(_Strict):
     artifacts: ArtifactsConfig = ArtifactsConfig()
     serving: ServingConfig = ServingConfig()
     registry: RegistryConfig = RegistryConfig()
+    witness: WitnessConfig | None = None
+    patroni: PatroniConfig = PatroniConfig()
     source: str | None = Field(default=None, exclude=True, description="path this config was read from")
 
     @model_validator(mode="after")
@@ -158,6 +247,7 @@ class XRegionConfig(_Strict):
                 f"exactly one region must have role: primary, found {len(primaries)}"
                 + (f" ({', '.join(primaries)})" if primaries else "")
             )
+        self._check_ha(names)
         if self.artifacts.local_region and self.artifacts.local_region not in names:
             raise ValueError(
                 f"artifacts.local_region {self.artifacts.local_region!r} is not a region ({', '.join(names)})"
@@ -168,6 +258,11 @@ class XRegionConfig(_Strict):
             ("serving.frontend_url", _host_port(self.serving.frontend_url)),
             ("serving.haproxy_stats_url", _host_port(self.serving.haproxy_stats_url)),
         ]
+        if self.witness:
+            listeners += [
+                (f"witness.{self.witness.name}.etcd.client", _split_host_port(self.witness.etcd.client)),
+                (f"witness.{self.witness.name}.etcd.peer", _split_host_port(self.witness.etcd.peer)),
+            ]
         for owner, (host, port) in listeners:
             if host not in ("127.0.0.1", "localhost", "::1"):
                 continue  # remote endpoints may be shared (one AWS endpoint, many buckets)
@@ -179,6 +274,45 @@ class XRegionConfig(_Strict):
         if len(set(buckets)) != len(buckets):
             raise ValueError("two regions share one S3 endpoint and bucket: each region needs its own store")
         return self
+
+    def _check_ha(self, names: list[str]) -> None:
+        """Patroni + etcd: every region or none; at least three etcd members (a quorum survives one loss)."""
+        with_etcd = [r.name for r in self.regions if r.etcd]
+        with_patroni = [r.name for r in self.regions if r.patroni]
+        if not with_etcd and not with_patroni and not self.witness:
+            return
+        lacking = [r.name for r in self.regions if not (r.etcd and r.patroni)]
+        if lacking:
+            raise ValueError(
+                f"region(s) {', '.join(lacking)} lack etcd and/or patroni: with Patroni every region needs "
+                f"both (regions[].etcd.client/peer and regions[].patroni)"
+            )
+        if self.witness and self.witness.name in names:
+            raise ValueError(f"witness name {self.witness.name!r} is also a region name")
+        members = len(self.etcd_members())
+        if members < 3:
+            raise ValueError(
+                f"{members} etcd members: at least three are needed for a quorum to survive the loss of one "
+                f"(add a witness: witness.etcd.client/peer)"
+            )
+
+    @property
+    def ha(self) -> bool:
+        """True when the regions file puts the database under Patroni (etcd members and REST ports)."""
+        return all(r.etcd and r.patroni for r in self.regions)
+
+    def etcd_members(self) -> list[tuple[str, EtcdMember]]:
+        """(member name, member) of every etcd member: one per region that has one, then the witness."""
+        out = [(r.name, r.etcd) for r in self.regions if r.etcd]
+        if self.witness:
+            out.append((self.witness.name, self.witness.etcd))
+        return out
+
+    def etcd_hosts(self, first: str | None = None) -> list[str]:
+        """Client host:port of every member, ``first``'s own member first (a client prefers its region)."""
+        members = self.etcd_members()
+        members.sort(key=lambda m: m[0] != first)
+        return [m.client for _, m in members]
 
     # --- lookups -------------------------------------------------------------------------
     @cached_property
@@ -214,21 +348,33 @@ class XRegionConfig(_Strict):
 
         libpq tries the hosts in order and keeps the first that accepts writes, so after a
         standby is promoted the same URI reaches the new primary without reconfiguration.
+        Without ``password_env`` the URI carries no password: libpq then reads it from the
+        PGPASSFILE of the process (the embedded stack's MLflow servers get one).
         """
+        return self._uri(self.write_order(), "read-write", password)
+
+    def database_read_uri(self, region: str, password: str | None = None) -> str:
+        """URI for MLflow's read replica (``--read-replica-backend-store-uri``): ``region``'s own node
+        first, whatever its role, then the others: reads go on while no node accepts writes."""
+        local = self.region(region)
+        return self._uri([local] + [r for r in self.regions if r.name != region], "any", password)
+
+    def _uri(self, nodes: list[RegionConfig], attrs: str, password: str | None) -> str:
         pg = self.postgres
         if password is None and pg.password_env:
             password = os.environ.get(pg.password_env)
-        auth = pg.user + (f":{password}" if password else "")
-        hosts = "&".join(f"host={r.postgres}" for r in self.write_order())
-        return f"postgresql+psycopg2://{auth}@/{pg.database}?{hosts}&target_session_attrs=read-write&connect_timeout=3"
+        # a password holds any character: '@', ':', '/' or '%' would break the URI unencoded
+        auth = quote(pg.user, safe="") + (f":{quote(password, safe='')}" if password else "")
+        hosts = "&".join(f"host={r.postgres}" for r in nodes)
+        return f"postgresql+psycopg2://{auth}@/{pg.database}?{hosts}&target_session_attrs={attrs}&connect_timeout=3"
 
     def dsn(self, region: str, database: str | None = None) -> str:
-        """A libpq DSN for one region's node only (for health checks, replication status, DR)."""
+        """A libpq DSN for one region's node only, without a password (libpq reads it from the
+        process's PGPASSFILE or PGPASSWORD; the embedded stack's roles: infra.embedded.postgres)."""
         r = self.region(region)
-        pw = os.environ.get(self.postgres.password_env) if self.postgres.password_env else None
         return (
             f"host={r.pg_host} port={r.pg_port} dbname={database or self.postgres.database} "
-            f"user={self.postgres.user} connect_timeout=3" + (f" password={pw}" if pw else "")
+            f"user={self.postgres.user} connect_timeout=3"
         )
 
     def with_changes(self, **changes) -> XRegionConfig:
