@@ -16,6 +16,7 @@ export/import tools that recreate runs and renumber them).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -25,13 +26,14 @@ from pathlib import Path
 
 import psycopg2
 import psycopg2.extensions
-from xregion.infra.embedded.postgres import PG_BIN, SUPERUSER, pg_user_kwargs
+from xregion.infra.embedded import postgres as pg
+from xregion.infra.embedded.postgres import DR_USER, PG_BIN
 
 from xregion import events
 from xregion.config import RegionConfig, XRegionConfig
 from xregion.store import RegionStore, RegionUnavailable, sha256_file, stores
 
-from .nodes import DRError, connect, current_primary, effective_config
+from .nodes import DRError, primary_region
 
 BACKUP_ROOT = "xregion-backups"
 Progress = Callable[[str], None]
@@ -164,10 +166,15 @@ def apply_retention(store: RegionStore, keep: int, progress: Progress = _quiet) 
 
 # --- pg_dump / pg_restore ---------------------------------------------------------------------
 def _pg_args(region: RegionConfig) -> list[str]:
-    return ["-h", region.pg_host, "-p", str(region.pg_port), "-U", SUPERUSER]
+    return ["-h", region.pg_host, "-p", str(region.pg_port), "-U", DR_USER]
 
 
-def _dump(region: RegionConfig, database: str, snapshot: str, out: Path) -> None:
+def _pg_env(home: Path) -> dict[str, str]:
+    """pg_dump/pg_restore as the DR role: the password through PGPASSFILE, never argv."""
+    return {**os.environ, **pg.child_env(home, "dr")}
+
+
+def _dump(home: Path, region: RegionConfig, database: str, snapshot: str, out: Path) -> None:
     with open(out, "wb") as f:
         proc = subprocess.run(
             [
@@ -183,13 +190,13 @@ def _dump(region: RegionConfig, database: str, snapshot: str, out: Path) -> None
             stderr=subprocess.PIPE,
             text=False,
             timeout=3600,
-            **pg_user_kwargs(),
+            env=_pg_env(home),
         )
     if proc.returncode != 0:
         raise DRError(f"pg_dump failed: {proc.stderr.decode(errors='replace')}")
 
 
-def _restore(region: RegionConfig, database: str, dump: Path, role: str | None) -> None:
+def _restore(home: Path, region: RegionConfig, database: str, dump: Path, role: str | None) -> None:
     argv = [
         str(PG_BIN / "pg_restore"),
         *_pg_args(region),
@@ -199,21 +206,20 @@ def _restore(region: RegionConfig, database: str, dump: Path, role: str | None) 
         "--no-privileges",
         "--exit-on-error",
         "--single-transaction",
+        "--no-password",
     ]
     if role:
         argv.append(f"--role={role}")
-    with open(dump, "rb") as f:  # through stdin: the postgres user need not read our temp dir
-        proc = subprocess.run(argv, stdin=f, capture_output=True, timeout=3600, **pg_user_kwargs())
+    with open(dump, "rb") as f:
+        proc = subprocess.run(argv, stdin=f, capture_output=True, timeout=3600, env=_pg_env(home))
     if proc.returncode != 0:
         raise DRError(f"pg_restore failed: {proc.stderr.decode(errors='replace')}")
 
 
-def _db_fingerprint(region: RegionConfig, database: str) -> tuple[dict, dict]:
-    conn = connect(region, database)
-    with conn.cursor() as cur:
+def _db_fingerprint(cfg: XRegionConfig, home: Path, region: RegionConfig, database: str) -> tuple[dict, dict]:
+    with pg.connection(cfg, home, region, "dr", database) as conn, conn.cursor() as cur:
         tables = fingerprint(cur)
         ids = id_summary(cur)
-    conn.close()
     return tables, ids
 
 
@@ -229,8 +235,7 @@ def backup(
     progress: Progress = _quiet,
 ) -> dict:
     t0 = time.time()
-    cfg = effective_config(cfg, home)
-    primary = cfg.region(current_primary(cfg, home))
+    primary = primary_region(cfg)
     target = backup_region(cfg, primary.name, region)
     bid = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{int(time.time() * 1000) % 1000:03d}Z"
     prefix = f"{BACKUP_ROOT}/{bid}/"
@@ -240,21 +245,16 @@ def backup(
     with tempfile.TemporaryDirectory(prefix="xregion-backup-") as tmp:
         dump = Path(tmp) / "db.dump"
         # one snapshot for the dump and the fingerprints: they describe exactly the same data
-        conn = connect(primary, database)
-        conn.autocommit = False
-        conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
-        try:
+        with pg.connection(cfg, home, primary, "dr", database, autocommit=False) as conn:
+            conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
             with conn.cursor() as cur:
                 cur.execute("select pg_export_snapshot(), pg_current_wal_lsn()::text")
                 snapshot, lsn = cur.fetchone()
                 t_dump = time.time()
-                _dump(primary, database, snapshot, dump)
+                _dump(home, primary, database, snapshot, dump)
                 dump_seconds = time.time() - t_dump
                 tables = fingerprint(cur)
                 ids = id_summary(cur)
-        finally:
-            conn.rollback()
-            conn.close()
         progress(f"pg_dump: {dump.stat().st_size} bytes in {dump_seconds:.2f}s, {len(tables)} tables fingerprinted")
         artifacts = artifact_manifest(cfg, primary.name, progress)
         manifest = {
@@ -377,22 +377,20 @@ def _fetch_dump(src: BackupSource, tmp: Path) -> Path:
 # --- verify a backup: restore into a scratch database -----------------------------------------
 def verify_backup(cfg: XRegionConfig, home: Path, ref: str, progress: Progress = _quiet) -> dict:
     t0 = time.time()
-    cfg = effective_config(cfg, home)
-    primary = cfg.region(current_primary(cfg, home))
+    primary = primary_region(cfg)
     src = BackupSource(cfg, ref)
     scratch = f"xregion_verify_{int(time.time())}"
     with tempfile.TemporaryDirectory(prefix="xregion-verify-") as tmp:
         dump = _fetch_dump(src, Path(tmp))
-        conn = connect(primary)
-        with conn.cursor() as cur:
-            cur.execute(f'create database "{scratch}"')
-        try:
-            _restore(primary, scratch, dump, role=None)
-            tables, ids = _db_fingerprint(primary, scratch)
-        finally:
+        with pg.connection(cfg, home, primary, "dr", "postgres") as conn:
             with conn.cursor() as cur:
-                cur.execute(f'drop database if exists "{scratch}" with (force)')
-            conn.close()
+                cur.execute(f'create database "{scratch}"')
+            try:
+                _restore(home, primary, scratch, dump, role=None)
+                tables, ids = _db_fingerprint(cfg, home, primary, scratch)
+            finally:
+                with conn.cursor() as cur:
+                    cur.execute(f'drop database if exists "{scratch}" with (force)')
     diffs = compare_tables(src.manifest["database"]["tables"], tables)
     missing_copies = []
     if src.manifest["artifacts"].get("included"):
@@ -415,45 +413,43 @@ def verify_backup(cfg: XRegionConfig, home: Path, ref: str, progress: Progress =
 
 
 # --- restore ---------------------------------------------------------------------------------
+def _holds_data(cfg: XRegionConfig, home: Path, primary: RegionConfig, database: str) -> bool:
+    """True when the MLflow database exists and holds runs or registered models."""
+    with pg.connection(cfg, home, primary, "dr", "postgres") as conn, conn.cursor() as cur:
+        cur.execute("select 1 from pg_database where datname = %s", (database,))
+        if cur.fetchone() is None:
+            return False
+    with pg.connection(cfg, home, primary, "dr", database) as conn, conn.cursor() as cur:
+        cur.execute("select to_regclass('public.runs') is not null")
+        if not cur.fetchone()[0]:
+            return False
+        cur.execute("select (select count(*) from runs) + (select count(*) from registered_models)")
+        return cur.fetchone()[0] > 0
+
+
 def restore(cfg: XRegionConfig, home: Path, ref: str, force: bool = False, progress: Progress = _quiet) -> dict:
     """Replace the (fresh) stack's MLflow database with the backup, then put back and verify artifacts."""
     t0 = time.time()
-    cfg = effective_config(cfg, home)
-    primary = cfg.region(current_primary(cfg, home))
+    primary = primary_region(cfg)
     src = BackupSource(cfg, ref)
     database, owner = cfg.postgres.database, cfg.postgres.user
     progress(f"restore {src.id} into database {database} on {primary.name}")
-
-    conn = connect(primary)
-    with conn.cursor() as cur:
-        cur.execute("select 1 from pg_database where datname = %s", (database,))
-        exists = cur.fetchone() is not None
-    if exists and not force:
-        dconn = connect(primary, database)
-        with dconn.cursor() as cur:
-            cur.execute("select to_regclass('public.runs') is not null")
-            if cur.fetchone()[0]:
-                cur.execute("select (select count(*) from runs) + (select count(*) from registered_models)")
-                if cur.fetchone()[0]:
-                    dconn.close()
-                    conn.close()
-                    raise DRError(
-                        f"database {database} on {primary.name} already holds runs or registered models; "
-                        f"restore is for a fresh stack (pass --force to replace them)"
-                    )
-        dconn.close()
-
+    if not force and _holds_data(cfg, home, primary, database):
+        raise DRError(
+            f"database {database} on {primary.name} already holds runs or registered models; "
+            f"restore is for a fresh stack (pass --force to replace them)"
+        )
     with tempfile.TemporaryDirectory(prefix="xregion-restore-") as tmp:
         dump = _fetch_dump(src, Path(tmp))
         t_db = time.time()
-        with conn.cursor() as cur:
+        with pg.connection(cfg, home, primary, "dr", "postgres") as conn, conn.cursor() as cur:
             # MLflow servers' pooled connections are cut; their pool_pre_ping reconnects on the next request
             cur.execute(f'drop database if exists "{database}" with (force)')
             cur.execute(f'create database "{database}" owner "{owner}"')
-        conn.close()
-        _restore(primary, database, dump, role=owner)
+            cur.execute(f'revoke connect on database "{database}" from public')
+        _restore(home, primary, database, dump, role=owner)
         db_seconds = time.time() - t_db
-    tables, ids = _db_fingerprint(primary, database)
+    tables, ids = _db_fingerprint(cfg, home, primary, database)
     diffs = compare_tables(src.manifest["database"]["tables"], tables)
     progress(
         f"database restored in {db_seconds:.2f}s: "

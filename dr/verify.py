@@ -17,12 +17,13 @@ import bisect
 from pathlib import Path
 
 import psycopg2
+from xregion.infra.embedded import postgres as pg
 
 from xregion.config import XRegionConfig
 from xregion.store import RegionUnavailable, stores
 from xregion.uris import NotReplicatedURI, key_prefix
 
-from .nodes import DRError, connect, current_primary, effective_config, probe_all, replication_rows
+from .nodes import ClusterView, DRError, view
 
 
 def references(cfg: XRegionConfig, conn) -> list[dict]:
@@ -73,20 +74,78 @@ def _under(keys: list[str], prefix: str) -> list[str]:
     return out
 
 
-def verify(cfg: XRegionConfig, home: Path, deep: bool = False) -> dict:
-    cfg = effective_config(cfg, home)
-    problems: list[str] = []
-    nodes = probe_all(cfg, timeout=2)
-    primary = current_primary(cfg, home, nodes)
-    # --- the database: who references what
+def _read_references(cfg: XRegionConfig, home: Path, primary: str) -> list[dict]:
     try:
-        conn = connect(cfg.region(primary), cfg.postgres.database)
+        with pg.connection(cfg, home, cfg.region(primary), "dr") as conn:
+            return references(cfg, conn)
     except psycopg2.Error as exc:
         raise DRError(f"cannot read the MLflow database on {primary}: {exc}") from None
-    try:
-        refs = references(cfg, conn)
-    finally:
-        conn.close()
+
+
+def standby_replication(cfg: XRegionConfig, v: ClusterView) -> tuple[list[dict], list[str]]:
+    """Each standby's state and lag as Patroni reports it; problems for those that do not stream."""
+    rows, problems = [], []
+    for r in cfg.regions:
+        if r.name == v.leader:
+            continue
+        m = v.member(r.name)
+        sync = "sync" if r.name in v.sync_standbys else "async"
+        rows.append(
+            {
+                "standby": r.name,
+                "state": m.state if m else "unreachable",
+                "sync_state": sync,
+                "lag_bytes": m.lag_bytes if m else None,
+                "node": (m.role or "unreachable") if m else "unreachable",
+            }
+        )
+        if not m or m.state != "streaming":
+            problems.append(f"standby {r.name} is not streaming from {v.leader}")
+    return rows, problems
+
+
+def _list_objects(regions: dict, roots: set[str]) -> tuple[dict[str, dict[str, int]], list[str]]:
+    """Every region's objects (key -> size) under the roots; problems for regions that do not answer."""
+    objects: dict[str, dict[str, int]] = {}
+    problems = []
+    for name, store in regions.items():
+        found: dict[str, int] = {}
+        try:
+            for root in sorted(roots):
+                for obj in store.list(root + "/" if root else ""):
+                    found[obj.key] = obj.size
+        except RegionUnavailable as exc:
+            problems.append(f"region {name} unavailable: {exc}")
+            continue
+        objects[name] = found
+    return objects, problems
+
+
+def _compare(prefixes: dict, objects: dict, all_keys: list[str], regions: dict, deep: bool):
+    """(missing, mismatched, covered keys) for every referenced prefix across regions."""
+    missing, mismatched, covered = [], [], set()
+    for p, owner in sorted(prefixes.items()):
+        for key in _under(all_keys, p):
+            covered.add(key)
+            sizes = {n: objs.get(key) for n, objs in objects.items()}
+            missing += [{"key": key, "region": n, "owner": owner} for n, size in sizes.items() if size is None]
+            present = {n: s for n, s in sizes.items() if s is not None}
+            if len(set(present.values())) > 1:
+                mismatched.append({"key": key, "owner": owner, "sizes": present})
+            elif deep and len(present) > 1:
+                hashes = {n: regions[n].stat(key).sha256 for n in present}
+                if len({h for h in hashes.values() if h}) > 1:
+                    mismatched.append({"key": key, "owner": owner, "sha256": hashes})
+    return missing, mismatched, covered
+
+
+def verify(cfg: XRegionConfig, home: Path, deep: bool = False) -> dict:
+    problems: list[str] = []
+    v = view(cfg)
+    if v.leader is None:
+        raise DRError("no database primary (no Patroni leader): see `xregion dr status`")
+    primary = v.leader
+    refs = _read_references(cfg, home, primary)
     unchecked, prefixes = [], {}
     for ref in refs:
         try:
@@ -99,35 +158,11 @@ def verify(cfg: XRegionConfig, home: Path, deep: bool = False) -> dict:
     # --- every region's objects: under the artifacts prefix, and any referenced prefix outside it
     art = cfg.artifacts.prefix.strip("/")
     roots = {art} | {p for p in prefixes if not (p == art or p.startswith(art + "/"))}
-    objects: dict[str, dict[str, int]] = {}
     regions = stores(cfg)
-    for name, store in regions.items():
-        found: dict[str, int] = {}
-        try:
-            for root in sorted(roots):
-                for obj in store.list(root + "/" if root else ""):
-                    found[obj.key] = obj.size
-        except RegionUnavailable as exc:
-            problems.append(f"region {name} unavailable: {exc}")
-            continue
-        objects[name] = found
+    objects, unavailable = _list_objects(regions, roots)
+    problems += unavailable
     all_keys = sorted(set().union(*[set(o) for o in objects.values()])) if objects else []
-
-    missing, mismatched, covered = [], [], set()
-    for p, owner in sorted(prefixes.items()):
-        for key in _under(all_keys, p):
-            covered.add(key)
-            sizes = {n: objs.get(key) for n, objs in objects.items()}
-            for n, size in sizes.items():
-                if size is None:
-                    missing.append({"key": key, "region": n, "owner": owner})
-            present = {n: s for n, s in sizes.items() if s is not None}
-            if len(set(present.values())) > 1:
-                mismatched.append({"key": key, "owner": owner, "sizes": present})
-            elif deep and len(present) > 1:
-                hashes = {n: regions[n].stat(key).sha256 for n in present}
-                if len({h for h in hashes.values() if h}) > 1:
-                    mismatched.append({"key": key, "owner": owner, "sha256": hashes})
+    missing, mismatched, covered = _compare(prefixes, objects, all_keys, regions, deep)
     orphans = [
         {"key": k, "regions": sorted(n for n, o in objects.items() if k in o)}
         for k in all_keys
@@ -135,24 +170,8 @@ def verify(cfg: XRegionConfig, home: Path, deep: bool = False) -> dict:
     ]
 
     # --- the database standbys
-    replication = []
-    if nodes[primary]["role"] == "primary":
-        rows = {r["standby"]: r for r in replication_rows(cfg.region(primary))}
-        for r in cfg.regions:
-            if r.name == primary:
-                continue
-            row = rows.get(r.name)
-            replication.append(
-                {
-                    "standby": r.name,
-                    **(row or {"state": "not streaming"}),
-                    "node": nodes[r.name]["role"] or "unreachable",
-                }
-            )
-            if not row or row["state"] != "streaming":
-                problems.append(f"standby {r.name} is not streaming from {primary}")
-    else:
-        problems.append(f"primary {primary} is not reachable as a primary ({nodes[primary]['error']})")
+    replication, repl_problems = standby_replication(cfg, v)
+    problems += repl_problems
     if missing:
         problems.append(f"{len(missing)} object(s) missing from a region")
     if mismatched:

@@ -28,7 +28,7 @@ app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, pretty_
 # top-level command names it provides). Importing a concern costs seconds (MLflow, TensorFlow), so
 # a command line imports only the module of the command it names.
 MOUNTS = [
-    ("xregion.cli.stack", "app", None, ("up", "status", "down", "fault")),
+    ("xregion.cli.stack", "app", None, ("up", "status", "down", "fault", "region")),
     ("xregion.cli.replicate", "replicate_app", "replicate", ("replicate",)),
     ("xregion.cli.train", "app", None, ("train",)),
     ("xregion.cli.registry", "app", None, ("promote", "rollback")),
