@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from xregion.infra.embedded import stack
+from xregion.infra.embedded import etcd, stack
 from xregion.infra.embedded.supervisor import Service, Supervisor, SupervisorError
 
 from xregion import events
@@ -119,6 +119,8 @@ def restore_region(cfg: XRegionConfig, home: Path, region: str, progress: Progre
             res.ok = False
             res.problems.append(f"{svc.name}: {str(err).splitlines()[0]}")
             progress(f"[red]{svc.name}: {err}[/red]")
+    if cfg.witness:
+        progress(f"etcd leader: {etcd.prefer_leader(cfg, cfg.witness.name)} (kept on the witness)")
     if region in cfg.by_name:
         progress("replicate resync: every object the region lacks, from a good copy")
         res.resync = resync_all(cfg)

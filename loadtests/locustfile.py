@@ -57,6 +57,13 @@ def _options(parser):
         help="Number of ScientistUser (fixed); ServingUser gets the rest of -u.",
     )
     g.add_argument(
+        "--xr-readers",
+        env_var="XR_READERS",
+        type=int,
+        default=0,
+        help="Number of ReaderUser (fixed): MLflow reads (search, get run, get model), kind 'reads'.",
+    )
+    g.add_argument(
         "--xr-release-managers",
         env_var="XR_RELEASE_MANAGERS",
         type=int,
@@ -166,8 +173,10 @@ def _init(environment, **_kw):
     # fixed counts for the low-rate personas; the serving users take the rest of -u
     ScientistUser.fixed_count = max(0, opts.xr_scientists)
     ReleaseManagerUser.fixed_count = max(0, opts.xr_release_managers)
+    ReaderUser.fixed_count = max(0, opts.xr_readers)
+    ReaderUser.wait_time = constant_throughput(opts.xr_scientist_rate)
     # a persona with no users is not run at all (a zero weight would confuse Locust's dispatcher)
-    drop = {c for c in (ScientistUser, ReleaseManagerUser) if not c.fixed_count}
+    drop = {c for c in (ScientistUser, ReleaseManagerUser, ReaderUser) if not c.fixed_count}
     environment.user_classes = [c for c in environment.user_classes if c not in drop]
     if isinstance(environment.runner, MasterRunner):
         gevent.spawn(_bound_requests, environment)
@@ -315,9 +324,10 @@ class Unavailable(Exception):
 class MlflowRest:
     """MLflow's REST API over the regions' servers in write order: the first that answers 2xx wins."""
 
-    def __init__(self, endpoints: list[str], timeout: float):
+    def __init__(self, endpoints: list[str], timeout: float, per_endpoint: float | None = None):
         self.endpoints = endpoints
         self.timeout = timeout
+        self.per_endpoint = per_endpoint  # read timeout per endpoint (a frozen server must not take it all)
         self.session = requests.Session()
 
     def call(self, method: str, path: str, *, json_body=None, data=None, params=None) -> tuple[dict, str]:
@@ -329,8 +339,9 @@ class MlflowRest:
             if left <= 0.05:
                 break
             try:
+                read = min(left, self.per_endpoint) if self.per_endpoint else left
                 resp = self.session.request(
-                    method, ep + path, json=json_body, data=data, params=params, timeout=(min(1.0, left), left)
+                    method, ep + path, json=json_body, data=data, params=params, timeout=(min(1.0, left), read)
                 )
             except requests.RequestException as exc:
                 errors.append(f"{ep}: {type(exc).__name__}")
@@ -530,3 +541,54 @@ class ReleaseManagerUser(_TimedUser):
         else:
             target, name = self.versions[1], "release: rollback"
         self.timed(name, lambda: self._move(target))
+
+
+class ReaderUser(_TimedUser):
+    """Readers: what the MLflow UI and GET clients do (search experiments and runs, get a run, get the
+    registered model), each timed as ``reads: ...``. Endpoints in write order, each with a share of
+    the timeout, so that a lost or frozen region's server costs a retry on the next, not the read."""
+
+    weight = 0
+    fixed_count = 1  # non-zero so that Locust keeps the class; the init listener sets the real count
+    wait_time = constant_throughput(2.0)
+
+    def on_start(self):
+        opts = self.environment.parsed_options
+        cfg = _config()
+        endpoints = [r.mlflow_url for r in cfg.write_order()]
+        timeout = opts.xr_timeout if opts else 3.0
+        self.mlflow = MlflowRest(endpoints, timeout, per_endpoint=max(1.0, timeout / (len(endpoints) + 1)))
+        self.model = cfg.registry.model_name
+        self.experiment_ids: list[str] = []
+        self.run_ids: list[str] = []
+        self.turn = random.randrange(4)
+
+    def _search(self):
+        body, _ = self.mlflow.call("POST", "/api/2.0/mlflow/experiments/search", json_body={"max_results": 20})
+        self.experiment_ids = [e["experiment_id"] for e in body.get("experiments", [])]
+        if self.experiment_ids:
+            body, _ = self.mlflow.call(
+                "POST",
+                "/api/2.0/mlflow/runs/search",
+                json_body={"experiment_ids": self.experiment_ids[:5], "max_results": 20},
+            )
+            self.run_ids = [r["info"]["run_id"] for r in body.get("runs", [])] or self.run_ids
+
+    def _get_run(self):
+        if not self.run_ids:
+            return self._search()
+        self.mlflow.call("GET", "/api/2.0/mlflow/runs/get", params={"run_id": random.choice(self.run_ids)})
+
+    def _get_model(self):
+        self.mlflow.call("GET", "/api/2.0/mlflow/registered-models/get", params={"name": self.model})
+
+    @task
+    def read(self):
+        self.turn += 1
+        kind = self.turn % 4
+        if kind == 0:
+            self.timed("reads: search", self._search)
+        elif kind == 1:
+            self.timed("reads: get-model", self._get_model)
+        else:
+            self.timed("reads: get-run", self._get_run)

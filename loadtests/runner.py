@@ -478,6 +478,8 @@ def run_drill(
         raise DrillError("--duration must be between 1 and 3600 seconds")
     n_sci = sc.scientists if scientists is None else scientists
     n_rm = sc.release_managers if release_managers is None else release_managers
+    n_rm += sc.readers  # readers are fixed-count users too; kept apart below (n_rd)
+    n_rd = sc.readers
     if users < n_sci + n_rm + (1 if sc.gate == "serving" else 0):
         raise DrillError(
             f"--users {users} is too few for {n_sci} scientist(s), {n_rm} release manager(s) and the serving users"
@@ -513,7 +515,9 @@ def run_drill(
         "--xr-scientists",
         str(n_sci),
         "--xr-release-managers",
-        str(n_rm),
+        str(n_rm - n_rd),
+        "--xr-readers",
+        str(n_rd),
         "--xr-serving-rate",
         str(serving_rate),
         "--xr-scientist-rate",
@@ -532,7 +536,8 @@ def run_drill(
     classes = (
         (["ServingUser"] if users > n_sci + n_rm else [])
         + (["ScientistUser"] if n_sci else [])
-        + (["ReleaseManagerUser"] if n_rm else [])
+        + (["ReleaseManagerUser"] if n_rm - n_rd else [])
+        + (["ReaderUser"] if n_rd else [])
     )
     env = {"XREGION_HOME": str(home)}
     if cfg.source:
@@ -618,7 +623,12 @@ def run_drill(
             "duration": duration,
             "users": users,
             "workers": workers,
-            "mix": {"serving": max(0, users - n_sci - n_rm), "scientists": n_sci, "release_managers": n_rm},
+            "mix": {
+                "serving": max(0, users - n_sci - n_rm),
+                "scientists": n_sci,
+                "release_managers": n_rm - n_rd,
+                "readers": n_rd,
+            },
             "schedule": {"fault_at": fault_at, "restore_at": restore_at},
             "load_start": t0,
             "load_end": load_end,
@@ -644,6 +654,10 @@ def run_drill(
     if sc.rpo:
         acks = read_acks(ack_files(run_dir))
         summary["rpo"] = read_back(cfg, acks) if acks else {}
+    # what a scenario measured itself (e.g. scenarios_region: failover breakdown, registry RPO, split brain)
+    if ctx.state.get("rpo"):
+        summary.setdefault("rpo", {}).update(ctx.state["rpo"])
+    summary.update(ctx.state.get("summary", {}))
     failed_steps = [s["label"] for s in summary["steps"] if s["error"]]
     summary["failed_steps"] = failed_steps
     checks = O.check(objectives, summary)

@@ -54,6 +54,7 @@ class Scenario:
     restore: Callable[[Ctx], dict] | None = None
     finish: Callable[[Ctx], dict] | None = None
     rpo: bool = False  # read acknowledged writes back afterwards
+    readers: int = 0  # default fixed number of ReaderUser (MLflow reads, traffic kind "reads")
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -123,9 +124,9 @@ def resync(ctx: Ctx) -> dict:
 
 
 def _primary_region(ctx: Ctx) -> str:
-    from xregion.dr.nodes import current_primary, effective_config
+    from xregion.dr.nodes import current_primary
 
-    return current_primary(effective_config(ctx.cfg, ctx.home), ctx.home)
+    return current_primary(ctx.cfg)  # Patroni's leader
 
 
 # --- region-outage -----------------------------------------------------------------------------
@@ -186,28 +187,20 @@ def db_prepare(ctx: Ctx) -> dict:
 
 
 def db_inject(ctx: Ctx) -> dict:
-    from xregion.dr import failover as fo
-
-    old, target = ctx.state["old_primary"], ctx.state["target"]
-    killed = ctx.sup.fault("kill", services(ctx, old, ("postgres",)), ctx.progress)
-    res = fo.failover(ctx.cfg, ctx.home, target, progress=ctx.progress)
-    return {
-        "killed": killed,
-        "failover": {
-            k: res[k]
-            for k in ("from", "to", "rto_seconds", "database_writable_seconds", "command_seconds", "lag", "ok")
-        },
-    }
+    """kill -9 the primary's database node (Patroni and its Postgres); Patroni fails over on its own."""
+    old = ctx.state["old_primary"]
+    return {"killed": ctx.sup.fault("kill", services(ctx, old, ("patroni",)), ctx.progress)}
 
 
 def db_finish(ctx: Ctx) -> dict:
-    """Rejoin the old primary as a standby, then switch back (zero loss) to the topology of the regions file."""
+    """Rejoin the old primary as a replica (Patroni), then switch back (zero loss) to the regions file's topology."""
     from xregion.dr import failover as fo
 
     old = ctx.state["old_primary"]
-    out = {"rejoin": fo.rejoin(ctx.cfg, ctx.home, old, progress=ctx.progress)}
-    sw = fo.switchover(ctx.cfg, ctx.home, old, progress=ctx.progress)
-    out["switchover"] = {k: sw[k] for k in ("from", "to", "write_downtime_seconds", "ok")}
+    out = {"rejoin": fo.rejoin(ctx.cfg, ctx.home, old, progress=ctx.progress).to_dict()}
+    if _primary_region(ctx) != old:
+        sw = fo.switchover(ctx.cfg, ctx.home, old, progress=ctx.progress).to_dict()
+        out["switchover"] = {k: sw[k] for k in ("from", "to", "command_seconds", "rto_seconds", "ok")}
     return out
 
 
@@ -366,11 +359,11 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "db-primary-loss",
-            "kill -9 the Postgres primary and fail over to the standby (xregion dr failover); "
-            "afterwards rejoin the old primary and switch back",
+            "kill -9 the database primary's node (Patroni and Postgres); Patroni promotes the standby "
+            "with no command; afterwards the old primary rejoins and the drill switches back",
             gate="tracking",
             scientists=3,
-            fault_label="kill -9 a-postgres + dr failover",
+            fault_label="kill -9 a-patroni (Patroni + Postgres)",
             prepare=db_prepare,
             inject=db_inject,
             finish=db_finish,
@@ -389,3 +382,6 @@ SCENARIOS: dict[str, Scenario] = {
         ),
     ]
 }
+from .scenarios_region import REGION_SCENARIOS  # noqa: E402 - region-loss, region-partition (loadtests/scenarios_region.py)
+
+SCENARIOS.update(REGION_SCENARIOS)

@@ -179,7 +179,7 @@ class PatroniConfig(_Strict):
 
     scope: str = Field(default="xregion", pattern=r"^[a-z][a-z0-9-]{0,62}$", description="Patroni cluster name")
     ttl: int = Field(default=20, ge=20, description="leader lease (s): the upper bound of failure detection")
-    loop_wait: int = Field(default=2, ge=1, description="seconds between two HA cycles (lease refreshes)")
+    loop_wait: int = Field(default=1, ge=1, description="seconds between two HA cycles (lease refreshes)")
     retry_timeout: int = Field(default=9, ge=3, description="how long etcd and Postgres calls are retried")
     primary_start_timeout: int = Field(
         default=10, ge=0, description="seconds a crashed primary may take to restart before failing over"

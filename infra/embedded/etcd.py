@@ -92,3 +92,49 @@ def health(member: EtcdMember, timeout: float = 1.0) -> tuple[bool, str]:
     except (OSError, ValueError) as exc:
         return False, f"{type(exc).__name__}: {exc}"
     return body.get("health") == "true", json.dumps(body)
+
+
+def _rpc(member: EtcdMember, path: str, body: dict | None = None, timeout: float = 3.0) -> dict:
+    req = urllib.request.Request(f"{member.client_url}/v3/{path}", data=json.dumps(body or {}).encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read() or b"{}")
+
+
+def leader(cfg: XRegionConfig) -> str | None:
+    """Name of the etcd member that leads the raft group now (None when no member answers)."""
+    for _, m in cfg.etcd_members():
+        try:
+            status = _rpc(m, "maintenance/status")
+            members = _rpc(m, "cluster/member/list")["members"]
+        except (OSError, ValueError, KeyError):
+            continue
+        return next((x.get("name") for x in members if x.get("ID") == status.get("leader")), None)
+    return None
+
+
+def prefer_leader(cfg: XRegionConfig, name: str) -> str | None:
+    """Move the etcd leadership to member ``name`` (the witness); returns the leader afterwards.
+
+    Why: when the lost region hosts the etcd leader, the remaining members first elect a new one
+    (about one election timeout) and the new leader then extends every lease, Patroni's leader lock
+    included, by its full TTL plus the election timeout: the database failover takes ~3 s longer.
+    The witness hosts no database, so with the etcd leadership there the loss of a database region
+    costs no etcd election. Best effort: leadership moves again after any election.
+    """
+    by_name = dict(cfg.etcd_members())
+    for _, m in cfg.etcd_members():
+        try:
+            status = _rpc(m, "maintenance/status")
+            members = _rpc(m, "cluster/member/list")["members"]
+        except (OSError, ValueError, KeyError):
+            continue
+        ids = {x.get("name"): x.get("ID") for x in members}
+        current = next((n for n, i in ids.items() if i == status.get("leader")), None)
+        if current == name or current not in by_name or name not in ids:
+            return current
+        try:
+            _rpc(by_name[current], "maintenance/transfer-leadership", {"targetID": ids[name]}, timeout=10)
+        except (OSError, ValueError):
+            return current
+        return leader(cfg)
+    return None

@@ -169,6 +169,8 @@ def up(cfg: XRegionConfig, home: Path, progress=print) -> float:
 
     progress("starting S3 endpoints and the etcd members")
     sup.start(*[s for s in by_kind.values() if s.component in ("s3", "etcd")], progress=progress)
+    if cfg.witness:  # no etcd election when a database region is lost (see etcd.prefer_leader)
+        progress(f"etcd leader: {etcd.prefer_leader(cfg, cfg.witness.name)}")
     for r in cfg.regions:
         RegionStore(r).ensure_bucket()
 
