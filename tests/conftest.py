@@ -88,7 +88,7 @@ def stack():
         embedded.up(st.cfg, home, progress=lambda m: None)
         yield st
     finally:
-        embedded.down(home, progress=lambda m: None)
+        embedded.down(home, progress=lambda m: None, purge=True)
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
