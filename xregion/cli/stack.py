@@ -32,7 +32,9 @@ def up() -> None:
         console.print("Fix the cause, then run `xregion up` again (it resumes); `xregion down` stops what started.")
         raise typer.Exit(1) from None
     console.print(f"[green]stack up in {seconds:.1f}s[/green]")
-    for r in cfg.regions:
+    from xregion.topology import effective_config
+
+    for r in effective_config(cfg).regions:  # the roles of today: Patroni's leader is the primary
         console.print(
             f"  region {r.name} ({r.role}): MLflow {r.mlflow_url}  S3 {r.s3.endpoint_url}/{r.s3.bucket}"
             f"  Postgres {r.postgres}"
