@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
+from enum import StrEnum
 
 import typer
 from rich.console import Console
@@ -73,7 +73,7 @@ def down(
     console.print(f"stopped {len(stopped)} service(s)" if stopped else "nothing was running")
 
 
-class FaultAction(str, Enum):
+class FaultAction(StrEnum):
     kill = "kill"
     freeze = "freeze"
     thaw = "thaw"
