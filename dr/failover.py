@@ -186,11 +186,24 @@ def _check_target(cfg: XRegionConfig, v: ClusterView, to: str) -> None:
         )
 
 
+def _settled(cfg: XRegionConfig, to: str, timeout: float = 15.0) -> ClusterView:
+    """Patroni's view once ``to`` is the synchronous standby (sync mode), or as it is after ``timeout``:
+    a replica that just caught up becomes synchronous within a cycle or two."""
+    deadline = time.monotonic() + timeout
+    v = view(cfg, prefer=to)
+    while cfg.postgres.replication == "sync" and v.leader and to not in v.sync_standbys:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+        v = view(cfg, prefer=to)
+    return v
+
+
 def _promote(
     cfg: XRegionConfig, home: Path, kind: str, to: str, body: dict, progress: Progress, mlflow_timeout: float
 ) -> FailoverResult:
     t0 = time.time()
-    before = view(cfg, prefer=to)
+    before = _settled(cfg, to)
     _check_target(cfg, before, to)
     target = before.member(to)
     progress(f"{kind}: {before.leader or '(no leader)'} -> {to} (lag of {to}: {target.lag_bytes} bytes)")

@@ -115,6 +115,7 @@ def test_commanded_failover_and_switchover(sync_stack, monkeypatch):
         assert fo["from"] == "b" and fo["to"] == "a" and fo["ok"], fo
         assert view(st.cfg).leader == "a"
         wait_for(lambda: view(st.cfg).member("b").state == "streaming", 120, "b following a")
+        # no wait for b to become the synchronous standby: the command waits for it itself
         sw, _ = xr_json(st, "dr", "switchover", "--to", "b")
         assert sw["from"] == "a" and sw["to"] == "b" and sw["old_primary_following"] and sw["ok"], sw
         t_done = time.time()
