@@ -14,7 +14,9 @@ from typing import Literal
 from urllib.parse import quote, urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from .ha_config import EtcdMember, PatroniConfig, Strict, WitnessConfig, check_host_port, split_host_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_CONFIG = REPO_ROOT / "infra" / "embedded" / "regions.yaml"
@@ -24,8 +26,7 @@ class ConfigError(ValueError):
     """The regions file is missing, unreadable or invalid; the message says where and what to fix."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Strict = Strict
 
 
 def _check_url(value: str, what: str) -> str:
@@ -42,38 +43,6 @@ def _check_url(value: str, what: str) -> str:
 def _host_port(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
-
-
-def _check_host_port(value: str, what: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{what} must be host:port, got {value!r}")
-    return value
-
-
-def _split_host_port(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    return host, int(port)
-
-
-class EtcdMember(_Strict):
-    """One member of the etcd cluster Patroni keeps the leader lock in (host:port of each listener)."""
-
-    client: str = Field(description="host:port where Patroni and etcdctl reach this member")
-    peer: str = Field(description="host:port of the member-to-member (raft) listener")
-
-    @field_validator("client", "peer")
-    @classmethod
-    def _hp(cls, v: str, info) -> str:
-        return _check_host_port(v, f"etcd.{info.field_name}")
-
-    @property
-    def client_url(self) -> str:
-        return f"http://{self.client}"
-
-    @property
-    def peer_url(self) -> str:
-        return f"http://{self.peer}"
 
 
 class S3Config(_Strict):
@@ -118,12 +87,12 @@ class RegionConfig(_Strict):
     @field_validator("postgres")
     @classmethod
     def _pg(cls, v: str) -> str:
-        return _check_host_port(v, "postgres")
+        return check_host_port(v, "postgres")
 
     @field_validator("patroni")
     @classmethod
     def _patroni(cls, v: str | None) -> str | None:
-        return None if v is None else _check_host_port(v, "patroni")
+        return None if v is None else check_host_port(v, "patroni")
 
     @property
     def patroni_url(self) -> str | None:
@@ -147,10 +116,10 @@ class RegionConfig(_Strict):
             "serving": _host_port(self.serving_url),
         }
         if self.etcd:
-            out["etcd.client"] = _split_host_port(self.etcd.client)
-            out["etcd.peer"] = _split_host_port(self.etcd.peer)
+            out["etcd.client"] = split_host_port(self.etcd.client)
+            out["etcd.peer"] = split_host_port(self.etcd.peer)
         if self.patroni:
-            out["patroni"] = _split_host_port(self.patroni)
+            out["patroni"] = split_host_port(self.patroni)
         return out
 
 
@@ -159,46 +128,6 @@ class PostgresConfig(_Strict):
     user: str = "mlflow"
     password_env: str | None = Field(default=None, description="env var holding the password, if any")
     replication: Literal["async", "sync"] = "async"
-
-
-class WitnessConfig(_Strict):
-    """A third place that runs only an etcd member, so that two data regions keep an etcd quorum
-    (and so a Patroni leader) when either of them is lost."""
-
-    name: str = Field(default="witness", pattern=r"^[a-z][a-z0-9-]{0,30}$")
-    etcd: EtcdMember
-
-
-class PatroniConfig(_Strict):
-    """Patroni's timing (its dynamic configuration in etcd); README.md and dr/README.md say what each costs.
-
-    Detection of a lost primary takes up to ``ttl`` (the leader key's lease must expire),
-    promotion then takes about a second; Patroni refuses ``ttl`` < 20 and requires
-    ``loop_wait + 2 * retry_timeout <= ttl``.
-    """
-
-    scope: str = Field(default="xregion", pattern=r"^[a-z][a-z0-9-]{0,62}$", description="Patroni cluster name")
-    ttl: int = Field(default=20, ge=20, description="leader lease (s): the upper bound of failure detection")
-    loop_wait: int = Field(default=1, ge=1, description="seconds between two HA cycles (lease refreshes)")
-    retry_timeout: int = Field(default=9, ge=3, description="how long etcd and Postgres calls are retried")
-    primary_start_timeout: int = Field(
-        default=10, ge=0, description="seconds a crashed primary may take to restart before failing over"
-    )
-    maximum_lag_on_failover: int = Field(
-        default=1048576, ge=0, description="bytes a replica may lag and still be promoted (async mode)"
-    )
-    synchronous_mode_strict: bool = Field(
-        default=False, description="sync mode: refuse writes while no synchronous standby is left"
-    )
-
-    @model_validator(mode="after")
-    def _timing(self) -> PatroniConfig:
-        if self.loop_wait + 2 * self.retry_timeout > self.ttl:
-            raise ValueError(
-                f"Patroni requires loop_wait + 2 * retry_timeout <= ttl; got {self.loop_wait} + 2 * "
-                f"{self.retry_timeout} > {self.ttl}"
-            )
-        return self
 
 
 class ArtifactsConfig(_Strict):
@@ -260,8 +189,8 @@ class XRegionConfig(_Strict):
         ]
         if self.witness:
             listeners += [
-                (f"witness.{self.witness.name}.etcd.client", _split_host_port(self.witness.etcd.client)),
-                (f"witness.{self.witness.name}.etcd.peer", _split_host_port(self.witness.etcd.peer)),
+                (f"witness.{self.witness.name}.etcd.client", split_host_port(self.witness.etcd.client)),
+                (f"witness.{self.witness.name}.etcd.peer", split_host_port(self.witness.etcd.peer)),
             ]
         for owner, (host, port) in listeners:
             if host not in ("127.0.0.1", "localhost", "::1"):
