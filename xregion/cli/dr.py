@@ -232,10 +232,10 @@ def restore(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Restore a backup into a fresh stack, keeping every id; put back and verify every artifact."""
-    from xregion.dr import backup as bk
+    from xregion.dr import restore as rs
 
     cfg, home = _ctx()
-    res = _run(bk.restore, cfg, home, backup_ref, force=force, progress=_progress)
+    res = _run(rs.restore, cfg, home, backup_ref, force=force, progress=_progress)
     if as_json:
         _json(res)
     else:
