@@ -396,7 +396,11 @@ class ScientistUser(_TimedUser):
     def on_start(self):
         opts = self.environment.parsed_options
         cfg = _config()
-        self.mlflow = MlflowRest([r.mlflow_url for r in cfg.write_order()], opts.xr_timeout if opts else 3.0)
+        endpoints = [r.mlflow_url for r in cfg.write_order()]
+        timeout = opts.xr_timeout if opts else 3.0
+        # each server gets a share of the timeout: a frozen one (accepts, never answers) must not
+        # take the whole budget from the next region's server
+        self.mlflow = MlflowRest(endpoints, timeout, per_endpoint=max(1.5, timeout / (len(endpoints) + 1)))
         self.experiment = opts.xr_experiment if opts else "drill-scientists"
         self.experiment_id = None
         self.run_id = None
