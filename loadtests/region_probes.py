@@ -51,7 +51,7 @@ class FailoverWatch:
         self.cfg, self.home, self.max_s = cfg, home, max_s
         self.stop = threading.Event()
         self.observations: list[Observation] = []
-        self.libpq_ok: list[float] = []  # times a read-write connection through the multi-host conninfo succeeded
+        self.libpq_ok: list[tuple[float, float]] = []  # (start, end) of read-write connections that succeeded
         self.lag_before: dict[str, int | None] = {}
         self._threads = [
             threading.Thread(target=self._patroni, daemon=True, name="watch-patroni"),
@@ -93,10 +93,11 @@ class FailoverWatch:
     def _libpq(self) -> None:
         t0 = time.monotonic()
         while not self.stop.is_set() and time.monotonic() - t0 < self.max_s:
+            start = time.time()
             try:
                 conn = psycopg2.connect(self._conninfo())
                 try:
-                    self.libpq_ok.append(time.time())
+                    self.libpq_ok.append((start, time.time()))
                 finally:
                     conn.close()
             except psycopg2.Error:
@@ -108,7 +109,7 @@ class FailoverWatch:
         after = [o for o in self.observations if o.ts >= t_fault]
         lock = next((o for o in after if o.leader and o.leader != old), None)
         rest = next((o for o in after if any(n != old for n in o.primary_answers)), None)
-        lib = next((t for t in self.libpq_ok if t >= t_fault + 0.05), None)
+        lib = next((end for start, end in self.libpq_ok if start >= t_fault), None)
         gone = next((o for o in after if o.leader != old), None)
 
         def rel(t: float | None) -> float | None:
@@ -132,7 +133,7 @@ class RegistryCanary(threading.Thread):
         self.endpoints = [r.mlflow_url for r in cfg.write_order()]
         self.name, self.interval, self.max_s = name, interval, max_s
         self.stop = threading.Event()
-        self.acks: list[tuple[int, float, str]] = []  # (seq, acknowledged at, endpoint)
+        self.acks: list[tuple[int, float, float, str]] = []  # (seq, sent at, acknowledged at, endpoint)
         self.failures = 0
         self.session = requests.Session()
 
@@ -155,9 +156,10 @@ class RegistryCanary(threading.Thread):
     def run(self) -> None:
         t0, seq = time.monotonic(), 0
         while not self.stop.is_set() and time.monotonic() - t0 < self.max_s:
+            sent = time.time()
             ep = self._post("registered-models/set-tag", {"name": self.name, "key": f"seq-{seq:06d}", "value": "1"})
             if ep:
-                self.acks.append((seq, time.time(), ep))
+                self.acks.append((seq, sent, time.time(), ep))
             else:
                 self.failures += 1
             seq += 1
@@ -174,7 +176,7 @@ class RegistryCanary(threading.Thread):
                 continue
             if r.status_code == 200:
                 tags = {t["key"] for t in r.json()["registered_model"].get("tags", [])}
-                missing = [s for s, _, _ in self.acks if f"seq-{s:06d}" not in tags]
+                missing = [s for s, _, _, _ in self.acks if f"seq-{s:06d}" not in tags]
                 return {"acknowledged": len(self.acks), "missing": len(missing), "missing_keys": missing[:50]}
         return {"error": "no MLflow server answered the registry read-back"}
 

@@ -57,16 +57,22 @@ def prepare(ctx: Ctx) -> dict:
     return {"region": v.leader, "sync_standbys": v.sync_standbys, "replication": v.replication}
 
 
-def loss_inject(ctx: Ctx) -> dict:
+def _fault(ctx: Ctx, action: str) -> list[str]:
+    """The database node first, then the rest; the breakdown counts from the moment the node's
+    processes have had the signal (``t_fault``), so no write the old primary acknowledged just
+    before counts as a recovery."""
     svcs = services(ctx, _region(ctx), COMPONENTS)
+    done = ctx.sup.fault(action, svcs[:1], ctx.progress)
     ctx.state["t_fault"] = time.time()
-    return {"killed": ctx.sup.fault("kill", svcs, ctx.progress)}
+    return done + ctx.sup.fault(action, svcs[1:], ctx.progress)
+
+
+def loss_inject(ctx: Ctx) -> dict:
+    return {"killed": _fault(ctx, "kill")}
 
 
 def partition_inject(ctx: Ctx) -> dict:
-    svcs = services(ctx, _region(ctx), COMPONENTS)
-    ctx.state["t_fault"] = time.time()
-    return {"frozen": ctx.sup.fault("freeze", svcs, ctx.progress)}
+    return {"frozen": _fault(ctx, "freeze")}
 
 
 def _start_probe(ctx: Ctx) -> None:
@@ -145,7 +151,7 @@ def finish(ctx: Ctx) -> dict:
     if t_fault:
         b = watch.breakdown(t_fault, _region(ctx))
         first = _first_write(ctx, t_fault)
-        reg_first = next((t for _, t, _ in canary.acks if t >= t_fault), None)
+        reg_first = min((acked for _, sent, acked, _ in canary.acks if sent >= t_fault), default=None)
         b.update(
             first_write_s=first,
             first_registry_write_s=round(reg_first - t_fault, 3) if reg_first else None,
