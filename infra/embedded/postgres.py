@@ -269,9 +269,10 @@ def bootstrap_roles(cfg: XRegionConfig, home: Path, leader: RegionConfig) -> lis
     return created
 
 
-def hba(cfg: XRegionConfig) -> list[str]:
+def hba(cfg: XRegionConfig, networks: tuple[str, ...] = ("127.0.0.1/32", "::1/128")) -> list[str]:
     """pg_hba.conf: scram-sha-256 for every role and every address, never trust; each role reaches
-    only the databases it needs. No local (socket) line: the nodes listen on TCP only."""
+    only the databases it needs. No local (socket) line: the nodes listen on TCP only.
+    ``networks``: where clients connect from (loopback here; a deployment's network elsewhere)."""
     names = role_names(cfg)
     db = cfg.postgres.database
     rules = [
@@ -283,6 +284,6 @@ def hba(cfg: XRegionConfig) -> list[str]:
     ]
     lines = []
     for database, user in rules:
-        for net in ("127.0.0.1/32", "::1/128"):
+        for net in networks:
             lines.append(f"host {database} {user} {net} scram-sha-256")
     return lines
