@@ -75,6 +75,9 @@ def dynamic_config(cfg: XRegionConfig) -> dict:
                 "max_replication_slots": 10,
                 "wal_keep_size": "256MB",
                 "wal_receiver_status_interval": "1s",
+                # a frozen (partitioned) standby still looks "streaming" until its walsender times out,
+                # and in sync mode commits wait for it meanwhile: 10 s instead of 60 s bounds that wait
+                "wal_sender_timeout": "10s",
                 "password_encryption": "scram-sha-256",
                 # read replicas show every acknowledged write in sync mode
                 "synchronous_commit": "remote_apply" if sync else "on",
