@@ -31,6 +31,7 @@ def _group() -> None:
     # imports just the drill module) typer would otherwise run that command as the root itself
     pass
 
+
 # Sub-commands: (module, typer app, mount name or None to merge its commands at the top level, the
 # top-level command names it provides). Importing a concern costs seconds (MLflow, TensorFlow), so
 # a command line imports only the module of the command it names.
