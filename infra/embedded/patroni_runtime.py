@@ -73,7 +73,7 @@ def install() -> Path:
     stamp = _stamp(dists)
     if (rt / "STAMP").exists() and (rt / "STAMP").read_text() == stamp:
         return rt
-    tmp = rt.with_name(rt.name + ".tmp")
+    tmp = rt.with_name(f"{rt.name}.tmp-{os.getpid()}")  # two `xregion up` at once each build their own
     shutil.rmtree(tmp, ignore_errors=True)
     site = tmp / "site"
     site.mkdir(parents=True)
@@ -97,7 +97,10 @@ def install() -> Path:
     os.chmod(ROOT_DATA, 0o755)
     os.chmod(rt.parent, 0o755)
     shutil.rmtree(rt, ignore_errors=True)
-    tmp.rename(rt)
+    try:
+        tmp.rename(rt)
+    except OSError:  # another process installed the same runtime meanwhile: use theirs
+        shutil.rmtree(tmp, ignore_errors=True)
     log.info("Patroni runtime for the postgres user installed in %s (%d distributions)", rt, len(dists))
     return rt
 
