@@ -16,7 +16,7 @@ export/import tools that recreate runs and renumber them).
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import subprocess
 import tempfile
 import time
@@ -29,12 +29,13 @@ import psycopg2.extensions
 from xregion import events
 from xregion.config import RegionConfig, XRegionConfig
 from xregion.home import ledger_path
-from xregion.infra.embedded.postgres import PG_BIN, SUPERUSER, pg_user_kwargs
+from xregion.infra.embedded import postgres as pg
+from xregion.infra.embedded.postgres import DR_USER, PG_BIN
 from xregion.plugins.outbox import Outbox
 from xregion.plugins.verify import check
-from xregion.store import RegionStore, StoreError, sha256_file, stores
+from xregion.store import RegionStore, RegionUnavailable, sha256_file, stores
 
-from .nodes import DRError, connect, current_primary, effective_config
+from .nodes import DRError, primary_region
 
 BACKUP_ROOT = "xregion-backups"
 Progress = Callable[[str], None]
@@ -142,7 +143,7 @@ def list_backups(cfg: XRegionConfig) -> list[dict]:
     for name, store in stores(cfg).items():
         try:
             dirs, _ = store.list_dir(f"{BACKUP_ROOT}/")
-        except StoreError:
+        except RegionUnavailable:
             continue
         for d in dirs:
             bid = d.rstrip("/").rsplit("/", 1)[-1]
@@ -164,10 +165,15 @@ def apply_retention(store: RegionStore, keep: int, progress: Progress = _quiet) 
 
 # --- pg_dump / pg_restore ---------------------------------------------------------------------
 def _pg_args(region: RegionConfig) -> list[str]:
-    return ["-h", region.pg_host, "-p", str(region.pg_port), "-U", SUPERUSER]
+    return ["-h", region.pg_host, "-p", str(region.pg_port), "-U", DR_USER]
 
 
-def _dump(region: RegionConfig, database: str, snapshot: str, out: Path) -> None:
+def _pg_env(home: Path) -> dict[str, str]:
+    """pg_dump/pg_restore as the DR role: the password through PGPASSFILE, never argv."""
+    return {**os.environ, **pg.child_env(home, "dr")}
+
+
+def _dump(home: Path, region: RegionConfig, database: str, snapshot: str, out: Path) -> None:
     with open(out, "wb") as f:
         proc = subprocess.run(
             [
@@ -183,13 +189,13 @@ def _dump(region: RegionConfig, database: str, snapshot: str, out: Path) -> None
             stderr=subprocess.PIPE,
             text=False,
             timeout=3600,
-            **pg_user_kwargs(),
+            env=_pg_env(home),
         )
     if proc.returncode != 0:
         raise DRError(f"pg_dump failed: {proc.stderr.decode(errors='replace')}")
 
 
-def _restore(region: RegionConfig, database: str, dump: Path, role: str | None) -> None:
+def pg_restore(home: Path, region: RegionConfig, database: str, dump: Path, role: str | None) -> None:
     argv = [
         str(PG_BIN / "pg_restore"),
         *_pg_args(region),
@@ -199,25 +205,49 @@ def _restore(region: RegionConfig, database: str, dump: Path, role: str | None) 
         "--no-privileges",
         "--exit-on-error",
         "--single-transaction",
+        "--no-password",
     ]
     if role:
         argv.append(f"--role={role}")
-    with open(dump, "rb") as f:  # through stdin: the postgres user need not read our temp dir
-        proc = subprocess.run(argv, stdin=f, capture_output=True, timeout=3600, **pg_user_kwargs())
+    with open(dump, "rb") as f:
+        proc = subprocess.run(argv, stdin=f, capture_output=True, timeout=3600, env=_pg_env(home))
     if proc.returncode != 0:
         raise DRError(f"pg_restore failed: {proc.stderr.decode(errors='replace')}")
 
 
-def _db_fingerprint(region: RegionConfig, database: str) -> tuple[dict, dict]:
-    conn = connect(region, database)
-    with conn.cursor() as cur:
+def db_fingerprint(cfg: XRegionConfig, home: Path, region: RegionConfig, database: str) -> tuple[dict, dict]:
+    with pg.connection(cfg, home, region, "dr", database) as conn, conn.cursor() as cur:
         tables = fingerprint(cur)
         ids = id_summary(cur)
-    conn.close()
     return tables, ids
 
 
 # --- backup ----------------------------------------------------------------------------------
+def _snapshot(cfg: XRegionConfig, home: Path, primary: RegionConfig, dump: Path) -> tuple[str, dict, dict, float]:
+    """(lsn, table fingerprints, id summary, pg_dump seconds): one snapshot for the dump and the
+    fingerprints, so that they describe exactly the same data."""
+    database = cfg.postgres.database
+    with pg.connection(cfg, home, primary, "dr", database, autocommit=False) as conn:
+        conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
+        with conn.cursor() as cur:
+            cur.execute("select pg_export_snapshot(), pg_current_wal_lsn()::text")
+            snapshot, lsn = cur.fetchone()
+            t_dump = time.time()
+            _dump(home, primary, database, snapshot, dump)
+            seconds = time.time() - t_dump
+            return lsn, fingerprint(cur), id_summary(cur), seconds
+
+
+def _copy_artifacts(cfg: XRegionConfig, artifacts: dict, target: RegionStore, prefix: str, tmp: Path) -> None:
+    """Each object from a region the manifest found holding its newest write."""
+    for obj in artifacts["objects"]:
+        local = tmp / "obj"
+        got = RegionStore(cfg.region(obj.get("region", artifacts["source_region"]))).get_file(obj["key"], local)
+        if got.sha256 != obj["sha256"]:
+            raise DRError(f"artifact {obj['key']} changed while backing up (hash differs); run the backup again")
+        target.put_file(prefix + "artifacts/" + obj["key"], local, got.sha256)
+
+
 def backup(
     cfg: XRegionConfig,
     home: Path,
@@ -229,8 +259,7 @@ def backup(
     progress: Progress = _quiet,
 ) -> dict:
     t0 = time.time()
-    cfg = effective_config(cfg, home)
-    primary = cfg.region(current_primary(cfg, home))
+    primary = primary_region(cfg)
     target = backup_region(cfg, primary.name, region)
     bid = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{int(time.time() * 1000) % 1000:03d}Z"
     prefix = f"{BACKUP_ROOT}/{bid}/"
@@ -239,22 +268,7 @@ def backup(
 
     with tempfile.TemporaryDirectory(prefix="xregion-backup-") as tmp:
         dump = Path(tmp) / "db.dump"
-        # one snapshot for the dump and the fingerprints: they describe exactly the same data
-        conn = connect(primary, database)
-        conn.autocommit = False
-        conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
-        try:
-            with conn.cursor() as cur:
-                cur.execute("select pg_export_snapshot(), pg_current_wal_lsn()::text")
-                snapshot, lsn = cur.fetchone()
-                t_dump = time.time()
-                _dump(primary, database, snapshot, dump)
-                dump_seconds = time.time() - t_dump
-                tables = fingerprint(cur)
-                ids = id_summary(cur)
-        finally:
-            conn.rollback()
-            conn.close()
+        lsn, tables, ids, dump_seconds = _snapshot(cfg, home, primary, dump)
         progress(f"pg_dump: {dump.stat().st_size} bytes in {dump_seconds:.2f}s, {len(tables)} tables fingerprinted")
         artifacts = artifact_manifest(cfg, primary.name, progress)
         manifest = {
@@ -275,14 +289,7 @@ def backup(
         }
         target.put_file(prefix + "db.dump", dump, manifest["database"]["dump"]["sha256"])
         if include_artifacts:
-            for obj in artifacts["objects"]:
-                local = Path(tmp) / "obj"
-                got = RegionStore(cfg.region(obj.get("region", artifacts["source_region"]))).get_file(obj["key"], local)
-                if got.sha256 != obj["sha256"]:
-                    raise DRError(
-                        f"artifact {obj['key']} changed while backing up (hash differs); run the backup again"
-                    )
-                target.put_file(prefix + "artifacts/" + obj["key"], local, got.sha256)
+            _copy_artifacts(cfg, artifacts, target, prefix, Path(tmp))
             progress(f"copied {len(artifacts['objects'])} artifact objects into the backup")
         # the manifest last: a backup without one is incomplete and never listed
         body = json.dumps(manifest, indent=1).encode()
@@ -307,6 +314,8 @@ def backup(
         "local_copy": str(Path(copy_to) / bid) if copy_to else None,
     }
     if verify:
+        from .restore import verify_backup  # restore.py builds on this module
+
         result["verify"] = verify_backup(cfg, home, bid, progress=progress)
     events.record("db.backup", home, **{k: v for k, v in result.items() if k not in ("ids",)})
     return result
@@ -319,208 +328,3 @@ def _download_backup(store: RegionStore, prefix: str, dest: Path, include_artifa
     if include_artifacts:
         for obj in manifest["artifacts"]["objects"]:
             store.get_file(prefix + "artifacts/" + obj["key"], dest / "artifacts" / obj["key"])
-
-
-# --- finding a backup -------------------------------------------------------------------------
-class BackupSource:
-    """A backup either in a region's bucket (by id, or ``latest``) or in a local directory."""
-
-    def __init__(self, cfg: XRegionConfig, ref: str):
-        self.local: Path | None = None
-        self.store: RegionStore | None = None
-        self.prefix = ""
-        p = Path(ref)
-        if p.is_dir() and (p / "manifest.json").exists():
-            self.local = p
-            self.manifest = json.loads((p / "manifest.json").read_text())
-            return
-        found = list_backups(cfg)
-        if ref != "latest":
-            found = [b for b in found if b["id"] == ref]
-        if not found:
-            raise DRError(
-                f"no backup {ref!r}: neither a local directory with a manifest.json nor a backup id in any "
-                f"region's {BACKUP_ROOT}/ (see `xregion dr backups`)"
-            )
-        b = found[-1]
-        self.store = RegionStore(cfg.region(b["region"]))
-        self.prefix = f"{BACKUP_ROOT}/{b['id']}/"
-        self.manifest = json.loads(self.store.get_bytes(self.prefix + "manifest.json"))
-
-    @property
-    def id(self) -> str:
-        return self.manifest["id"]
-
-    def fetch(self, name: str, dest: Path) -> Path:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if self.local:
-            shutil.copyfile(self.local / name, dest)
-        else:
-            self.store.get_file(self.prefix + name, dest)
-        return dest
-
-    def has(self, name: str) -> bool:
-        if self.local:
-            return (self.local / name).exists()
-        return self.store.stat(self.prefix + name) is not None
-
-
-def _fetch_dump(src: BackupSource, tmp: Path) -> Path:
-    dump = src.fetch("db.dump", tmp / "db.dump")
-    want = src.manifest["database"]["dump"]["sha256"]
-    if sha256_file(dump) != want:
-        raise DRError(f"db.dump of backup {src.id} is corrupt: sha256 differs from the manifest")
-    return dump
-
-
-# --- verify a backup: restore into a scratch database -----------------------------------------
-def verify_backup(cfg: XRegionConfig, home: Path, ref: str, progress: Progress = _quiet) -> dict:
-    t0 = time.time()
-    cfg = effective_config(cfg, home)
-    primary = cfg.region(current_primary(cfg, home))
-    src = BackupSource(cfg, ref)
-    scratch = f"xregion_verify_{int(time.time())}"
-    with tempfile.TemporaryDirectory(prefix="xregion-verify-") as tmp:
-        dump = _fetch_dump(src, Path(tmp))
-        conn = connect(primary)
-        with conn.cursor() as cur:
-            cur.execute(f'create database "{scratch}"')
-        try:
-            _restore(primary, scratch, dump, role=None)
-            tables, ids = _db_fingerprint(primary, scratch)
-        finally:
-            with conn.cursor() as cur:
-                cur.execute(f'drop database if exists "{scratch}" with (force)')
-            conn.close()
-    diffs = compare_tables(src.manifest["database"]["tables"], tables)
-    missing_copies = []
-    if src.manifest["artifacts"].get("included"):
-        for obj in src.manifest["artifacts"]["objects"]:
-            if not src.has("artifacts/" + obj["key"]):
-                missing_copies.append(obj["key"])
-    result = {
-        "id": src.id,
-        "ok": not diffs and not missing_copies,
-        "tables": len(tables),
-        "differences": diffs,
-        "missing_artifact_copies": missing_copies,
-        "seconds": round(time.time() - t0, 3),
-    }
-    progress(
-        f"verify {src.id}: {'identical' if result['ok'] else 'DIFFERENT'} "
-        f"({len(tables)} tables restored into scratch database {scratch}, dropped)"
-    )
-    return result
-
-
-# --- restore ---------------------------------------------------------------------------------
-def restore(cfg: XRegionConfig, home: Path, ref: str, force: bool = False, progress: Progress = _quiet) -> dict:
-    """Replace the (fresh) stack's MLflow database with the backup, then put back and verify artifacts."""
-    t0 = time.time()
-    cfg = effective_config(cfg, home)
-    primary = cfg.region(current_primary(cfg, home))
-    src = BackupSource(cfg, ref)
-    database, owner = cfg.postgres.database, cfg.postgres.user
-    progress(f"restore {src.id} into database {database} on {primary.name}")
-
-    conn = connect(primary)
-    with conn.cursor() as cur:
-        cur.execute("select 1 from pg_database where datname = %s", (database,))
-        exists = cur.fetchone() is not None
-    if exists and not force:
-        dconn = connect(primary, database)
-        with dconn.cursor() as cur:
-            cur.execute("select to_regclass('public.runs') is not null")
-            if cur.fetchone()[0]:
-                cur.execute("select (select count(*) from runs) + (select count(*) from registered_models)")
-                if cur.fetchone()[0]:
-                    dconn.close()
-                    conn.close()
-                    raise DRError(
-                        f"database {database} on {primary.name} already holds runs or registered models; "
-                        f"restore is for a fresh stack (pass --force to replace them)"
-                    )
-        dconn.close()
-
-    with tempfile.TemporaryDirectory(prefix="xregion-restore-") as tmp:
-        dump = _fetch_dump(src, Path(tmp))
-        t_db = time.time()
-        with conn.cursor() as cur:
-            # MLflow servers' pooled connections are cut; their pool_pre_ping reconnects on the next request
-            cur.execute(f'drop database if exists "{database}" with (force)')
-            cur.execute(f'create database "{database}" owner "{owner}"')
-        conn.close()
-        _restore(primary, database, dump, role=owner)
-        db_seconds = time.time() - t_db
-    tables, ids = _db_fingerprint(primary, database)
-    diffs = compare_tables(src.manifest["database"]["tables"], tables)
-    progress(
-        f"database restored in {db_seconds:.2f}s: "
-        + ("identical to the backup" if not diffs else f"{len(diffs)} table(s) differ")
-    )
-    art = restore_artifacts(cfg, src, progress)
-    result = {
-        "id": src.id,
-        "database": database,
-        "region": primary.name,
-        "db_seconds": round(db_seconds, 3),
-        "tables": len(tables),
-        "differences": diffs,
-        "ids": ids,
-        "artifacts": art,
-        "ok": not diffs and not art["missing"] and not art["mismatched"],
-        "seconds": round(time.time() - t0, 3),
-    }
-    events.record("db.restore", home, **{k: v for k, v in result.items() if k not in ("ids",)})
-    return result
-
-
-def restore_artifacts(cfg: XRegionConfig, src: BackupSource, progress: Progress = _quiet) -> dict:
-    """Every manifest object must be in every region with its size and hash (downloaded and hashed).
-
-    A missing or different object is put back from the backup's copy when it has one.
-    """
-    objects = src.manifest["artifacts"]["objects"]
-    included = src.manifest["artifacts"].get("included")
-    out = {"objects": len(objects), "verified": 0, "copied": 0, "missing": [], "mismatched": []}
-    with tempfile.TemporaryDirectory(prefix="xregion-restore-art-") as tmp:
-        for name, store in stores(cfg).items():
-            store.ensure_bucket()
-            for obj in objects:
-                key = obj["key"]
-                info = store.stat(key)
-                ok = info is not None and info.size == obj["size"]
-                if ok:
-                    got = store.get_file(key, Path(tmp) / "check").sha256
-                    ok = got == obj["sha256"]
-                    if not ok and not included:
-                        out["mismatched"].append({"key": key, "region": name, "sha256": got, "expected": obj["sha256"]})
-                        continue
-                if not ok:
-                    if not included:
-                        out["missing"].append({"key": key, "region": name})
-                        continue
-                    local = src.fetch("artifacts/" + key, Path(tmp) / "copy")
-                    if sha256_file(local) != obj["sha256"]:
-                        out["mismatched"].append(
-                            {
-                                "key": key,
-                                "region": name,
-                                "expected": obj["sha256"],
-                                "sha256": sha256_file(local),
-                                "where": "backup copy",
-                            }
-                        )
-                        continue
-                    store.put_file(key, local, obj["sha256"])
-                    out["copied"] += 1
-                    if store.get_file(key, Path(tmp) / "check").sha256 != obj["sha256"]:
-                        out["mismatched"].append({"key": key, "region": name, "expected": obj["sha256"]})
-                        continue
-                out["verified"] += 1
-    progress(
-        f"artifacts: {out['verified']} object copies verified across {len(cfg.regions)} regions, "
-        f"{out['copied']} put back from the backup, {len(out['missing'])} missing, "
-        f"{len(out['mismatched'])} mismatched"
-    )
-    return out

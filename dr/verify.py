@@ -1,9 +1,7 @@
 """Consistency of the whole platform: database references against the objects in every region.
 
 - every run's, logged model's, model version's and trace's artifact location has all its objects
-  in every region as their newest write (``plugins/verify.check``: the one comparison replicate
-  verify and the registry gate use; ``deep`` hashes every copy); an object the ledger knows that
-  is in no region, and a model location with no object in any region, are missing everywhere;
+  in every region, with the same size (and, with ``deep``, the same recorded sha256);
 - objects under the artifacts prefix that nothing references are orphans;
 - each standby's replication state and lag, as the primary sees it.
 
@@ -22,12 +20,13 @@ import psycopg2
 
 from xregion.config import XRegionConfig
 from xregion.home import ledger_path
+from xregion.infra.embedded import postgres as pg
 from xregion.plugins.outbox import Outbox
 from xregion.plugins.verify import check
 from xregion.store import stores
 from xregion.uris import NotReplicatedURI, key_prefix
 
-from .nodes import DRError, connect, current_primary, effective_config, probe_all, replication_rows
+from .nodes import ClusterView, DRError, view
 
 
 def references(cfg: XRegionConfig, conn) -> list[dict]:
@@ -78,6 +77,36 @@ def _under(keys: list[str], prefix: str) -> list[str]:
     return out
 
 
+def _read_references(cfg: XRegionConfig, home: Path, primary: str) -> list[dict]:
+    try:
+        with pg.connection(cfg, home, cfg.region(primary), "dr") as conn:
+            return references(cfg, conn)
+    except psycopg2.Error as exc:
+        raise DRError(f"cannot read the MLflow database on {primary}: {exc}") from None
+
+
+def standby_replication(cfg: XRegionConfig, v: ClusterView) -> tuple[list[dict], list[str]]:
+    """Each standby's state and lag as Patroni reports it; problems for those that do not stream."""
+    rows, problems = [], []
+    for r in cfg.regions:
+        if r.name == v.leader:
+            continue
+        m = v.member(r.name)
+        sync = "sync" if r.name in v.sync_standbys else "async"
+        rows.append(
+            {
+                "standby": r.name,
+                "state": m.state if m else "unreachable",
+                "sync_state": sync,
+                "lag_bytes": m.lag_bytes if m else None,
+                "node": (m.role or "unreachable") if m else "unreachable",
+            }
+        )
+        if not m or m.state != "streaming":
+            problems.append(f"standby {r.name} is not streaming from {v.leader}")
+    return rows, problems
+
+
 def _objects(cfg: XRegionConfig, prefixes: dict[str, str], deep: bool):
     """Every region's objects, by the one verification (plugins/verify.py): under the artifacts
     prefix, and any referenced prefix outside it. (objects per region, missing, mismatched,
@@ -116,19 +145,12 @@ def _objects(cfg: XRegionConfig, prefixes: dict[str, str], deep: bool):
 
 
 def verify(cfg: XRegionConfig, home: Path, deep: bool = False) -> dict:
-    cfg = effective_config(cfg, home)
     problems: list[str] = []
-    nodes = probe_all(cfg, timeout=2)
-    primary = current_primary(cfg, home, nodes)
-    # --- the database: who references what
-    try:
-        conn = connect(cfg.region(primary), cfg.postgres.database)
-    except psycopg2.Error as exc:
-        raise DRError(f"cannot read the MLflow database on {primary}: {exc}") from None
-    try:
-        refs = references(cfg, conn)
-    finally:
-        conn.close()
+    v = view(cfg)
+    if v.leader is None:
+        raise DRError("no database primary (no Patroni leader): see `xregion dr status`")
+    primary = v.leader
+    refs = _read_references(cfg, home, primary)
     unchecked, prefixes = [], {}
     for ref in refs:
         try:
@@ -142,24 +164,8 @@ def verify(cfg: XRegionConfig, home: Path, deep: bool = False) -> dict:
     problems += unreachable
 
     # --- the database standbys
-    replication = []
-    if nodes[primary]["role"] == "primary":
-        rows = {r["standby"]: r for r in replication_rows(cfg.region(primary))}
-        for r in cfg.regions:
-            if r.name == primary:
-                continue
-            row = rows.get(r.name)
-            replication.append(
-                {
-                    "standby": r.name,
-                    **(row or {"state": "not streaming"}),
-                    "node": nodes[r.name]["role"] or "unreachable",
-                }
-            )
-            if not row or row["state"] != "streaming":
-                problems.append(f"standby {r.name} is not streaming from {primary}")
-    else:
-        problems.append(f"primary {primary} is not reachable as a primary ({nodes[primary]['error']})")
+    replication, repl_problems = standby_replication(cfg, v)
+    problems += repl_problems
     if missing:
         problems.append(f"{len(missing)} object(s) missing from a region")
     if mismatched:

@@ -34,6 +34,13 @@ def _options(parser):
         help="Number of ScientistUser (fixed); ServingUser gets the rest of -u.",
     )
     g.add_argument(
+        "--xr-readers",
+        env_var="XR_READERS",
+        type=int,
+        default=0,
+        help="Number of ReaderUser (fixed): MLflow reads (search, get run, get model), kind 'reads'.",
+    )
+    g.add_argument(
         "--xr-release-managers",
         env_var="XR_RELEASE_MANAGERS",
         type=int,
@@ -133,7 +140,7 @@ def _init(environment, **_kw):
     opts = _opts
     if opts is None:
         return
-    from xregion.loadtests.personas import ReleaseManagerUser, ScientistUser, ServingUser
+    from xregion.loadtests.personas import ReaderUser, ReleaseManagerUser, ScientistUser, ServingUser
 
     cfg = _config()
     if not environment.host:
@@ -147,8 +154,10 @@ def _init(environment, **_kw):
     # fixed counts for the low-rate personas; the serving users take the rest of -u
     ScientistUser.fixed_count = max(0, opts.xr_scientists)
     ReleaseManagerUser.fixed_count = max(0, opts.xr_release_managers)
+    ReaderUser.fixed_count = max(0, opts.xr_readers)
+    ReaderUser.wait_time = constant_throughput(opts.xr_scientist_rate)
     # a persona with no users is not run at all (a zero weight would confuse Locust's dispatcher)
-    drop = {c for c in (ScientistUser, ReleaseManagerUser) if not c.fixed_count}
+    drop = {c for c in (ScientistUser, ReleaseManagerUser, ReaderUser) if not c.fixed_count}
     environment.user_classes = [c for c in environment.user_classes if c not in drop]
     if isinstance(environment.runner, MasterRunner):
         gevent.spawn(_bound_requests, environment)

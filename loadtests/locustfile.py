@@ -22,6 +22,6 @@ live in ``personas.py`` and the plumbing in ``locust_hooks.py``; this file is wh
 """
 
 from xregion.loadtests import locust_hooks  # noqa: F401 (registers the options and the request log)
-from xregion.loadtests.personas import ReleaseManagerUser, ScientistUser, ServingUser
+from xregion.loadtests.personas import ReaderUser, ReleaseManagerUser, ScientistUser, ServingUser
 
-__all__ = ["ReleaseManagerUser", "ScientistUser", "ServingUser"]
+__all__ = ["ReaderUser", "ReleaseManagerUser", "ScientistUser", "ServingUser"]

@@ -9,7 +9,14 @@ import yaml
 
 DEFAULT_FILE = Path(__file__).with_name("objectives.yaml")
 DEFAULTS = {"availability": 0.999, "rto_s": 5.0, "rpo_artifacts": 0, "rpo_metrics": None}
-KEYS = set(DEFAULTS)
+# objectives a scenario opts into (checked only when set): summary path, and whether the target is a minimum
+EXTRA = {
+    "rpo_registry": (("rpo", "registry", "missing"), False),  # acknowledged registry writes missing
+    "reads_availability": (("by_kind", "reads", "availability"), True),  # MLflow reads (ReaderUser)
+    "serving_failed": (("by_kind", "serving", "failed"), False),  # failed requests at the front door
+    "split_brain_writes": (("split_brain", "accepted"), False),  # writes the old primary acknowledged
+}
+KEYS = set(DEFAULTS) | set(EXTRA)
 
 
 class ObjectivesError(ValueError):
@@ -43,6 +50,9 @@ def load(path: Path | str | None = None, scenario: str | None = None) -> dict:
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
                 raise ObjectivesError(f"{path}: {where}.{k} must be a non-negative number or null, got {v!r}")
         out.update(layer)
+    for k, v in list(out.items()):
+        if k in EXTRA and v is None:
+            del out[k]  # not set: not checked, not shown
     if out["availability"] is not None and out["availability"] > 1:
         raise ObjectivesError(f"{path}: availability is a fraction (0..1), got {out['availability']}")
     out["source"] = str(path)
@@ -91,6 +101,24 @@ def check(objectives: dict, summary: dict) -> list[dict]:
                 None if target is None else got["missing"] <= target,
                 f"{got['missing']} of {got['acknowledged']} acknowledged missing",
             )
+    rows += _extra_rows(objectives, summary)
+    return rows
+
+
+def _extra_rows(objectives: dict, summary: dict) -> list[dict]:
+    rows = []
+    for key, (path, minimum) in EXTRA.items():
+        target = objectives.get(key)
+        if target is None:
+            continue
+        got = summary
+        for part in path:
+            got = got.get(part) if isinstance(got, dict) else None
+        if got is None:
+            rows.append({"objective": key, "target": target, "actual": None, "met": False, "note": "not measured"})
+            continue
+        ok = got >= target - 1e-12 if minimum else got <= target + 1e-9
+        rows.append({"objective": key, "target": target, "actual": got, "met": ok, "note": ""})
     return rows
 
 

@@ -129,7 +129,11 @@ class ScientistUser(_TimedUser):
     def on_start(self):
         opts = self.environment.parsed_options
         cfg = _config()
-        self.mlflow = MlflowRest([r.mlflow_url for r in cfg.write_order()], opts.xr_timeout if opts else 3.0)
+        endpoints = [r.mlflow_url for r in cfg.write_order()]
+        timeout = opts.xr_timeout if opts else 3.0
+        # each server gets a share of the timeout: a frozen one (accepts, never answers) must not
+        # take the whole budget from the next region's server
+        self.mlflow = MlflowRest(endpoints, timeout, per_endpoint=max(1.5, timeout / (len(endpoints) + 1)))
         self.experiment = opts.xr_experiment if opts else "drill-scientists"
         self.experiment_id = None
         self.run_id = None
@@ -274,3 +278,54 @@ class ReleaseManagerUser(_TimedUser):
         else:
             target, name = self.versions[1], "release: rollback"
         self.timed(name, lambda: self._move(target))
+
+
+class ReaderUser(_TimedUser):
+    """Readers: what the MLflow UI and GET clients do (search experiments and runs, get a run, get the
+    registered model), each timed as ``reads: ...``. Endpoints in write order, each with a share of
+    the timeout, so that a lost or frozen region's server costs a retry on the next, not the read."""
+
+    weight = 0
+    fixed_count = 1  # non-zero so that Locust keeps the class; the init listener sets the real count
+    wait_time = constant_throughput(2.0)
+
+    def on_start(self):
+        opts = self.environment.parsed_options
+        cfg = _config()
+        endpoints = [r.mlflow_url for r in cfg.write_order()]
+        timeout = opts.xr_timeout if opts else 3.0
+        self.mlflow = MlflowRest(endpoints, timeout, per_endpoint=max(1.0, timeout / (len(endpoints) + 1)))
+        self.model = cfg.registry.model_name
+        self.experiment_ids: list[str] = []
+        self.run_ids: list[str] = []
+        self.turn = random.randrange(4)
+
+    def _search(self):
+        body, _ = self.mlflow.call("POST", "/api/2.0/mlflow/experiments/search", json_body={"max_results": 20})
+        self.experiment_ids = [e["experiment_id"] for e in body.get("experiments", [])]
+        if self.experiment_ids:
+            body, _ = self.mlflow.call(
+                "POST",
+                "/api/2.0/mlflow/runs/search",
+                json_body={"experiment_ids": self.experiment_ids[:5], "max_results": 20},
+            )
+            self.run_ids = [r["info"]["run_id"] for r in body.get("runs", [])] or self.run_ids
+
+    def _get_run(self):
+        if not self.run_ids:
+            return self._search()
+        self.mlflow.call("GET", "/api/2.0/mlflow/runs/get", params={"run_id": random.choice(self.run_ids)})
+
+    def _get_model(self):
+        self.mlflow.call("GET", "/api/2.0/mlflow/registered-models/get", params={"name": self.model})
+
+    @task
+    def read(self):
+        self.turn += 1
+        kind = self.turn % 4
+        if kind == 0:
+            self.timed("reads: search", self._search)
+        elif kind == 1:
+            self.timed("reads: get-model", self._get_model)
+        else:
+            self.timed("reads: get-run", self._get_run)

@@ -87,13 +87,15 @@ def plan(scenario: str, opts: DrillOptions, cfg: XRegionConfig, home: Path, prog
         raise DrillError("--duration must be between 1 and 3600 seconds")
     n_sci = sc.scientists if opts.scientists is None else opts.scientists
     n_rm = sc.release_managers if opts.release_managers is None else opts.release_managers
-    if opts.users < n_sci + n_rm + (1 if sc.gate == "serving" else 0):
+    others = n_sci + n_rm + sc.readers
+    if opts.load is None and opts.users < others + (1 if sc.gate == "serving" else 0):
         raise DrillError(
-            f"--users {opts.users} is too few for {n_sci} scientist(s), {n_rm} release manager(s) and the serving users"
+            f"--users {opts.users} is too few for {n_sci} scientist(s), {n_rm} release manager(s), "
+            f"{sc.readers} reader(s) and the serving users"
         )
     fault_at, restore_at = default_schedule(opts.duration, sc, opts.fault_at, opts.restore_at)
     if opts.load is not None:
-        _size_load(opts, sc, cfg, home, n_sci + n_rm, progress)
+        _size_load(opts, sc, cfg, home, others, progress)
     if opts.max_requests is None:
         rate = max(opts.serving_rate, opts.scientist_rate)
         opts.max_requests = int(min(5_000_000, max(1000, opts.users * rate * opts.duration * 3)))
@@ -135,6 +137,8 @@ def load_spec(run: DrillRun, versions: list[str], user_ids: str) -> LoadSpec:
         str(run.n_sci),
         "--xr-release-managers",
         str(run.n_rm),
+        "--xr-readers",
+        str(run.sc.readers),
         "--xr-serving-rate",
         str(o.serving_rate),
         "--xr-scientist-rate",
@@ -151,9 +155,10 @@ def load_spec(run: DrillRun, versions: list[str], user_ids: str) -> LoadSpec:
         str(o.seed),
     ]
     classes = (
-        (["ServingUser"] if o.users > run.n_sci + run.n_rm else [])
+        (["ServingUser"] if o.users > run.n_sci + run.n_rm + run.sc.readers else [])
         + (["ScientistUser"] if run.n_sci else [])
         + (["ReleaseManagerUser"] if run.n_rm else [])
+        + (["ReaderUser"] if run.sc.readers else [])
     )
     env = {"XREGION_HOME": str(run.ctx.home)}
     if cfg.source:
@@ -223,9 +228,15 @@ def measure(run: DrillRun) -> dict:
             "users": o.users,
             "workers": o.workers,
             "mix": {
-                "serving": max(0, o.users - run.n_sci - run.n_rm),
+                "serving": max(0, o.users - run.n_sci - run.n_rm - sc.readers),
                 "scientists": run.n_sci,
                 "release_managers": run.n_rm,
+                "readers": sc.readers,
+            },
+            "load": {
+                "share": o.load,
+                "capacity_rps": o.capacity_rps,
+                "serving_rps": round(o.serving_rate * max(0, o.users - run.n_sci - run.n_rm - sc.readers), 1),
             },
             "schedule": {"fault_at": run.fault_at, "restore_at": run.restore_at},
             "load_start": run.t0,
@@ -254,6 +265,10 @@ def measure(run: DrillRun) -> dict:
 
         acks = read_acks(ack_files(ctx.run_dir))
         summary["rpo"] = read_back(ctx.cfg, acks) if acks else {}
+    # what a scenario measured itself (region drills: failover breakdown, registry RPO, split brain)
+    if ctx.state.get("rpo"):
+        summary.setdefault("rpo", {}).update(ctx.state["rpo"])
+    summary.update(ctx.state.get("summary", {}))
     _judge(run, summary)
     write_merged(reqs, run.out_dir / "requests.csv")
     return summary

@@ -11,10 +11,12 @@ import os
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from .ha_config import EtcdMember, PatroniConfig, Strict, WitnessConfig, check_host_port, split_host_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_CONFIG = REPO_ROOT / "infra" / "embedded" / "regions.yaml"
@@ -24,8 +26,7 @@ class ConfigError(ValueError):
     """The regions file is missing, unreadable or invalid; the message says where and what to fix."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Strict = Strict
 
 
 def _check_url(value: str, what: str) -> str:
@@ -75,6 +76,8 @@ class RegionConfig(_Strict):
     postgres: str = Field(description="host:port of this region's Postgres node")
     mlflow_url: str
     serving_url: str
+    etcd: EtcdMember | None = Field(default=None, description="this region's etcd member (Patroni's DCS)")
+    patroni: str | None = Field(default=None, description="host:port of this region's Patroni REST API")
 
     @field_validator("mlflow_url", "serving_url")
     @classmethod
@@ -84,10 +87,17 @@ class RegionConfig(_Strict):
     @field_validator("postgres")
     @classmethod
     def _pg(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"postgres must be host:port, got {v!r}")
-        return v
+        return check_host_port(v, "postgres")
+
+    @field_validator("patroni")
+    @classmethod
+    def _patroni(cls, v: str | None) -> str | None:
+        return None if v is None else check_host_port(v, "patroni")
+
+    @property
+    def patroni_url(self) -> str | None:
+        """Base URL of this region's Patroni REST API (GET /cluster, /primary, POST /failover...)."""
+        return f"http://{self.patroni}" if self.patroni else None
 
     @property
     def pg_host(self) -> str:
@@ -99,12 +109,18 @@ class RegionConfig(_Strict):
 
     def endpoints(self) -> dict[str, tuple[str, int]]:
         """Every (host, port) this region listens on, by component."""
-        return {
+        out = {
             "s3": _host_port(self.s3.endpoint_url),
             "postgres": (self.pg_host, self.pg_port),
             "mlflow": _host_port(self.mlflow_url),
             "serving": _host_port(self.serving_url),
         }
+        if self.etcd:
+            out["etcd.client"] = split_host_port(self.etcd.client)
+            out["etcd.peer"] = split_host_port(self.etcd.peer)
+        if self.patroni:
+            out["patroni"] = split_host_port(self.patroni)
+        return out
 
 
 class PostgresConfig(_Strict):
@@ -147,6 +163,8 @@ class XRegionConfig(_Strict):
     artifacts: ArtifactsConfig = ArtifactsConfig()
     serving: ServingConfig = ServingConfig()
     registry: RegistryConfig = RegistryConfig()
+    witness: WitnessConfig | None = None
+    patroni: PatroniConfig = PatroniConfig()
     source: str | None = Field(default=None, exclude=True, description="path this config was read from")
 
     @model_validator(mode="after")
@@ -161,6 +179,7 @@ class XRegionConfig(_Strict):
                 f"exactly one region must have role: primary, found {len(primaries)}"
                 + (f" ({', '.join(primaries)})" if primaries else "")
             )
+        self._check_ha(names)
         if self.artifacts.local_region and self.artifacts.local_region not in names:
             raise ValueError(
                 f"artifacts.local_region {self.artifacts.local_region!r} is not a region ({', '.join(names)})"
@@ -171,6 +190,11 @@ class XRegionConfig(_Strict):
             ("serving.frontend_url", _host_port(self.serving.frontend_url)),
             ("serving.haproxy_stats_url", _host_port(self.serving.haproxy_stats_url)),
         ]
+        if self.witness:
+            listeners += [
+                (f"witness.{self.witness.name}.etcd.client", split_host_port(self.witness.etcd.client)),
+                (f"witness.{self.witness.name}.etcd.peer", split_host_port(self.witness.etcd.peer)),
+            ]
         for owner, (host, port) in listeners:
             if host not in ("127.0.0.1", "localhost", "::1"):
                 continue  # remote endpoints may be shared (one AWS endpoint, many buckets)
@@ -182,6 +206,45 @@ class XRegionConfig(_Strict):
         if len(set(buckets)) != len(buckets):
             raise ValueError("two regions share one S3 endpoint and bucket: each region needs its own store")
         return self
+
+    def _check_ha(self, names: list[str]) -> None:
+        """Patroni + etcd: every region or none; at least three etcd members (a quorum survives one loss)."""
+        with_etcd = [r.name for r in self.regions if r.etcd]
+        with_patroni = [r.name for r in self.regions if r.patroni]
+        if not with_etcd and not with_patroni and not self.witness:
+            return
+        lacking = [r.name for r in self.regions if not (r.etcd and r.patroni)]
+        if lacking:
+            raise ValueError(
+                f"region(s) {', '.join(lacking)} lack etcd and/or patroni: with Patroni every region needs "
+                f"both (regions[].etcd.client/peer and regions[].patroni)"
+            )
+        if self.witness and self.witness.name in names:
+            raise ValueError(f"witness name {self.witness.name!r} is also a region name")
+        members = len(self.etcd_members())
+        if members < 3:
+            raise ValueError(
+                f"{members} etcd members: at least three are needed for a quorum to survive the loss of one "
+                f"(add a witness: witness.etcd.client/peer)"
+            )
+
+    @property
+    def ha(self) -> bool:
+        """True when the regions file puts the database under Patroni (etcd members and REST ports)."""
+        return all(r.etcd and r.patroni for r in self.regions)
+
+    def etcd_members(self) -> list[tuple[str, EtcdMember]]:
+        """(member name, member) of every etcd member: one per region that has one, then the witness."""
+        out = [(r.name, r.etcd) for r in self.regions if r.etcd]
+        if self.witness:
+            out.append((self.witness.name, self.witness.etcd))
+        return out
+
+    def etcd_hosts(self, first: str | None = None) -> list[str]:
+        """Client host:port of every member, ``first``'s own member first (a client prefers its region)."""
+        members = self.etcd_members()
+        members.sort(key=lambda m: m[0] != first)
+        return [m.client for _, m in members]
 
     # --- lookups -------------------------------------------------------------------------
     @cached_property
@@ -217,21 +280,33 @@ class XRegionConfig(_Strict):
 
         libpq tries the hosts in order and keeps the first that accepts writes, so after a
         standby is promoted the same URI reaches the new primary without reconfiguration.
+        Without ``password_env`` the URI carries no password: libpq then reads it from the
+        PGPASSFILE of the process (the embedded stack's MLflow servers get one).
         """
+        return self._uri(self.write_order(), "read-write", password)
+
+    def database_read_uri(self, region: str, password: str | None = None) -> str:
+        """URI for MLflow's read replica (``--read-replica-backend-store-uri``): ``region``'s own node
+        first, whatever its role, then the others: reads go on while no node accepts writes."""
+        local = self.region(region)
+        return self._uri([local] + [r for r in self.regions if r.name != region], "any", password)
+
+    def _uri(self, nodes: list[RegionConfig], attrs: str, password: str | None) -> str:
         pg = self.postgres
         if password is None and pg.password_env:
             password = os.environ.get(pg.password_env)
-        auth = pg.user + (f":{password}" if password else "")
-        hosts = "&".join(f"host={r.postgres}" for r in self.write_order())
-        return f"postgresql+psycopg2://{auth}@/{pg.database}?{hosts}&target_session_attrs=read-write&connect_timeout=3"
+        # a password holds any character: '@', ':', '/' or '%' would break the URI unencoded
+        auth = quote(pg.user, safe="") + (f":{quote(password, safe='')}" if password else "")
+        hosts = "&".join(f"host={r.postgres}" for r in nodes)
+        return f"postgresql+psycopg2://{auth}@/{pg.database}?{hosts}&target_session_attrs={attrs}&connect_timeout=3"
 
     def dsn(self, region: str, database: str | None = None) -> str:
-        """A libpq DSN for one region's node only (for health checks, replication status, DR)."""
+        """A libpq DSN for one region's node only, without a password (libpq reads it from the
+        process's PGPASSFILE or PGPASSWORD; the embedded stack's roles: infra.embedded.postgres)."""
         r = self.region(region)
-        pw = os.environ.get(self.postgres.password_env) if self.postgres.password_env else None
         return (
             f"host={r.pg_host} port={r.pg_port} dbname={database or self.postgres.database} "
-            f"user={self.postgres.user} connect_timeout=3" + (f" password={pw}" if pw else "")
+            f"user={self.postgres.user} connect_timeout=3"
         )
 
     def with_changes(self, **changes) -> XRegionConfig:

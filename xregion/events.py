@@ -48,8 +48,10 @@ KINDS: dict[str, str] = {
     "db.failover": "a standby promoted because the primary was lost: from, to, and the measured figures",
     "db.switchover": "a planned change of primary: from, to, and the measured figures",
     "db.rejoin": "an old primary back as a standby: region, method",
+    "db.leader": "Patroni's leader changed, as a drill's probe saw it: leader, previous",
     "db.backup": "a database backup stored: id, region, and its figures",
     "db.restore": "a backup restored: id, and its figures",
+    "region.restore": "a lost region brought back by `xregion region restore`: region and what was done",
     # drills
     "drill.step": "a scheduled drill step ran: step",
     "drill.fault": "a drill's non-process fault (e.g. promoting a bad model): action and details",

@@ -24,9 +24,16 @@ class Unavailable(Exception):
 
 
 class MlflowRest:
-    def __init__(self, endpoints: list[str], timeout: float, auth: tuple[str, str] | None = None):
+    def __init__(
+        self,
+        endpoints: list[str],
+        timeout: float,
+        auth: tuple[str, str] | None = None,
+        per_endpoint: float | None = None,
+    ):
         self.endpoints = [e.rstrip("/") for e in endpoints]
         self.timeout = timeout
+        self.per_endpoint = per_endpoint  # read timeout per endpoint: a frozen server must not take it all
         self.session = requests.Session()
         if auth:
             self.session.auth = auth

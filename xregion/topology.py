@@ -1,47 +1,43 @@
-"""Which region is primary today: the regions file's roles, corrected by the last failover.
+"""Which region is primary today: the regions file's roles, corrected by Patroni's leader.
 
 The regions file says which region was *configured* primary; after a failover that is no longer
-true. ``XREGION_HOME/dr-state.json`` keeps what Postgres cannot tell when a node is down: the
-current primary and the fenced nodes. ``effective_config`` turns the regions file plus that state
-into the config with today's roles, so ``xregion up``, drills and every ``xregion dr`` command
-agree on who is primary.
+true. Patroni knows (its leader lock in etcd), and every Patroni answers ``GET /cluster`` with
+the whole cluster's view. ``effective_config`` is the regions file with the roles of today, so
+drills, DR commands and the router agree on who is primary. No state file: when no Patroni
+answers, the regions file's roles are all there is.
 """
 
 from __future__ import annotations
 
 import json
-import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from .config import XRegionConfig
 
-STATE_FILE = "dr-state.json"
+
+def leader(cfg: XRegionConfig, timeout: float = 2.0) -> str | None:
+    """The member holding Patroni's leader lock, from the first region whose Patroni answers."""
+    for r in cfg.regions:
+        if not r.patroni_url:
+            continue
+        try:
+            with urllib.request.urlopen(f"{r.patroni_url}/cluster", timeout=timeout) as resp:
+                view = json.loads(resp.read())
+        except (OSError, ValueError, urllib.error.URLError):
+            continue
+        for m in view.get("members", []):
+            if m.get("role") in ("leader", "standby_leader"):
+                return m.get("name")
+        return None  # Patroni answered: nobody holds the lock right now (a failover in progress)
+    return None
 
 
-def state_path(home: Path) -> Path:
-    return Path(home) / STATE_FILE
-
-
-def load_state(home: Path) -> dict:
-    try:
-        return json.loads(state_path(home).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def save_state(home: Path, **changes) -> dict:
-    state = {**load_state(home), **changes, "updated": time.time()}
-    path = state_path(home)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    tmp.replace(path)
-    return state
-
-
-def effective_config(cfg: XRegionConfig, home: Path) -> XRegionConfig:
-    """The regions file with the roles of today: the primary recorded by the last failover."""
-    primary = load_state(home).get("primary")
+def effective_config(cfg: XRegionConfig, home: Path | None = None) -> XRegionConfig:
+    """The regions file with today's roles: Patroni's leader is the primary (``home`` is unused,
+    kept for callers written when the roles came from a state file)."""
+    primary = leader(cfg)
     if not primary or primary == cfg.primary.name or primary not in cfg.by_name:
         return cfg
     regions = [{**r.model_dump(), "role": "primary" if r.name == primary else "standby"} for r in cfg.regions]

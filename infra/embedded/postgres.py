@@ -1,56 +1,62 @@
-"""Postgres nodes of the embedded stack: the primary made with initdb, each standby a real
-streaming replica made with ``pg_basebackup -R``.
+"""The embedded stack's Postgres: where its data lives, its roles and their secrets, and the one
+way every module connects to a node (``connection()``). Patroni runs the nodes
+(``infra/embedded/patroni.py``); nothing here starts or promotes a server.
 
-The server binaries refuse to run as root, so as root every Postgres command runs as the
-``postgres`` user; the data directories under XREGION_HOME are handed to that user.
+Roles, each with its own password generated at the first ``xregion up`` (``ensure_secrets``):
+
+==============  ================================================================================
+``postgres``    superuser; Patroni only (bootstrap, health, promotion)
+``replicator``  streaming replication (Patroni's ``authentication.replication``)
+``rewind``      pg_rewind of an old primary (Patroni creates it with the grants it needs)
+``mlflow``      the MLflow servers (``postgres.user`` of the regions file): owns the MLflow database
+``xregion_dr``  DR tooling (backup, restore, verify): member of the MLflow role, CREATEDB, pg_monitor
+==============  ================================================================================
+
+Passwords live in ``XREGION_HOME/secrets`` (0700; files 0600): ``passwords.json`` and one libpq
+passfile per client role. Connections name the passfile (``passfile=`` in the conninfo, or
+``PGPASSFILE`` in a child's environment), so no password is ever in argv, a log or a pid file,
+and a client without the file gets "password authentication failed" (pg_hba: scram-sha-256 only).
+
+As root, the data directories cannot live under XREGION_HOME when a parent directory is closed
+to others (a clone inside a 0700 directory): the postgres user could not reach them. They live
+in ``/var/lib/xregion/<hash of XREGION_HOME>/`` then, created 0700 for the postgres user and
+removed by ``xregion down --purge``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pwd
+import secrets
 import shutil
-import signal
-import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg2
+import psycopg2.extensions
 
 from xregion.config import RegionConfig, XRegionConfig
 
-from .supervisor import Service, SupervisorError
-
 PG_BIN = Path(os.environ.get("XREGION_PG_BIN", "/usr/lib/postgresql/15/bin"))
 SUPERUSER = "postgres"
-
-# Settings every node shares; port and addresses come from the regions file on the command line,
-# so a base backup copied from the primary needs no edits to run as a standby.
-POSTGRES_CONF = """
-wal_level = replica
-max_wal_senders = 10
-max_replication_slots = 10
-wal_keep_size = 256MB
-hot_standby = on
-hot_standby_feedback = on
-wal_log_hints = on              # pg_rewind needs it to turn an old primary into a standby
-wal_receiver_status_interval = 1s
-shared_buffers = 64MB
-max_connections = 100
-fsync = on
-synchronous_commit = on
-log_line_prefix = '%m [%p] '
-"""
-
-HBA = """
-local all all trust
-host all all 127.0.0.1/32 trust
-host all all ::1/128 trust
-host replication all 127.0.0.1/32 trust
-host replication all ::1/128 trust
-"""
+REPLICATION_USER = "replicator"
+REWIND_USER = "rewind"
+DR_USER = "xregion_dr"
+ROOT_DATA = Path(os.environ.get("XREGION_DATA_ROOT", "/var/lib/xregion"))
+SECRETS_DIR = "secrets"
+PASSWORDS = "passwords.json"
 
 
+class PostgresError(RuntimeError):
+    """A database set-up step failed; the message says which and why."""
+
+
+# --- who runs Postgres, where its data lives ----------------------------------------------------
 def run_as_postgres() -> bool:
+    """As root, every Postgres program (and Patroni) runs as the postgres user: initdb refuses root."""
     return os.geteuid() == 0
 
 
@@ -58,162 +64,226 @@ def pg_user_kwargs() -> dict:
     return {"user": SUPERUSER, "group": SUPERUSER, "extra_groups": []} if run_as_postgres() else {}
 
 
-def data_dir(home: Path, region: RegionConfig) -> Path:
-    return home / "pg" / region.name
+def _owner() -> tuple[int, int] | None:
+    if not run_as_postgres():
+        return None
+    pw = pwd.getpwnam(SUPERUSER)
+    return pw.pw_uid, pw.pw_gid
 
 
-def prepare_dir(path: Path) -> None:
-    """An empty directory the postgres user owns, and a path it can walk to."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+def data_root(home: Path) -> Path:
+    """Where Postgres, Patroni and etcd keep their data for the stack whose state is in ``home``."""
+    if not run_as_postgres():
+        return Path(home) / "db"
+    digest = hashlib.sha256(str(Path(home).resolve()).encode()).hexdigest()[:16]
+    return ROOT_DATA / digest
+
+
+def prepare_data_root(home: Path) -> Path:
+    """The data root, 0700 and owned by the postgres user (root mode), with a note naming its home."""
+    root = data_root(home)
     if run_as_postgres():
-        pw = pwd.getpwnam(SUPERUSER)
-        os.chown(path.parent, pw.pw_uid, pw.pw_gid)
-        os.chown(path, pw.pw_uid, pw.pw_gid)
-        probe = subprocess.run(["test", "-w", str(path)], **pg_user_kwargs())
-        if probe.returncode != 0:
-            raise SupervisorError(
-                f"the postgres user cannot reach {path}: a parent directory is not searchable by others. "
-                f"Set XREGION_HOME to a directory under a world-searchable path (e.g. /var/tmp/xregion)."
-            )
+        ROOT_DATA.mkdir(mode=0o755, parents=True, exist_ok=True)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    owner = _owner()
+    if owner:
+        os.chown(root, *owner)
+    root.chmod(0o700)
+    (root / "XREGION_HOME").write_text(f"{Path(home).resolve()}\n")  # which stack this is, for a person
+    return root
 
 
-def run_pg(argv: list[str], what: str) -> None:
-    proc = subprocess.run(argv, capture_output=True, text=True, **pg_user_kwargs())
-    if proc.returncode != 0:
-        raise SupervisorError(f"{what} failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}")
+def private_dir(path: Path, owner: tuple[int, int] | None = None) -> Path:
+    """A 0700 directory, owned by ``owner`` (uid, gid) when given."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if owner:
+        os.chown(path, *owner)
+    path.chmod(0o700)
+    return path
 
 
-def service(cfg: XRegionConfig, region: RegionConfig, home: Path) -> Service:
-    argv = [
-        str(PG_BIN / "postgres"),
-        "-D",
-        str(data_dir(home, region)),
-        "-p",
-        str(region.pg_port),
-        "-c",
-        f"listen_addresses={region.pg_host}",
-        "-c",
-        "unix_socket_directories=",
+def postgres_owner() -> tuple[int, int] | None:
+    """(uid, gid) of the postgres user when running as root, else None (files stay ours)."""
+    return _owner()
+
+
+def node_dir(home: Path, region: str) -> Path:
+    return data_root(home) / "pg" / region
+
+
+def remove_data(home: Path) -> list[Path]:
+    """Delete the data root and the secrets (``xregion down --purge``); returns what was removed."""
+    removed = []
+    for path in (data_root(home), Path(home) / SECRETS_DIR):
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+# --- secrets -----------------------------------------------------------------------------------
+def secrets_dir(home: Path) -> Path:
+    return Path(home) / SECRETS_DIR
+
+
+def role_names(cfg: XRegionConfig) -> dict[str, str]:
+    """Logical role -> Postgres role name."""
+    return {
+        "superuser": SUPERUSER,
+        "replication": REPLICATION_USER,
+        "rewind": REWIND_USER,
+        "mlflow": cfg.postgres.user,
+        "dr": DR_USER,
+        "patroni_api": "xregion",  # Patroni REST API basic auth for failover/switchover/reinitialize
+    }
+
+
+def write_private(path: Path, text: str, owner: tuple[int, int] | None = None) -> None:
+    """Write a 0600 file atomically (created 0600: never readable by others, even for a moment)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    if owner:
+        os.chown(tmp, *owner)
+    tmp.replace(path)
+
+
+def _pgpass_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def ensure_secrets(cfg: XRegionConfig, home: Path) -> dict[str, str]:
+    """Passwords of every role (generated once, kept across restarts) and the client passfiles."""
+    d = private_dir(secrets_dir(home))
+    path = d / PASSWORDS
+    try:
+        passwords = json.loads(path.read_text())
+    except (OSError, ValueError):
+        passwords = {}
+    changed = False
+    for logical in role_names(cfg):
+        if logical not in passwords:
+            passwords[logical] = secrets.token_urlsafe(24)
+            changed = True
+    if changed or not path.exists():
+        write_private(path, json.dumps(passwords, indent=1))
+    names = role_names(cfg)
+    for logical in ("mlflow", "dr", "superuser"):
+        line = f"*:*:*:{_pgpass_escape(names[logical])}:{_pgpass_escape(passwords[logical])}\n"
+        write_private(pgpass_path(home, logical), line)
+    return passwords
+
+
+def load_secrets(home: Path) -> dict[str, str]:
+    try:
+        return json.loads((secrets_dir(home) / PASSWORDS).read_text())
+    except (OSError, ValueError):
+        raise PostgresError(
+            f"no database secrets in {secrets_dir(home)}: start the stack with `xregion up` first"
+        ) from None
+
+
+def pgpass_path(home: Path, logical: str) -> Path:
+    """The libpq passfile of one client role: ``mlflow`` (MLflow servers), ``dr``, ``superuser``."""
+    return secrets_dir(home) / f"{logical}.pgpass"
+
+
+# --- connections -------------------------------------------------------------------------------
+def conninfo(
+    cfg: XRegionConfig, home: Path, region: RegionConfig, role: str = "dr", dbname: str | None = None, timeout: int = 3
+) -> str:
+    """libpq conninfo for one node as one role; the password comes from the role's passfile."""
+    user = role_names(cfg)[role]
+    db = dbname or ("postgres" if role == "superuser" else cfg.postgres.database)
+    return (
+        f"host={region.pg_host} port={region.pg_port} dbname={db} user={user} "
+        f"passfile={pgpass_path(home, role)} connect_timeout={timeout}"
+    )
+
+
+def child_env(home: Path, role: str = "dr") -> dict[str, str]:
+    """Environment for a libpq program (pg_dump, pg_restore): its password through PGPASSFILE."""
+    return {"PGPASSFILE": str(pgpass_path(home, role))}
+
+
+@contextmanager
+def connection(
+    cfg: XRegionConfig,
+    home: Path,
+    region: RegionConfig,
+    role: str = "dr",
+    dbname: str | None = None,
+    timeout: int = 3,
+    autocommit: bool = True,
+) -> Iterator[psycopg2.extensions.connection]:
+    """A connection to one node as one role, always closed (rolled back first when not autocommit)."""
+    conn = psycopg2.connect(conninfo(cfg, home, region, role, dbname, timeout))
+    try:
+        conn.autocommit = autocommit
+        yield conn
+    finally:
+        try:
+            if not autocommit and not conn.closed:
+                conn.rollback()
+        finally:
+            conn.close()
+
+
+# --- roles and the MLflow database ---------------------------------------------------------------
+def _set_password(cur, conn, role: str, password: str) -> None:
+    # the SCRAM verifier is computed here: the clear password never reaches the server (or its log)
+    verifier = psycopg2.extensions.encrypt_password(password, role, conn, "scram-sha-256")
+    cur.execute(f'alter role "{role}" password %s', (verifier,))
+
+
+def bootstrap_roles(cfg: XRegionConfig, home: Path, leader: RegionConfig) -> list[str]:
+    """The MLflow and DR roles and the MLflow database on the leader (idempotent); returns what was created."""
+    pw = load_secrets(home)
+    names = role_names(cfg)
+    created = []
+    with connection(cfg, home, leader, role="superuser") as conn, conn.cursor() as cur:
+        for logical, attrs in (("mlflow", "login"), ("dr", "login createdb")):
+            role = names[logical]
+            cur.execute("select 1 from pg_roles where rolname = %s", (role,))
+            if not cur.fetchone():
+                cur.execute(f'create role "{role}" {attrs}')
+                created.append(f"role {role}")
+            _set_password(cur, conn, role, pw[logical])
+        db, owner, dr = cfg.postgres.database, names["mlflow"], names["dr"]
+        # DR restores the database (drop, create owned by the MLflow role, pg_restore --role) and
+        # reads replication status; it is no superuser
+        cur.execute(f'grant "{owner}" to "{dr}"')
+        cur.execute(f'grant pg_monitor, pg_signal_backend to "{dr}"')
+        cur.execute("select 1 from pg_database where datname = %s", (db,))
+        if not cur.fetchone():
+            cur.execute(f'create database "{db}" owner "{owner}"')
+            created.append(f"database {db}")
+        cur.execute(f'revoke connect on database "{db}" from public')
+        # pg_rewind reads the source through the postgres database; DR drops and re-creates the
+        # MLflow database from there
+        cur.execute("revoke connect on database postgres from public")
+        cur.execute(f'grant connect on database postgres to "{names["rewind"]}", "{dr}"')
+    return created
+
+
+def hba(cfg: XRegionConfig, networks: tuple[str, ...] = ("127.0.0.1/32", "::1/128")) -> list[str]:
+    """pg_hba.conf: scram-sha-256 for every role and every address, never trust; each role reaches
+    only the databases it needs. No local (socket) line: the nodes listen on TCP only.
+    ``networks``: where clients connect from (loopback here; a deployment's network elsewhere)."""
+    names = role_names(cfg)
+    db = cfg.postgres.database
+    rules = [
+        ("replication", names["replication"]),
+        ("postgres", f"{names['superuser']},{names['rewind']}"),
+        ("all", names["superuser"]),
+        (db, names["mlflow"]),
+        ("all", names["dr"]),
     ]
-    return Service(
-        name=f"{region.name}-postgres",
-        region=region.name,
-        component="postgres",
-        argv=argv,
-        listen=(region.pg_host, region.pg_port),
-        health={"type": "postgres", "dsn": superuser_dsn(region)},
-        user=SUPERUSER if run_as_postgres() else None,
-        stop_signal=signal.SIGINT,  # "fast" shutdown: SIGTERM would wait for clients to leave
-        lock_file=str(data_dir(home, region) / "postmaster.pid"),
-        start_timeout=60,
-    )
-
-
-def superuser_dsn(region: RegionConfig, dbname: str = "postgres") -> str:
-    return f"host={region.pg_host} port={region.pg_port} dbname={dbname} user={SUPERUSER} connect_timeout=3"
-
-
-def init_primary(cfg: XRegionConfig, region: RegionConfig, home: Path, progress=print) -> None:
-    path = data_dir(home, region)
-    if (path / "PG_VERSION").exists():
-        return
-    progress(f"{region.name}-postgres: initdb")
-    prepare_dir(path)
-    run_pg(
-        [
-            str(PG_BIN / "initdb"),
-            "-D",
-            str(path),
-            "-U",
-            SUPERUSER,
-            "--auth=trust",
-            "--encoding=UTF8",
-            "--locale=C.UTF-8",
-        ],
-        "initdb",
-    )
-    with open(path / "postgresql.conf", "a") as f:
-        f.write(POSTGRES_CONF)
-    (path / "pg_hba.conf").write_text(HBA)
-
-
-def bootstrap_database(cfg: XRegionConfig, progress=print) -> None:
-    """The MLflow role and database on the primary (idempotent)."""
-    pg = cfg.postgres
-    conn = psycopg2.connect(superuser_dsn(cfg.primary))
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute("select 1 from pg_roles where rolname = %s", (pg.user,))
-        if not cur.fetchone():
-            cur.execute(f'create role "{pg.user}" login')
-        cur.execute("select 1 from pg_database where datname = %s", (pg.database,))
-        if not cur.fetchone():
-            progress(f"creating database {pg.database}")
-            cur.execute(f'create database "{pg.database}" owner "{pg.user}"')
-    conn.close()
-
-
-def init_standby(cfg: XRegionConfig, region: RegionConfig, home: Path, progress=print) -> None:
-    path = data_dir(home, region)
-    if (path / "PG_VERSION").exists():
-        return
-    progress(f"{region.name}-postgres: pg_basebackup from {cfg.primary.name}")
-    prepare_dir(path)
-    primary = cfg.primary
-    run_pg(
-        [
-            str(PG_BIN / "pg_basebackup"),
-            "-h",
-            primary.pg_host,
-            "-p",
-            str(primary.pg_port),
-            "-U",
-            SUPERUSER,
-            "-D",
-            str(path),
-            "-R",
-            "-X",
-            "stream",
-            "-c",
-            "fast",
-        ],
-        "pg_basebackup",
-    )
-    # name the standby so synchronous_standby_names and pg_stat_replication can refer to it
-    with open(path / "postgresql.auto.conf", "a") as f:
-        f.write(f"cluster_name = '{region.name}'\n")
-        f.write(
-            f"primary_conninfo = 'host={primary.pg_host} port={primary.pg_port} user={SUPERUSER} "
-            f"application_name={region.name}'\n"
-        )
-
-
-def apply_replication_mode(cfg: XRegionConfig, progress=print) -> None:
-    """Synchronous mode waits for a standby's flush before a commit returns (RPO 0)."""
-    names = ", ".join(f'"{r.name}"' for r in cfg.standbys)
-    value = f"ANY 1 ({names})" if cfg.postgres.replication == "sync" and names else ""
-    conn = psycopg2.connect(superuser_dsn(cfg.primary))
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute("alter system set synchronous_standby_names = %s", (value,))
-        cur.execute("select pg_reload_conf()")
-    conn.close()
-    if value:
-        progress(f"replication: synchronous ({value})")
-
-
-def replication_status(cfg: XRegionConfig) -> list[dict]:
-    """Per standby as the primary sees it: state, sync state and lag in bytes and seconds."""
-    conn = psycopg2.connect(superuser_dsn(cfg.primary))
-    with conn.cursor() as cur:
-        cur.execute("""select application_name, state, sync_state,
-                              pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint,
-                              extract(epoch from coalesce(replay_lag, '0'::interval))
-                       from pg_stat_replication""")
-        rows = [dict(zip(("standby", "state", "sync_state", "lag_bytes", "lag_seconds"), r)) for r in cur.fetchall()]
-    conn.close()
-    return rows
-
-
-def remove(home: Path, region: RegionConfig) -> None:
-    shutil.rmtree(data_dir(home, region), ignore_errors=True)
+    lines = []
+    for database, user in rules:
+        for net in networks:
+            lines.append(f"host {database} {user} {net} scram-sha-256")
+    return lines

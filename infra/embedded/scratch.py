@@ -27,12 +27,17 @@ def scratch_config(home: Path, **overrides) -> Path:
 
     ``overrides`` update top-level sections, e.g. ``artifacts={"mode": "async"}``."""
     data = yaml.safe_load(EMBEDDED_CONFIG.read_text())
-    ports = iter(free_ports(4 * len(data["regions"]) + 2))
+    ports = iter(free_ports(7 * len(data["regions"]) + 4))
     for r in data["regions"]:
         r["s3"]["endpoint_url"] = f"http://127.0.0.1:{next(ports)}"
         r["postgres"] = f"127.0.0.1:{next(ports)}"
         r["mlflow_url"] = f"http://127.0.0.1:{next(ports)}"
         r["serving_url"] = f"http://127.0.0.1:{next(ports)}"
+        if "patroni" in r:  # Patroni's REST API and the region's etcd member
+            r["patroni"] = f"127.0.0.1:{next(ports)}"
+            r["etcd"] = {"client": f"127.0.0.1:{next(ports)}", "peer": f"127.0.0.1:{next(ports)}"}
+    if data.get("witness"):
+        data["witness"]["etcd"] = {"client": f"127.0.0.1:{next(ports)}", "peer": f"127.0.0.1:{next(ports)}"}
     data["serving"] = {
         "frontend_url": f"http://127.0.0.1:{next(ports)}",
         "haproxy_stats_url": f"http://127.0.0.1:{next(ports)}",

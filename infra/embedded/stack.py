@@ -1,5 +1,8 @@
-"""The embedded two-region platform on loopback: per region an S3 endpoint (moto), a Postgres
-node (region a the primary, the others streaming standbys) and an MLflow server.
+"""The embedded platform on loopback: per region an S3 endpoint (moto), an etcd member, a Postgres
+node run by Patroni, and an MLflow server; plus the witness's etcd member (regions file:
+``witness``). Patroni elects the database leader through etcd; every MLflow server writes through
+the multi-host URI that finds the leader and reads from its own region's node (MLflow's read
+replica), so reads go on while a failover is in progress.
 
 Services are built from the regions file only; the supervisor runs them.
 """
@@ -16,8 +19,8 @@ from xregion.config import RegionConfig, XRegionConfig
 from xregion.home import xregion_home
 from xregion.store import RegionStore
 
-from . import postgres
-from .supervisor import Service, Supervisor, SupervisorError
+from . import etcd, patroni, postgres
+from .supervisor import PortInUse, Service, Supervisor, SupervisorError, port_free
 
 BIN = Path(sys.executable).parent  # the venv's bin: mlflow, moto_server, uvicorn
 
@@ -90,6 +93,8 @@ def mlflow_service(cfg: XRegionConfig, region: RegionConfig, home: Path) -> Serv
         "server",
         "--backend-store-uri",
         cfg.database_uri(),
+        "--read-replica-backend-store-uri",
+        cfg.database_read_uri(region.name),
         *registry_store_uri(cfg),
         "--artifacts-destination",
         artifact_destination(cfg, region),
@@ -101,6 +106,12 @@ def mlflow_service(cfg: XRegionConfig, region: RegionConfig, home: Path) -> Serv
         "--workers",
         "1",
     ]
+    env = {
+        **child_env(cfg, region, home),
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        # the MLflow role's password, from a 0600 file: never in argv or in this record
+        **postgres.child_env(home, "mlflow"),
+    }
     return Service(
         name=f"{region.name}-mlflow",
         region=region.name,
@@ -108,7 +119,7 @@ def mlflow_service(cfg: XRegionConfig, region: RegionConfig, home: Path) -> Serv
         argv=argv,
         listen=(parts.hostname, parts.port),
         health={"type": "http", "url": f"{region.mlflow_url}/health"},
-        env={**child_env(cfg, region, home), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        env=env,
         secret_env=child_secrets(region),
         cwd=str(home),
         start_timeout=120,
@@ -116,18 +127,30 @@ def mlflow_service(cfg: XRegionConfig, region: RegionConfig, home: Path) -> Serv
 
 
 def services(cfg: XRegionConfig, home: Path) -> list[Service]:
-    """Every service of the embedded stack, in start order within each kind."""
+    """Every service of the embedded stack: per region S3, etcd, Patroni (+ Postgres), MLflow; the witness."""
     out = []
     for r in cfg.write_order():
-        out += [s3_service(cfg, r), postgres.service(cfg, r, home), mlflow_service(cfg, r, home)]
+        out += [s3_service(cfg, r)]
+        if r.etcd:
+            out.append(etcd.service(cfg, r.name, r.etcd, home))
+        if r.patroni:
+            out.append(patroni.service(cfg, r, home))
+        out.append(mlflow_service(cfg, r, home))
+    if cfg.witness:
+        out.append(etcd.service(cfg, cfg.witness.name, cfg.witness.etcd, home))
     return out
+
+
+# a region's "postgres" is its database node: Patroni and the Postgres it runs, faulted together
+ALIASES = {"postgres": "patroni", "database": "patroni"}
 
 
 def select(cfg: XRegionConfig, home: Path, sup: Supervisor, region: str, component: str | None) -> list[Service]:
     """The services of one region (optionally one component), including ones others started.
     ``global`` names what belongs to no region: the front door (HAProxy) and its router."""
-    if region != "global":
+    if region != "global" and not (cfg.witness and region == cfg.witness.name):
         cfg.region(region)  # a clear error for an unknown region
+    component = ALIASES.get(component, component)
     pool = {s.name: s for s in services(cfg, home)}
     pool.update({s.name: s for s in sup.known()})
     chosen = [s for s in pool.values() if s.region == region and (component in (None, s.component))]
@@ -141,38 +164,110 @@ def select(cfg: XRegionConfig, home: Path, sup: Supervisor, region: str, compone
 
 def up(cfg: XRegionConfig, home: Path, progress=print) -> float:
     """Start (or complete) the stack and wait for health. Returns the seconds it took."""
-    from xregion.topology import effective_config
-
     t0 = time.monotonic()
+    if not cfg.ha:
+        raise SupervisorError(
+            "the regions file has no etcd/patroni keys: the embedded stack runs its database under "
+            "Patroni (see infra/embedded/regions.yaml: regions[].etcd, regions[].patroni, witness)"
+        )
     home.mkdir(parents=True, exist_ok=True)
-    cfg = effective_config(cfg, home)  # after a failover the promoted region is the primary
     sup = Supervisor(home)
-    primary, standbys = cfg.primary, cfg.standbys
+    postgres.ensure_secrets(cfg, home)
+    postgres.prepare_data_root(home)
+    etcd.prepare(cfg, home)
+    for r in cfg.regions:
+        patroni.write_config(cfg, r, home)
     by_kind = {(s.region, s.component): s for s in services(cfg, home)}
 
-    progress("starting S3 endpoints and the primary Postgres")
-    postgres.init_primary(cfg, primary, home, progress)
-    first = [by_kind[(r.name, "s3")] for r in cfg.regions] + [by_kind[(primary.name, "postgres")]]
-    sup.start(*first, progress=progress)
+    progress("starting S3 endpoints and the etcd members")
+    sup.start(*[s for s in by_kind.values() if s.component in ("s3", "etcd")], progress=progress)
+    if cfg.witness:  # no etcd election when a database region is lost (see etcd.prefer_leader)
+        progress(f"etcd leader: {etcd.prefer_leader(cfg, cfg.witness.name)}")
     for r in cfg.regions:
         RegionStore(r).ensure_bucket()
-    postgres.bootstrap_database(cfg, progress)
 
-    progress("starting the primary MLflow server and the standby Postgres nodes")
-    sup.spawn(by_kind[(primary.name, "mlflow")])
-    for r in standbys:
-        postgres.init_standby(cfg, r, home, progress)
-    sup.start(*[by_kind[(r.name, "postgres")] for r in standbys], progress=progress)
-    postgres.apply_replication_mode(cfg, progress)
-    sup.wait_healthy([by_kind[(primary.name, "mlflow")]], progress)
+    leader = start_database(cfg, home, sup, progress)
+    postgres.bootstrap_roles(cfg, home, leader)
 
-    # standby servers start after the primary's has created the schema, never racing its migration
-    sup.start(*[by_kind[(r.name, "mlflow")] for r in standbys], progress=progress)
+    # the leader's region first: its server creates the schema, the others never race the migration
+    progress(f"starting the MLflow servers ({leader.name} first)")
+    sup.start(by_kind[(leader.name, "mlflow")], progress=progress)
+    sup.start(*[by_kind[(r.name, "mlflow")] for r in cfg.regions if r.name != leader.name], progress=progress)
     return time.monotonic() - t0
 
 
-def down(home: Path, progress=print) -> list[str]:
-    return Supervisor(home).stop_all(progress)
+def _check_pg_ports(cfg: XRegionConfig, sup: Supervisor) -> None:
+    for r in cfg.regions:
+        if sup.process(f"{r.name}-patroni") is None and not port_free(r.pg_host, r.pg_port):
+            raise PortInUse(
+                f"{r.name}-patroni: Postgres port {r.pg_port} on {r.pg_host} is already in use by another program "
+                f"(or a stack with another XREGION_HOME). Stop it, or change regions[].postgres."
+            )
+
+
+def start_database(cfg: XRegionConfig, home: Path, sup: Supervisor, progress=print) -> RegionConfig:
+    """Every region's Patroni; on a fresh stack the configured primary bootstraps the cluster
+    (initdb) before the others copy it. Returns the leader's region."""
+    _check_pg_ports(cfg, sup)
+    nodes = {r.name: patroni.service(cfg, r, home) for r in cfg.regions}
+    fresh = not any((postgres.node_dir(home, r.name) / "PG_VERSION").exists() for r in cfg.regions)
+    if fresh:
+        progress(f"bootstrapping the database cluster in {cfg.primary.name} (Patroni: initdb)")
+        sup.start(nodes[cfg.primary.name], progress=progress)
+        patroni.wait_leader(cfg, timeout=120)
+    progress("starting Patroni (and its Postgres) in every region")
+    sup.start(*nodes.values(), progress=progress)
+    patroni.apply_dynamic_config(cfg, home)
+    leader = cfg.region(patroni.wait_leader(cfg, timeout=120))
+    view = patroni.cluster(cfg) or {}
+    progress(
+        f"database leader: {leader.name}; "
+        + ", ".join(f"{m['name']} {m['role']} ({m['state']})" for m in view.get("members", []))
+    )
+    return leader
+
+
+def _stop_order(sup: Supervisor, svc: Service) -> tuple[int, int, str]:
+    """Clients first, then stores; database replicas before the leader (a leader stopped first would
+    hand its lock to a replica about to stop); etcd last (Patroni releases its lock through it)."""
+    rank = {"serving": 0, "haproxy": 0, "router": 0, "mlflow": 1, "s3": 2, "patroni": 3, "etcd": 4}
+    leader = 0
+    if svc.component == "patroni" and svc.health.get("url"):
+        try:
+            import requests
+
+            body = requests.get(svc.health["url"].rsplit("/", 1)[0] + "/patroni", timeout=1).json()
+            leader = 1 if body.get("role") in ("primary", "master") else 0
+        except Exception:  # a node that does not answer is stopped like a replica
+            leader = 0
+    return rank.get(svc.component, 0), leader, svc.name
+
+
+def down(home: Path, progress=print, purge: bool = False) -> list[str]:
+    """Stop every service (by pid); with ``purge`` also delete the data (Postgres, etcd) and secrets."""
+    sup = Supervisor(home)
+    stopped = []
+    for svc in sorted(sup.known(), key=lambda s: _stop_order(sup, s)):
+        sup.stop(svc.name, timeout=30 if svc.component == "patroni" else 15)
+        stopped.append(svc.name)
+        progress(f"stopped {svc.name}")
+    if purge:
+        for path in postgres.remove_data(home):
+            progress(f"removed {path}")
+    return stopped
+
+
+def _detail(svc: Service, healthy: bool, detail: str) -> str:
+    """Patroni's own word on a node (role, state, timeline) rather than an HTTP status."""
+    if svc.component != "patroni" or not svc.health.get("url"):
+        return detail
+    try:
+        import requests
+
+        body = requests.get(svc.health["url"].rsplit("/", 1)[0] + "/patroni", timeout=1.5).json()
+        return f"{body.get('role')} ({body.get('state')}, timeline {body.get('timeline')})"
+    except Exception:  # status reports, it never raises
+        return detail
 
 
 def status(cfg: XRegionConfig, home: Path) -> list[dict]:
@@ -188,6 +283,7 @@ def status(cfg: XRegionConfig, home: Path) -> list[dict]:
         healthy, detail = (False, state)
         if state == "running":
             healthy, detail = check_health(svc, timeout=1.5)
+            detail = _detail(svc, healthy, detail)
         rows.append(
             {
                 "service": svc.name,

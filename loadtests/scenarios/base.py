@@ -54,6 +54,7 @@ class Scenario:
     restore: Callable[[Ctx], dict] | None = None
     finish: Callable[[Ctx], dict] | None = None
     rpo: bool = False  # read acknowledged writes back afterwards
+    readers: int = 0  # default fixed number of ReaderUser (MLflow reads, traffic kind "reads")
     # when the fault reached the clients, if not when the fault step ran (events since the step, the step)
     fault_time: Callable[[Ctx, list[dict], dict], tuple[float | None, dict]] | None = None
 
@@ -128,6 +129,6 @@ def resync(ctx: Ctx) -> dict:
 
 
 def primary_region(ctx: Ctx) -> str:
-    from xregion.dr.nodes import current_primary, effective_config
+    from xregion.dr.nodes import current_primary
 
-    return current_primary(effective_config(ctx.cfg, ctx.home), ctx.home)
+    return current_primary(ctx.cfg)  # Patroni's leader

@@ -18,28 +18,20 @@ def db_prepare(ctx: Ctx) -> dict:
 
 
 def db_inject(ctx: Ctx) -> dict:
-    from xregion.dr import failover as fo
-
-    old, target = ctx.state["old_primary"], ctx.state["target"]
-    killed = ctx.sup.fault("kill", services(ctx, old, ("postgres",)), ctx.progress)
-    res = fo.failover(ctx.cfg, ctx.home, target, progress=ctx.progress)
-    return {
-        "killed": killed,
-        "failover": {
-            k: res[k]
-            for k in ("from", "to", "rto_seconds", "database_writable_seconds", "command_seconds", "lag", "ok")
-        },
-    }
+    """kill -9 the primary's database node (Patroni and its Postgres); Patroni fails over on its own."""
+    old = ctx.state["old_primary"]
+    return {"killed": ctx.sup.fault("kill", services(ctx, old, ("patroni",)), ctx.progress)}
 
 
 def db_finish(ctx: Ctx) -> dict:
-    """Rejoin the old primary as a standby, then switch back (zero loss) to the topology of the regions file."""
+    """Rejoin the old primary as a replica (Patroni), then switch back (zero loss) to the regions file's topology."""
     from xregion.dr import failover as fo
 
     old = ctx.state["old_primary"]
-    out = {"rejoin": fo.rejoin(ctx.cfg, ctx.home, old, progress=ctx.progress)}
-    sw = fo.switchover(ctx.cfg, ctx.home, old, progress=ctx.progress)
-    out["switchover"] = {k: sw[k] for k in ("from", "to", "write_downtime_seconds", "ok")}
+    out = {"rejoin": fo.rejoin(ctx.cfg, ctx.home, old, progress=ctx.progress).to_dict()}
+    if primary_region(ctx) != old:
+        sw = fo.switchover(ctx.cfg, ctx.home, old, progress=ctx.progress).to_dict()
+        out["switchover"] = {k: sw[k] for k in ("from", "to", "command_seconds", "rto_seconds", "ok")}
     return out
 
 

@@ -28,7 +28,7 @@ def start_stack(prefix: str, **overrides) -> Stack:
     # process (a kill -9 leaves no zombie behind for the test to reap)
     res = xr(st, "up")
     if res.returncode != 0:
-        embedded.down(home, progress=lambda m: None)
+        embedded.down(home, progress=lambda m: None, purge=True)
         shutil.rmtree(home, ignore_errors=True)
         raise RuntimeError(f"xregion up failed:\n{res.stderr}")
     return st
@@ -37,7 +37,7 @@ def start_stack(prefix: str, **overrides) -> Stack:
 def stop_stack(st: Stack) -> None:
     from xregion.infra.embedded import stack as embedded
 
-    embedded.down(st.home, progress=lambda m: None)
+    embedded.down(st.home, progress=lambda m: None, purge=True)  # the data root too (/var/lib/xregion/<hash>)
     shutil.rmtree(st.home, ignore_errors=True)
 
 
@@ -53,13 +53,6 @@ def xr_json(st: Stack, *args, ok: bool = True):
     if ok:
         assert res.returncode == 0, f"xregion {' '.join(args)} exit {res.returncode}:\n{res.stdout}\n{res.stderr}"
     return json.loads(res.stdout), res
-
-
-@pytest.fixture(scope="module")
-def async_stack():
-    st = start_stack("xregion-dr-async-")
-    yield st
-    stop_stack(st)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from tests.dr.conftest import XREGION
 from tests.dr.helpers import populate
 from xregion.dr import nodes
 from xregion.dr.verify import _under
+from xregion.infra.embedded.scratch import make_home
 from xregion.store import RegionStore
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(600)]
@@ -70,14 +71,17 @@ def test_under_matches_whole_path_segments():
     assert _under(keys, "p/1/r1") == ["p/1/r1", "p/1/r1/artifacts/x", "p/1/r1/artifacts/y/z"]
 
 
-def test_effective_config_follows_the_state_file(tmp_path):
+def test_effective_config_follows_patroni(stack):
+    """The roles of today come from Patroni's leader (no state file); without Patroni, the file's."""
     from xregion.config import load_config
     from xregion.infra.embedded.scratch import scratch_config as write_config
+    from xregion.topology import effective_config, leader
 
-    cfg = load_config(write_config(tmp_path))
-    assert nodes.effective_config(cfg, tmp_path).primary.name == "a"
-    nodes.save_state(tmp_path, primary="b", fenced=["a"])
-    eff = nodes.effective_config(cfg, tmp_path)
-    assert eff.primary.name == "b" and [r.name for r in eff.standbys] == ["a"]
-    assert eff.database_uri().index(eff.region("b").postgres) < eff.database_uri().index(eff.region("a").postgres)
-    assert nodes.lsn_int("1/0") == 1 << 32 and nodes.lsn_int("0/3216440") == 0x3216440
+    assert leader(stack.cfg) == nodes.current_primary(stack.cfg)
+    eff = effective_config(stack.cfg)
+    assert eff.primary.name == leader(stack.cfg)
+    assert eff.database_uri().index(eff.primary.postgres) < min(
+        eff.database_uri().index(r.postgres) for r in eff.standbys
+    )
+    alone = load_config(write_config(make_home()))  # nobody listens on its Patroni ports
+    assert leader(alone) is None and effective_config(alone).primary.name == "a"

@@ -1,5 +1,8 @@
-"""`xregion up | status | down | fault` on real processes: moto S3, Postgres primary + streaming
-standby, and an MLflow server per region."""
+"""`xregion up | status | down | fault` on real processes: moto S3, an etcd member and a Patroni-run
+Postgres node per region (plus the witness's etcd member), and an MLflow server per region.
+
+The stack's own state lives in a home inside a 0700 directory, as a clone in a private directory
+would be: as root the postgres user cannot reach it, so the data must live elsewhere."""
 
 from __future__ import annotations
 
@@ -12,12 +15,11 @@ import time
 from pathlib import Path
 
 import psutil
-import psycopg2
 import pytest
 
 from xregion.config import load_config
+from xregion.infra.embedded import postgres
 from xregion.infra.embedded import stack as embedded
-from xregion.infra.embedded.postgres import superuser_dsn
 from xregion.infra.embedded.scratch import make_home
 from xregion.infra.embedded.scratch import scratch_config as write_config
 from xregion.infra.embedded.supervisor import PortInUse, Supervisor
@@ -28,12 +30,15 @@ XREGION = str(Path(sys.executable).parent / "xregion")
 
 @pytest.fixture(scope="module")
 def own_stack():
-    home = make_home()
+    private = make_home("xregion-private-")
+    private.chmod(0o700)  # a clone in a private directory: closed to the postgres user
+    home = private / "clone" / ".xregion"
+    home.mkdir(parents=True)
     path = write_config(home)
     env = {**os.environ, "XREGION_CONFIG": str(path), "XREGION_HOME": str(home)}
     yield home, load_config(path), env
-    subprocess.run([XREGION, "down"], env=env, capture_output=True)
-    shutil.rmtree(home, ignore_errors=True)
+    subprocess.run([XREGION, "down", "--purge"], env=env, capture_output=True, timeout=300)
+    shutil.rmtree(private, ignore_errors=True)
 
 
 def cli(env, *args) -> subprocess.CompletedProcess:
@@ -49,17 +54,40 @@ def test_up_starts_every_component_healthy(own_stack):
     result = cli(env, "up")
     assert result.returncode == 0, result.stderr
     rows = status(env)
-    assert set(rows) == {f"{r}-{c}" for r in "ab" for c in ("s3", "postgres", "mlflow")}
+    assert set(rows) == {f"{r}-{c}" for r in "ab" for c in ("s3", "etcd", "patroni", "mlflow")} | {"witness-etcd"}
     assert all(r["healthy"] and r["state"] == "running" for r in rows.values()), rows
-    assert rows["a-postgres"]["detail"].startswith("primary")
-    assert rows["b-postgres"]["detail"].startswith("standby")
+    assert rows["a-patroni"]["detail"].startswith("primary")
+    assert rows["b-patroni"]["detail"].startswith("replica")
     assert (home / "run" / "a-mlflow.json").exists() and (home / "logs" / "a-mlflow.log").exists()
+
+
+def test_data_lives_outside_a_private_home(own_stack):
+    """As root the postgres user cannot reach a home inside a 0700 directory: the data directories
+    live in /var/lib/xregion/<hash of XREGION_HOME>, 0700 and owned by postgres."""
+    home, cfg, _ = own_stack
+    root = postgres.data_root(home)
+    if os.geteuid() == 0:
+        assert str(root).startswith("/var/lib/xregion/")
+        st = root.stat()
+        assert st.st_uid == postgres.postgres_owner()[0] and st.st_mode & 0o777 == 0o700
+    assert (postgres.node_dir(home, "a") / "PG_VERSION").exists()
+    assert (root / "XREGION_HOME").read_text().strip() == str(home.resolve())
+
+
+def test_postgres_is_the_child_of_its_patroni(own_stack):
+    """The node's process tree holds Patroni and its postmaster: a fault on it hits both."""
+    home, cfg, _ = own_stack
+    sup = Supervisor(home)
+    proc = sup.process("a-patroni")
+    tree = sup.tree(proc.pid, proc.create_time())
+    postmasters = [p for p in tree if p.name() == "postgres" and "-D" in p.cmdline()]
+    assert postmasters and str(postgres.node_dir(home, "a")) in " ".join(postmasters[0].cmdline())
 
 
 def test_run_logged_in_a_is_read_back_through_b(own_stack, tmp_path):
     from mlflow import MlflowClient
 
-    _, cfg, _ = own_stack
+    home, cfg, _ = own_stack
     a, b = cfg.region("a"), cfg.region("b")
     client_a = MlflowClient(a.mlflow_url)
     exp = client_a.create_experiment(f"stack-{time.time_ns()}")
@@ -81,7 +109,7 @@ def test_run_logged_in_a_is_read_back_through_b(own_stack, tmp_path):
     deadline = time.time() + 10
     row = None
     while time.time() < deadline and row is None:
-        with psycopg2.connect(superuser_dsn(b, cfg.postgres.database)) as conn, conn.cursor() as cur:
+        with postgres.connection(cfg, home, b, "dr") as conn, conn.cursor() as cur:
             cur.execute("select pg_is_in_recovery()")
             assert cur.fetchone()[0] is True
             cur.execute("select key, value from params where run_uuid = %s", (run.info.run_id,))
@@ -147,3 +175,7 @@ def test_down_leaves_no_process_and_is_idempotent(own_stack):
     assert not list((home / "run").glob("*.json"))
     again = cli(env, "down")
     assert again.returncode == 0 and "nothing was running" in again.stderr
+    root = postgres.data_root(home)
+    assert root.exists()  # down keeps the data; --purge removes it and the secrets
+    assert cli(env, "down", "--purge").returncode == 0
+    assert not root.exists() and not (home / "secrets").exists()

@@ -39,12 +39,14 @@ def _ctx():
 
 def _run(fn, *args, **kwargs):
     from xregion.dr.nodes import DRError
+    from xregion.infra.embedded.patroni import PatroniError
+    from xregion.infra.embedded.postgres import PostgresError
     from xregion.infra.embedded.supervisor import SupervisorError
     from xregion.store import StoreError
 
     try:
         return fn(*args, **kwargs)
-    except (DRError, ConfigError, SupervisorError, StoreError) as err:
+    except (DRError, ConfigError, SupervisorError, StoreError, PatroniError, PostgresError) as err:
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(2) from None
 
@@ -59,78 +61,67 @@ def _fmt(v, unit: str = "") -> str:
     return f"{v:.3f}{unit}" if isinstance(v, float) else f"{v}{unit}"
 
 
+def _show_promotion(res: dict) -> None:
+    out.print(f"{res['action']} {res['from'] or '(no leader)'} -> {res['to']} ({res['replication']} replication)")
+    out.print(
+        f"  Patroni: {res['patroni_answer']}; lag of {res['to']} before: {_fmt(res['lag_bytes_before'], ' bytes')}"
+        f", synchronous standby before: {', '.join(res['sync_standbys_before']) or 'none'}"
+    )
+    out.print(
+        f"  {res['to']} leader after {res['command_seconds']:.3f} s; first MLflow write after "
+        f"{_fmt(res['rto_seconds'], ' s')} (from the start of the command)"
+    )
+    if res.get("old_primary_following") is not None:
+        out.print(f"  {res['from']} follows {res['to']}: {'yes' if res['old_primary_following'] else 'NO'}")
+    for name, m in res["mlflow"].items():
+        out.print(f"  MLflow {name}: " + ("writes" if m["ok"] else (m["error"] or "no write")))
+
+
 @app.command()
 def failover(
-    to: str = typer.Option(..., "--to", help="Region whose standby becomes the primary."),
+    to: str = typer.Option(..., "--to", help="Region whose replica becomes the primary."),
     mlflow_timeout: float = typer.Option(60.0, help="Seconds to wait for each MLflow server to write."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Promote REGION's standby, fence the old primary, prove that every MLflow server writes again."""
+    """Promote REGION now through Patroni (POST /failover); prove that every MLflow server writes again.
+
+    Patroni fails over by itself when the primary is lost (within the leader lock's ttl); this is
+    for an operator who will not wait, or who must leave a region that still answers."""
     from xregion.dr import failover as fo
 
     cfg, home = _ctx()
-    res = _run(fo.failover, cfg, home, to, progress=_progress, mlflow_timeout=mlflow_timeout)
-    if as_json:
-        _json(res)
-    else:
-        lag = res["lag"]
-        out.print(f"failover {res['from']} -> {res['to']} ({res['replication']} replication)")
-        out.print(
-            f"  replication lag before promotion: {_fmt(lag['bytes'], ' bytes')}, {_fmt(lag['seconds'], ' s')}"
-            + (
-                f", {lag['commits']} committed transaction(s) not on {res['to']}"
-                if lag.get("commits") is not None
-                else ""
-            )
-            + f"  [{lag['source']}]"
-        )
-        out.print(f"  fenced: {res['fenced']} (standby.signal; `xregion dr rejoin {res['fenced']}` to bring it back)")
-        out.print(
-            f"  RTO: {_fmt(res['rto_seconds'], ' s')} from the {res['rto_start']} to the first MLflow write "
-            f"(database writable after {res['database_writable_seconds']:.3f} s)"
-        )
-        for name, m in res["mlflow"].items():
-            out.print(f"  MLflow {name}: " + ("writes" if m["ok"] else (m["error"] or "no write")))
+    res = _run(fo.failover, cfg, home, to, progress=_progress, mlflow_timeout=mlflow_timeout).to_dict()
+    _json(res) if as_json else _show_promotion(res)
     if not res["ok"]:
         raise typer.Exit(1)
 
 
 @app.command()
 def switchover(
-    to: str = typer.Option(..., "--to", help="Region whose standby becomes the primary."),
+    to: str = typer.Option(..., "--to", help="Region whose replica becomes the primary."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Planned, zero-loss change of primary for maintenance; the old primary becomes a standby."""
+    """Planned, zero-loss change of primary (POST /switchover); the old primary follows the new one."""
     from xregion.dr import failover as fo
 
     cfg, home = _ctx()
-    res = _run(fo.switchover, cfg, home, to, progress=_progress)
-    if as_json:
-        _json(res)
-    else:
-        out.print(
-            f"switchover {res['from']} -> {res['to']}: 0 bytes lost (shutdown checkpoint "
-            f"{res['shutdown_checkpoint']} on {res['to']} before promotion)"
-        )
-        out.print(
-            f"  write downtime {res['write_downtime_seconds']:.3f} s; {res['from']} rejoined by "
-            f"{res['rejoin']['method']}"
-        )
+    res = _run(fo.switchover, cfg, home, to, progress=_progress).to_dict()
+    _json(res) if as_json else _show_promotion(res)
     if not res["ok"]:
         raise typer.Exit(1)
 
 
 @app.command()
 def rejoin(
-    region: str = typer.Argument(..., help="The old primary (or any broken standby) to turn into a standby."),
-    no_basebackup: bool = typer.Option(False, help="Fail rather than fall back to a fresh base backup."),
+    region: str = typer.Argument(..., help="A region whose node is down, frozen or no longer streaming."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Make REGION's node a streaming standby of the current primary (pg_rewind, else pg_basebackup)."""
+    """Make REGION's node a streaming replica of the leader: Patroni's own rejoin (pg_rewind),
+    and a fresh copy of the leader (POST /reinitialize) when rewinding is impossible."""
     from xregion.dr import failover as fo
 
     cfg, home = _ctx()
-    res = _run(fo.rejoin, cfg, home, region, progress=_progress, allow_basebackup=not no_basebackup)
+    res = _run(fo.rejoin, cfg, home, region, progress=_progress).to_dict()
     if as_json:
         _json(res)
     else:
@@ -139,32 +130,37 @@ def rejoin(
 
 @app.command()
 def status(as_json: bool = typer.Option(False, "--json")) -> None:
-    """The current primary, each node's role, and each standby's replication lag (bytes, seconds)."""
+    """Patroni's view: the leader, each node's role, state, timeline and lag, the synchronous
+    standby, and each etcd member's health. Exit 1 when there is no leader or a node is down."""
     from xregion.dr import failover as fo
 
     cfg, home = _ctx()
-    res = _run(fo.status, cfg, home)
+    res = _run(fo.status, cfg, home).to_dict()
     if as_json:
         _json(res)
     else:
-        out.print(f"primary: {res['primary']}  (replication: {res.get('replication_mode')})")
-        t = Table("region", "configured", "now", "fenced", "timeline", "lsn", "detail")
-        for name, n in res["nodes"].items():
+        out.print(
+            f"leader: {res['leader'] or '[red]none[/red]'}  (replication: {res['replication']}; "
+            f"synchronous standby: {', '.join(res['sync_standbys']) or 'none'}; view from {res['answered_by']})"
+        )
+        t = Table("region", "configured", "role", "state", "timeline", "lag bytes", "replay lsn")
+        for m in res["members"]:
             t.add_row(
-                name,
-                n.get("configured_role", ""),
-                n["role"] or "[red]down[/red]",
-                "yes" if n.get("fenced") else "",
-                str(n["timeline"] or ""),
-                n["lsn"] or "",
-                n["error"] or "",
+                m["name"],
+                m["configured_role"],
+                m["role"] or "[red]down[/red]",
+                m["state"] or "",
+                str(m["timeline"] or ""),
+                "" if m["lag_bytes"] is None else str(m["lag_bytes"]),
+                m["replay_lsn"] or "",
             )
         out.print(t)
-        t = Table("standby", "state", "sync", "lag bytes", "lag s")
-        for r in res["replication"]:
-            t.add_row(r["standby"], r["state"], r["sync_state"], str(r["lag_bytes"]), f"{r['lag_seconds']:.3f}")
+        t = Table("etcd member", "healthy", "detail")
+        for name, e in res["etcd"].items():
+            t.add_row(name, "yes" if e["healthy"] else "[red]no[/red]", e["detail"])
         out.print(t)
-    if res.get("error") or any(not n["reachable"] for n in res["nodes"].values()):
+    down = [m for m in res["members"] if m["state"] not in ("running", "streaming")]
+    if not res["leader"] or down:
         raise typer.Exit(1)
 
 
@@ -236,10 +232,10 @@ def restore(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Restore a backup into a fresh stack, keeping every id; put back and verify every artifact."""
-    from xregion.dr import backup as bk
+    from xregion.dr import restore as rs
 
     cfg, home = _ctx()
-    res = _run(bk.restore, cfg, home, backup_ref, force=force, progress=_progress)
+    res = _run(rs.restore, cfg, home, backup_ref, force=force, progress=_progress)
     if as_json:
         _json(res)
     else:
@@ -286,16 +282,9 @@ def verify(
             t.add_row("orphan", o["key"], ", ".join(o["regions"]), "")
         if t.row_count:
             out.print(t)
-        t = Table("standby", "node", "state", "sync", "lag bytes", "lag s")
+        t = Table("standby", "node", "state", "sync", "lag bytes")
         for r in res["replication"]:
-            t.add_row(
-                r["standby"],
-                r["node"],
-                r["state"],
-                str(r.get("sync_state", "")),
-                str(r.get("lag_bytes", "")),
-                _fmt(r.get("lag_seconds")),
-            )
+            t.add_row(r["standby"], r["node"], r["state"], str(r.get("sync_state", "")), _fmt(r.get("lag_bytes")))
         out.print(t)
         for u in res["unchecked"][:10]:
             out.print(f"[yellow]unchecked (not a replicated location): {u['owner']} {u['uri']}[/yellow]")

@@ -24,11 +24,19 @@ Start here:
 
 app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
+
+@app.callback()
+def _group() -> None:
+    # a root callback keeps `xregion` a group: with only one command mounted (`xregion drill X`
+    # imports just the drill module) typer would otherwise run that command as the root itself
+    pass
+
+
 # Sub-commands: (module, typer app, mount name or None to merge its commands at the top level, the
 # top-level command names it provides). Importing a concern costs seconds (MLflow, TensorFlow), so
 # a command line imports only the module of the command it names.
 MOUNTS = [
-    ("xregion.cli.stack", "app", None, ("up", "status", "down", "fault")),
+    ("xregion.cli.stack", "app", None, ("up", "status", "down", "fault", "region")),
     ("xregion.cli.replicate", "replicate_app", "replicate", ("replicate",)),
     ("xregion.cli.train", "app", None, ("train",)),
     ("xregion.cli.registry", "app", None, ("promote", "rollback")),

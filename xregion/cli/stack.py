@@ -32,7 +32,9 @@ def up() -> None:
         console.print("Fix the cause, then run `xregion up` again (it resumes); `xregion down` stops what started.")
         raise typer.Exit(1) from None
     console.print(f"[green]stack up in {seconds:.1f}s[/green]")
-    for r in cfg.regions:
+    from xregion.topology import effective_config
+
+    for r in effective_config(cfg).regions:  # the roles of today: Patroni's leader is the primary
         console.print(
             f"  region {r.name} ({r.role}): MLflow {r.mlflow_url}  S3 {r.s3.endpoint_url}/{r.s3.bucket}"
             f"  Postgres {r.postgres}"
@@ -59,11 +61,15 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
 
 
 @app.command()
-def down() -> None:
-    """Stop every process the stack started (by pid), leaving none behind. Data stays in XREGION_HOME."""
+def down(
+    purge: bool = typer.Option(
+        False, "--purge", help="Also delete the data (Postgres, etcd; /var/lib/xregion/<hash> as root) and secrets."
+    ),
+) -> None:
+    """Stop every process the stack started (by pid), leaving none behind. Data stays unless --purge."""
     from xregion.infra.embedded import stack
 
-    stopped = stack.down(xregion_home(), progress)
+    stopped = stack.down(xregion_home(), progress, purge=purge)
     console.print(f"stopped {len(stopped)} service(s)" if stopped else "nothing was running")
 
 
@@ -77,8 +83,10 @@ class FaultAction(StrEnum):
 @app.command()
 def fault(
     action: FaultAction = typer.Argument(..., help="kill (SIGKILL), freeze (SIGSTOP), thaw (SIGCONT), restart"),
-    region: str = typer.Argument(..., help="Region name from the regions file."),
-    component: str | None = typer.Argument(None, help="s3, postgres, mlflow, serving, ... (default: all)"),
+    region: str = typer.Argument(..., help="Region name from the regions file (or the witness)."),
+    component: str | None = typer.Argument(
+        None, help="s3, etcd, patroni (= postgres: Patroni and its Postgres), mlflow, serving, ... (default: all)"
+    ),
 ) -> None:
     """Inject a fault into real processes of one region; recorded in the event log."""
     from xregion.infra.embedded import stack
@@ -92,3 +100,42 @@ def fault(
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(2) from None
     console.print(f"{action.value}: {', '.join(done) if done else 'nothing running'}")
+
+
+region_app = typer.Typer(help="A whole region: bring it back after a loss or a partition.", no_args_is_help=True)
+app.add_typer(region_app, name="region")
+
+
+@region_app.command("restore")
+def region_restore(
+    region: str = typer.Argument(..., help="Region name from the regions file (or the witness)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Bring REGION back: etcd, S3 (bucket re-created), the database node rejoined by Patroni as a
+    replica, MLflow, model servers restarted, then `replicate resync`. Reports every step."""
+    from xregion.dr.nodes import DRError
+    from xregion.dr.region import restore_region
+
+    cfg, home = config_or_exit(), xregion_home()
+    try:
+        res = restore_region(cfg, home, region, progress).to_dict()
+    except (ConfigError, DRError) as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(2) from None
+    if as_json:
+        print(json.dumps(res, indent=2, default=str))
+    else:
+        table = Table("service", "done")
+        for name, what in res["services"].items():
+            table.add_row(name, what)
+        Console().print(table)
+        if res["resync"]:
+            r = res["resync"]
+            console.print(f"resync: {r['differences']} differences, {r['repaired']} repaired, {r['still_owed']} owed")
+        for p in res["problems"]:
+            console.print(f"[red]{p}[/red]")
+        console.print(
+            f"region {region} restored in {res['seconds']:.1f}s" if res["ok"] else "[red]not fully restored[/red]"
+        )
+    if not res["ok"]:
+        raise typer.Exit(1)
