@@ -14,14 +14,14 @@ import pytest
 import requests
 import yaml
 
-from tests.stacks import Stack
-from xregion.config import EMBEDDED_CONFIG
-from xregion.infra.embedded.scratch import make_home
-from xregion.net import free_ports
 from tests.dr.conftest import stop_stack, xr, xr_json
 from tests.dr.helpers import MetricLogger, quick_http
+from tests.stacks import Stack
+from xregion.config import EMBEDDED_CONFIG
 from xregion.dr.nodes import view
+from xregion.infra.embedded.scratch import make_home
 from xregion.infra.embedded.supervisor import Supervisor
+from xregion.net import free_ports
 from xregion.store import RegionStore
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(1500)]
