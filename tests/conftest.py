@@ -12,20 +12,23 @@ from xregion.infra.embedded.scratch import make_home, scratch_config
 
 @pytest.fixture(scope="session")
 def stack():
-    """One two-region stack for the session. Tests that fault it must leave it healthy again."""
+    """One two-region stack for the session. Tests that fault it must leave it healthy again. This
+    process talks to its MLflow servers as the administrator (tests that need another account ask)."""
     from xregion.infra.embedded import stack as embedded
 
     home = make_home()
     path = scratch_config(home)
-    st = Stack(home, path)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XREGION_CONFIG", str(path))
         mp.setenv("XREGION_HOME", str(home))
         try:
-            embedded.up(st.cfg, home, progress=lambda m: None)
+            embedded.up(Stack(home, path).cfg, home, progress=lambda m: None)
+            st = Stack(home, path)
+            for k, v in st.client_env().items():
+                mp.setenv(k, v)
             yield st
         finally:
-            embedded.down(home, progress=lambda m: None)
+            embedded.down(home, progress=lambda m: None, purge=True)
             shutil.rmtree(home, ignore_errors=True)
 
 

@@ -27,9 +27,10 @@ from pathlib import Path
 from xregion.config import XRegionConfig
 from xregion.secrets import secret, secret_path
 
+from .postgres import AUTH_DATABASE
+
 log = logging.getLogger(__name__)
 ADMIN = "admin"
-AUTH_DATABASE = "mlflow_auth"
 
 
 @dataclass(frozen=True)
@@ -66,32 +67,62 @@ def credentials(home: Path, role: str, cfg: XRegionConfig) -> tuple[str, str]:
     return username, password(home, username)
 
 
+def existing_client_env(home: Path, role: str, cfg: XRegionConfig) -> dict[str, str]:
+    """``client_env`` if this platform has generated that account (an embedded platform), else {}."""
+    username = ADMIN if role == ADMIN else accounts(cfg)[role].username
+    if not secret_path(home, f"mlflow-{username}").exists():
+        return {}
+    return client_env(home, role, cfg)
+
+
 def client_env(home: Path, role: str, cfg: XRegionConfig) -> dict[str, str]:
-    """What an MLflow client process needs in its environment to act as ``role``."""
+    """What an MLflow client (this process) needs in its environment to act as ``role``."""
     user, pw = credentials(home, role, cfg)
     return {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": pw}
 
 
-def server_config(cfg: XRegionConfig, home: Path, database_uri: str) -> tuple[dict[str, str], dict[str, str]]:
-    """(env, secret_env) of an MLflow server running the auth app: its config file (0600) and
-    the admin password and Flask secret by reference, never in argv or a pid file."""
-    ini = Path(home) / "auth" / "basic_auth.ini"
+def service_env(home: Path, role: str, cfg: XRegionConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """(env, secret_env) of a supervised process acting as ``role``: the password by reference to its
+    0600 file, so the pid file never holds it."""
+    user, _ = credentials(home, role, cfg)
+    return (
+        {"MLFLOW_TRACKING_USERNAME": user},
+        {"MLFLOW_TRACKING_PASSWORD": f"file:{secret_path(home, f'mlflow-{user}')}"},
+    )
+
+
+def ini_path(home: Path) -> Path:
+    return Path(home) / "auth" / "basic_auth.ini"
+
+
+def prepare(cfg: XRegionConfig, home: Path) -> None:
+    """Write the auth app's config file (0600) and generate every account's password (once)."""
+    ini = ini_path(home)
     ini.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     text = (
         "[mlflow]\n"
         "default_permission = READ\n"
-        f"database_uri = {database_uri}\n"
+        f"database_uri = {cfg.database_uri(database=AUTH_DATABASE)}\n"
         f"admin_username = {ADMIN}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         "grant_default_workspace_access = false\n"
     )
-    fd = os.open(ini.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = ini.with_name(f".{ini.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
-    ini.with_suffix(".tmp").replace(ini)
-    password(home, ADMIN)
+    tmp.replace(ini)
+    for username in [ADMIN, *(a.username for a in accounts(cfg).values())]:
+        password(home, username)
     secret(home, "mlflow-flask-secret")
-    env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "XREGION_AUTH": "1"}
+
+
+def server_config(cfg: XRegionConfig, home: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """(env, secret_env) of an MLflow server running the auth app: its config file, and the admin
+    password and Flask secret by reference, never in argv or a pid file. Its user database is
+    ``mlflow_auth`` through the same multi-host URI as the registry (the password from the
+    server's PGPASSFILE)."""
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini_path(home)), "XREGION_AUTH": "1"}
     secret_env = {
         "MLFLOW_AUTH_ADMIN_PASSWORD": f"file:{secret_path(home, f'mlflow-{ADMIN}')}",
         "MLFLOW_FLASK_SERVER_SECRET_KEY": f"file:{secret_path(home, 'mlflow-flask-secret')}",

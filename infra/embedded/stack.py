@@ -19,7 +19,7 @@ from xregion.config import RegionConfig, XRegionConfig
 from xregion.home import xregion_home
 from xregion.store import RegionStore
 
-from . import etcd, patroni, postgres
+from . import auth, etcd, patroni, postgres
 from .supervisor import PortInUse, Service, Supervisor, SupervisorError, port_free
 
 BIN = Path(sys.executable).parent  # the venv's bin: mlflow, moto_server, uvicorn
@@ -105,12 +105,16 @@ def mlflow_service(cfg: XRegionConfig, region: RegionConfig, home: Path) -> Serv
         str(parts.port),
         "--workers",
         "1",
+        "--app-name",
+        "basic-auth",  # MLflow's own auth: every request needs a user (infra/embedded/auth.py)
     ]
+    auth_env, auth_secrets = auth.server_config(cfg, home)
     env = {
         **child_env(cfg, region, home),
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         # the MLflow role's password, from a 0600 file: never in argv or in this record
         **postgres.child_env(home, "mlflow"),
+        **auth_env,
     }
     return Service(
         name=f"{region.name}-mlflow",
@@ -120,7 +124,7 @@ def mlflow_service(cfg: XRegionConfig, region: RegionConfig, home: Path) -> Serv
         listen=(parts.hostname, parts.port),
         health={"type": "http", "url": f"{region.mlflow_url}/health"},
         env=env,
-        secret_env=child_secrets(region),
+        secret_env={**child_secrets(region), **auth_secrets},
         cwd=str(home),
         start_timeout=120,
     )
@@ -175,6 +179,7 @@ def up(cfg: XRegionConfig, home: Path, progress=print) -> float:
     postgres.ensure_secrets(cfg, home)
     postgres.prepare_data_root(home)
     etcd.prepare(cfg, home)
+    auth.prepare(cfg, home)
     for r in cfg.regions:
         patroni.write_config(cfg, r, home)
     by_kind = {(s.region, s.component): s for s in services(cfg, home)}
@@ -193,6 +198,9 @@ def up(cfg: XRegionConfig, home: Path, progress=print) -> float:
     progress(f"starting the MLflow servers ({leader.name} first)")
     sup.start(by_kind[(leader.name, "mlflow")], progress=progress)
     sup.start(*[by_kind[(r.name, "mlflow")] for r in cfg.regions if r.name != leader.name], progress=progress)
+    created = auth.ensure_accounts(cfg, home, leader.mlflow_url)
+    if created:
+        progress(f"MLflow accounts created: {', '.join(created)} (passwords in {home / 'secrets'})")
     return time.monotonic() - t0
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from xregion import events
 from xregion.config import XRegionConfig
+from xregion.infra.embedded import auth
 from xregion.infra.embedded.stack import BIN, child_env
 from xregion.infra.embedded.supervisor import Service, StartFailed, Supervisor, SupervisorError, check_health
 from xregion.net import free_port, host_port
@@ -60,6 +61,8 @@ def router_service(cfg: XRegionConfig, home: Path, port: int) -> Service:
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     }
     env.pop("XREGION_LOCAL_REGION", None)
+    account, password = auth.service_env(home, "router", cfg)  # MANAGE on the model: it rolls back
+    env.update(account)
     return Service(
         name="router",
         region=GLOBAL,
@@ -68,6 +71,7 @@ def router_service(cfg: XRegionConfig, home: Path, port: int) -> Service:
         listen=("127.0.0.1", port),
         health={"type": "http", "url": f"http://127.0.0.1:{port}/healthz"},
         env=env,
+        secret_env=password,
         cwd=str(home),
         start_timeout=60,
     )

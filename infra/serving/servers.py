@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from xregion.config import XRegionConfig
+from xregion.infra.embedded import auth
 from xregion.infra.embedded.stack import BIN, child_env, child_secrets
 from xregion.infra.embedded.supervisor import Service, Supervisor, SupervisorError
 from xregion.net import free_port, host_port
@@ -52,11 +53,13 @@ def serving_service(
         "-w",
         "1",
     ]
+    account, password = auth.service_env(home, "serving", cfg)  # read-only: it only loads the model
     env = {
         **child_env(cfg, r, home),
         "MLFLOW_TRACKING_URI": r.mlflow_url,
         "MLFLOW_REGISTRY_URI": r.mlflow_url,
         "XREGION_SERVING_VERSION": str(version),
+        **account,
     }
     return Service(
         name=name or f"{region}-serving",
@@ -66,7 +69,7 @@ def serving_service(
         listen=(host, port),
         health={"type": "http", "url": f"http://{host}:{port}/ping"},
         env=env,
-        secret_env=child_secrets(r),
+        secret_env={**child_secrets(r), **password},
         cwd=str(home),
         start_timeout=start_timeout,
     )

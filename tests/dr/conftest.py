@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stacks import Stack
+from tests.stacks import Stack, acting_as
 from xregion.infra.embedded.scratch import make_home
 from xregion.infra.embedded.scratch import scratch_config as write_config
 
@@ -58,5 +58,6 @@ def xr_json(st: Stack, *args, ok: bool = True):
 @pytest.fixture(scope="module")
 def sync_stack():
     st = start_stack("xregion-dr-sync-", postgres={"replication": "sync"})
-    yield st
+    with acting_as(st):
+        yield st
     stop_stack(st)

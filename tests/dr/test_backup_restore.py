@@ -10,6 +10,7 @@ from mlflow import MlflowClient
 
 from tests.dr.conftest import start_stack, stop_stack, xr, xr_json
 from tests.dr.helpers import populate
+from tests.stacks import acting_as
 from xregion.store import RegionStore
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(900)]
@@ -47,6 +48,8 @@ def snapshot(cfg, info) -> dict:
 def backed_up(tmp_path_factory):
     """A populated stack, backed up (verified, with a local copy), then destroyed."""
     st = start_stack("xregion-dr-bk-")
+    acting = acting_as(st)
+    acting.__enter__()
     try:
         info = populate(st.cfg, tmp_path_factory.mktemp("art"))
         before = snapshot(st.cfg, info)
@@ -64,6 +67,7 @@ def backed_up(tmp_path_factory):
             xr_json(st, "dr", "backup", "--retention", "2")
         kept, _ = xr_json(st, "dr", "backups")
     finally:
+        acting.__exit__(None, None, None)
         stop_stack(st)  # destroyed: processes, data directories, and the S3 endpoints with their buckets
     return {
         "info": info,
@@ -88,8 +92,10 @@ def test_backup_is_in_a_non_primary_region_and_verifies(backed_up):
     assert manifest["database"]["ids"]["runs"]["count"] == 3
 
 
-def test_restore_into_a_fresh_stack(backed_up):
+def test_restore_into_a_fresh_stack(backed_up, monkeypatch):
     st = start_stack("xregion-dr-restore-")
+    for k, v in st.client_env().items():
+        monkeypatch.setenv(k, v)
     try:
         t0 = time.monotonic()
         res, proc = xr_json(st, "dr", "restore", str(backed_up["dir"]))

@@ -17,6 +17,7 @@ import pytest
 
 from tests.dr.conftest import xr, xr_json
 from tests.dr.helpers import MetricLogger, quick_http
+from tests.stacks import mlflow_http
 from xregion.dr.nodes import view
 from xregion.infra.embedded import patroni, postgres
 from xregion.infra.embedded.supervisor import Supervisor
@@ -146,7 +147,7 @@ def test_losing_the_only_standby_does_not_stop_writes(sync_stack, monkeypatch):
 
         def writes() -> bool:
             try:
-                r = requests.post(
+                r = mlflow_http().post(
                     f"{url}/api/2.0/mlflow/experiments/create", json={"name": f"alone-{time.time_ns()}"}, timeout=5
                 )
                 return r.status_code == 200

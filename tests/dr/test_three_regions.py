@@ -16,7 +16,7 @@ import yaml
 
 from tests.dr.conftest import stop_stack, xr, xr_json
 from tests.dr.helpers import MetricLogger, quick_http
-from tests.stacks import Stack
+from tests.stacks import Stack, acting_as
 from xregion.config import EMBEDDED_CONFIG
 from xregion.dr.nodes import view
 from xregion.infra.embedded.scratch import make_home
@@ -77,7 +77,8 @@ def three():
     if res.returncode != 0:
         stop_stack(st)
         raise RuntimeError(f"xregion up (three regions) failed:\n{res.stderr[-4000:]}")
-    yield st
+    with acting_as(st):
+        yield st
     stop_stack(st)
 
 

@@ -84,10 +84,14 @@ def test_postgres_is_the_child_of_its_patroni(own_stack):
     assert postmasters and str(postgres.node_dir(home, "a")) in " ".join(postmasters[0].cmdline())
 
 
-def test_run_logged_in_a_is_read_back_through_b(own_stack, tmp_path):
+def test_run_logged_in_a_is_read_back_through_b(own_stack, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
+    from xregion.infra.embedded import auth
+
     home, cfg, _ = own_stack
+    for k, v in auth.client_env(home, "scientist", cfg).items():  # a scientist logs runs
+        monkeypatch.setenv(k, v)
     a, b = cfg.region("a"), cfg.region("b")
     client_a = MlflowClient(a.mlflow_url)
     exp = client_a.create_experiment(f"stack-{time.time_ns()}")

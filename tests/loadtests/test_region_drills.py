@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.dr.conftest import start_stack, stop_stack
+from tests.stacks import acting_as
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(1800)]
 SMALL_DATA = dict(n_users=150, n_items=80, mean_interactions=20)
@@ -26,11 +27,13 @@ SMALL_DATA = dict(n_users=150, n_items=80, mean_interactions=20)
 def served():
     import mlflow
 
-    from xregion.infra.serving.router import start_serving, stop_serving
+    from xregion.infra.serving.control import start_serving, stop_serving
     from xregion.recsys_model.train import run_training
 
     st = start_stack("xregion-region-drills-")
     old = os.environ.get("MLFLOW_TRACKING_URI")
+    acting = acting_as(st)
+    acting.__enter__()
     try:
         run_training(
             epochs=2,
@@ -47,6 +50,7 @@ def served():
     finally:
         mlflow.set_tracking_uri(old)
         stop_serving(st.home)
+        acting.__exit__(None, None, None)
         stop_stack(st)
 
 

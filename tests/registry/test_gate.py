@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import requests
 from mlflow.exceptions import MlflowException
 
+from tests.stacks import mlflow_http
 from xregion import events
 from xregion.plugins import registry_client
 from xregion.plugins.registry_store import HISTORY_TAG, TRANSITION_TAG
@@ -53,7 +53,7 @@ def test_promotion_refused_until_every_region_holds_every_artifact(stack):
 
     # 2. the REST API, on both regions' servers (the gate runs inside every server)
     for r in (a, b):
-        resp = requests.post(
+        resp = mlflow_http().post(
             f"{r.mlflow_url}/api/2.0/mlflow/model-versions/transition-stage",
             timeout=60,
             json={"name": name, "version": version, "stage": "Production", "archive_existing_versions": True},
@@ -61,7 +61,7 @@ def test_promotion_refused_until_every_region_holds_every_artifact(stack):
         assert resp.status_code == 409, resp.text
         body = resp.json()
         assert body["error_code"] == "RESOURCE_CONFLICT" and victim in body["message"], body
-        resp = requests.post(
+        resp = mlflow_http().post(
             f"{r.mlflow_url}/api/2.0/mlflow/registered-models/alias",
             timeout=60,
             json={"name": name, "alias": cfg.registry.production_alias, "version": version},

@@ -18,6 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from tests.registry.helpers import client, log_tiny, unique
+from tests.stacks import mlflow_http
 from xregion.plugins import gate, registry_client
 from xregion.store import RegionStore
 from xregion.uris import key_prefix
@@ -71,13 +72,13 @@ def test_deletes_and_overwrites_of_a_production_version_are_refused_in_every_reg
     parent = prefix.rsplit("/", 1)[0]  # deleting a directory above the version would delete it too
     for url in servers(stack):
         for key in (mlmodel, next(iter(before["a"]))):
-            resp = requests.put(url + API + proxied(stack, key), data=b"tampered", timeout=60)
+            resp = mlflow_http().put(url + API + proxied(stack, key), data=b"tampered", timeout=60)
             assert resp.status_code == 409, resp.text
             assert resp.json()["error_code"] == "RESOURCE_CONFLICT" and "immutable" in resp.json()["message"]
-        resp = requests.put(url + API + proxied(stack, prefix + "/new-file.txt"), data=b"added", timeout=60)
+        resp = mlflow_http().put(url + API + proxied(stack, prefix + "/new-file.txt"), data=b"added", timeout=60)
         assert resp.status_code == 409, resp.text  # nothing is added to a promoted version either
         for key in (mlmodel, prefix, parent):
-            resp = requests.delete(url + API + proxied(stack, key), timeout=60)
+            resp = mlflow_http().delete(url + API + proxied(stack, key), timeout=60)
             assert resp.status_code == 409, (key, resp.text)
             assert resp.json()["error_code"] == "RESOURCE_CONFLICT"
     assert contents(stack, prefix) == before  # the same bytes in every region
@@ -87,15 +88,18 @@ def test_deletes_and_overwrites_of_a_production_version_are_refused_in_every_reg
         direct.delete_artifacts("MLmodel")
     assert err.value.error_code == "RESOURCE_CONFLICT"
     # reads keep working
-    assert requests.get(stack.cfg.region("b").mlflow_url + API + proxied(stack, mlmodel), timeout=60).status_code == 200
+    assert (
+        mlflow_http().get(stack.cfg.region("b").mlflow_url + API + proxied(stack, mlmodel), timeout=60).status_code
+        == 200
+    )
 
 
 def test_an_object_beside_a_protected_prefix_is_fine(stack, promoted):
     _, _, _, prefix = promoted
     beside = proxied(stack, prefix + "-notes/readme.txt")
     for url in servers(stack):
-        assert requests.put(url + API + beside, data=b"notes", timeout=60).status_code == 200
-        assert requests.delete(url + API + beside, timeout=60).status_code == 200
+        assert mlflow_http().put(url + API + beside, data=b"notes", timeout=60).status_code == 200
+        assert mlflow_http().delete(url + API + beside, timeout=60).status_code == 200
 
 
 def test_markers_are_read_at_every_call_never_cached(stack, tmp_path):
@@ -103,20 +107,20 @@ def test_markers_are_read_at_every_call_never_cached(stack, tmp_path):
     prefix = f"{stack.cfg.artifacts.prefix}/race/{uuid.uuid4().hex}"
     path = proxied(stack, prefix + "/model.bin")
     url = stack.cfg.region("b").mlflow_url
-    assert requests.put(url + API + path, data=b"first", timeout=60).status_code == 200
+    assert mlflow_http().put(url + API + path, data=b"first", timeout=60).status_code == 200
     model = unique("race")
     gate.protect(stack.cfg, model, "1", prefix)
     try:
-        assert requests.put(url + API + path, data=b"second", timeout=60).status_code == 409
-        assert requests.delete(url + API + path, timeout=60).status_code == 409
+        assert mlflow_http().put(url + API + path, data=b"second", timeout=60).status_code == 409
+        assert mlflow_http().delete(url + API + path, timeout=60).status_code == 409
     finally:
         gate.unprotect(stack.cfg, model, "1")
-    assert requests.delete(url + API + path, timeout=60).status_code == 200
+    assert mlflow_http().delete(url + API + path, timeout=60).status_code == 200
 
 
 def test_roots_are_never_deleted_whole(stack):
     for url in servers(stack):
-        resp = requests.delete(url + API + "%2E", timeout=60)  # the artifact destination's root
+        resp = mlflow_http().delete(url + API + "%2E", timeout=60)  # the artifact destination's root
         assert resp.status_code == 400, resp.text
         assert "root" in resp.json()["message"]
     for uri, path in [
@@ -166,9 +170,9 @@ def test_delete_works_again_once_the_version_left_production(stack, promoted):  
     mv = cl.get_model_version(name, v1)
     assert mv.current_stage == "Archived" and not mv.aliases
     keys = contents(stack, prefix)["a"]
-    resp = requests.delete(cfg.region("b").mlflow_url + API + proxied(stack, prefix), timeout=60)
+    resp = mlflow_http().delete(cfg.region("b").mlflow_url + API + proxied(stack, prefix), timeout=60)
     assert resp.status_code == 200, resp.text
     assert contents(stack, prefix) == {r.name: {} for r in cfg.regions} and keys
     # v2 is production now: protected
     p2 = version_prefix(cl, cfg, name, v2)
-    assert requests.delete(url + API + proxied(stack, p2), timeout=60).status_code == 409
+    assert mlflow_http().delete(url + API + proxied(stack, p2), timeout=60).status_code == 409

@@ -4,10 +4,10 @@ artifacts verify in every region, and what serves cannot be deleted from under i
 from __future__ import annotations
 
 import pytest
-import requests
 from mlflow.exceptions import MlflowException
 
 from tests.registry.helpers import client, log_tiny, unique
+from tests.stacks import mlflow_http
 from xregion.plugins import registry_client
 from xregion.store import RegionStore
 from xregion.uris import key_prefix
@@ -32,7 +32,7 @@ def test_a_source_outside_the_artifacts_prefix_is_refused(stack):
     cl.create_registered_model(name)
     for r in stack.cfg.regions:
         for source in ("xregion:///xregion-backups/latest", "s3://xregion-a/anything", "file:///etc"):
-            resp = requests.post(
+            resp = mlflow_http().post(
                 f"{r.mlflow_url}/api/2.0/mlflow/model-versions/create",
                 timeout=60,
                 json={"name": name, "source": source},

@@ -30,11 +30,15 @@ def _progress(msg: str) -> None:
 
 
 def _ctx():
+    from .common import act_as
+
     try:
-        return load_config(), xregion_home()
+        cfg = load_config()
     except ConfigError as err:
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(2) from None
+    act_as("admin", cfg)  # DR proves MLflow writes after a failover and reads every reference
+    return cfg, xregion_home()
 
 
 def _run(fn, *args, **kwargs):

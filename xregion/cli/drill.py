@@ -77,9 +77,10 @@ def drill(
     from xregion.loadtests.runner import run_drill
     from xregion.loadtests.scenarios import DrillError
 
-    from .common import config_or_exit
+    from .common import act_as, config_or_exit
 
     cfg = config_or_exit()
+    act_as("release-manager", cfg)  # the drill registers and promotes (bad-model) and archives its run
 
     def progress(msg: str) -> None:
         console.print(f"[dim]{msg}[/dim]")
@@ -220,9 +221,10 @@ def bench_capacity(
     from xregion.loadtests.load import LoadError
     from xregion.loadtests.preflight import wait_serving
 
-    from .common import config_or_exit
+    from .common import act_as, config_or_exit
 
     cfg, home = config_or_exit(), xregion_home()
+    act_as("scientist", cfg)  # the capacity run is archived in MLflow
     ok, detail = wait_serving(cfg, timeout=20, consecutive=3)
     if not ok:
         console.print(

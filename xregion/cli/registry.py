@@ -10,7 +10,7 @@ from rich.console import Console
 
 from xregion.plugins.registry_client import RegistryError, client, promote, rollback
 
-from .common import config_or_exit
+from .common import act_as, config_or_exit
 
 app = typer.Typer()
 console = Console(stderr=True)
@@ -34,6 +34,7 @@ def promote_cmd(
 ) -> None:
     """Promote a version (default: the production stage and alias), gated on replication in every region."""
     cfg = config_or_exit()
+    act_as("release-manager", cfg)
     try:
         done = promote(client(cfg, tracking_uri), cfg, model, version, stage, alias, reason)
     except (MlflowException, RegistryError) as err:
@@ -57,6 +58,7 @@ def rollback_cmd(
 ) -> None:
     """Put the previous production version back (stage and alias); archive the current one."""
     cfg = config_or_exit()
+    act_as("release-manager", cfg)
     try:
         done = rollback(client(cfg, tracking_uri), cfg, model, reason, to_version=to)
     except (MlflowException, RegistryError) as err:

@@ -39,7 +39,10 @@ def start(
     from xregion.infra.serving.control import start_serving
     from xregion.plugins.registry_client import RegistryError
 
+    from .common import act_as
+
     cfg = _cfg()
+    act_as("serving", cfg)  # it reads which version is in production
     try:
         start_serving(cfg, xregion_home(), _progress, [r.strip() for r in regions.split(",")] if regions else None)
     except (SupervisorError, RegistryError, ValueError, FileNotFoundError) as err:
