@@ -145,7 +145,7 @@ def _parse_delimited(path: Path, text: str, sep: str, header: list[str] | None, 
         # The C parser cannot take a multi-char separator; "::" -> "\t" is safe because
         # MovieLens ratings.dat fields are integers/decimals only (a stray tab is caught below).
         if any("\t" in r for r in rows):
-            i = next(i for i, r in zip(keep, rows) if "\t" in r)
+            i = next(i for i, r in zip(keep, rows, strict=True) if "\t" in r)
             raise _fail_line(path, lines, first + i + 1, f"unexpected tab in {fmt} ratings")
         rows = [r.replace("::", "\t") for r in rows]
         csep = "\t"
@@ -175,7 +175,12 @@ def _parse_delimited(path: Path, text: str, sep: str, header: list[str] | None, 
         path,
         lines,
         line_of,
-        [(df["u"], "user id", "int"), (df["i"], "item id", "int"), (df["r"], "rating", "float"), (df["t"], "timestamp", "int")],
+        [
+            (df["u"], "user id", "int"),
+            (df["i"], "item id", "int"),
+            (df["r"], "rating", "float"),
+            (df["t"], "timestamp", "int"),
+        ],
     )
     return pd.DataFrame({"user_id": cols[0], "item_id": cols[1], "timestamp": cols[3]})
 
@@ -241,7 +246,9 @@ def _parse_inter(path: Path, text: str) -> pd.DataFrame:
     bad = np.flatnonzero(nfields != len(names))
     if bad.size:
         i = int(bad[0])
-        raise _fail_line(path, lines, keep[i] + 1, f"expected {len(names)} tab-separated fields, found {int(nfields[i])}")
+        raise _fail_line(
+            path, lines, keep[i] + 1, f"expected {len(names)} tab-separated fields, found {int(nfields[i])}"
+        )
     df = pd.read_csv(
         io.StringIO("\n".join(rows)), sep="\t", header=None, names=names, dtype=str, keep_default_na=False, engine="c"
     )

@@ -31,18 +31,28 @@ Policies:
   ``k`` unseen items remain, fewer rows are returned for that user.
 * Unknown users (ids absent from the training data) get the ``k`` most popular items, marked
   ``source = "popularity"``; this is a defined cold-start answer, not an error.
-* Malformed input (missing ``user_id``, null or non-integer ids, ``k`` out of range or not an
-  integer, unsupported payload type) raises ``MlflowException`` with ``INVALID_PARAMETER_VALUE``,
-  which the MLflow scoring server returns as HTTP 400 with the message.
+* A request with no rows (``dataframe_split`` with no data, ``dataframe_records: []``,
+  ``inputs: {"user_id": []}``) is answered with no rows: HTTP 200, ``{"predictions": []}``.
+* Malformed input (missing ``user_id``, null or non-integer ids, booleans, ids outside the
+  signed 64-bit range such as ``1e30`` or ``2**70``, ``k`` out of range or not an integer,
+  unsupported payload type) and requests of more than ``max_rows`` rows (default 1000; model
+  config ``max_rows`` or the environment variable ``XREGION_RECSYS_MAX_ROWS`` at load time)
+  raise ``MlflowException`` with ``INVALID_PARAMETER_VALUE``, which the MLflow scoring server
+  returns as HTTP 400 with the message.
 
 Scoring: the artifact ``towers`` (an ``.npz``) holds the user tower's output for every known
 user, the item embedding table and the item bias, exported from the Keras model after training.
-The model's score factorises (``u . v_i + b_i``), so one small matrix product per request
-reproduces the Keras model's output exactly (up to float32 rounding); ``argpartition`` picks
-the top k.
+The model's score factorises (``u . v_i + b_i``). Small catalogues are scored exactly: one
+matrix product per request and ``argpartition``. When the artifact also holds an
+approximate-nearest-neighbour index (``towers.npz`` key ``index_kind`` and the ``index``
+artifact; built at training time above a measured catalogue size), the top candidates come from
+the index over ``[v_i, b_i]`` queried with ``[u, 1]``, seen items are dropped from a widened
+candidate list, and the survivors are re-scored exactly, so reported scores are exact.
 """
 
 from __future__ import annotations
+
+import os
 
 import mlflow
 import numpy as np
@@ -52,6 +62,10 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 DEFAULT_K = 10
 MAX_K = 1000
+DEFAULT_MAX_ROWS = 1000
+MAX_ROWS_ENV = "XREGION_RECSYS_MAX_ROWS"
+EXACT_BLOCK = 64  # rows scored together on the exact path: one matrix product, bounded memory
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 OUTPUT_COLUMNS = ["user_id", "rank", "item_id", "score", "source"]
 
 
@@ -59,125 +73,205 @@ def _bad(msg: str) -> MlflowException:
     return MlflowException(msg, error_code=INVALID_PARAMETER_VALUE)
 
 
+def _scalar_int(v, name: str, row: int) -> int:
+    """One value of an object column: an integer (or integral float / numeric string) in int64."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, bool):
+        raise _bad(f"column '{name}' must hold integers, got boolean {v!r} at row {row}")
+    if isinstance(v, str):
+        try:
+            v = int(v.strip())
+        except ValueError:
+            try:
+                v = float(v.strip())
+            except ValueError:
+                raise _bad(f"column '{name}' must hold integers, got {v!r} at row {row}") from None
+    if isinstance(v, float):
+        if not np.isfinite(v) or v != np.floor(v):
+            raise _bad(f"column '{name}' must hold integers, got {v!r} at row {row}")
+        if not INT64_MIN <= v < 2.0**63:
+            raise _bad(f"column '{name}' value {v!r} at row {row} is outside the signed 64-bit integer range")
+        return int(v)
+    if not isinstance(v, int):
+        raise _bad(f"column '{name}' must hold integers, got {v!r} at row {row}")
+    if not INT64_MIN <= v <= INT64_MAX:
+        raise _bad(f"column '{name}' value {v} at row {row} is outside the signed 64-bit integer range")
+    return v
+
+
 def _int_column(s: pd.Series, name: str) -> np.ndarray:
-    """Validate that a column holds integers (ints, or floats/strings with integral values)."""
-    if s.isna().any():
-        raise _bad(f"column '{name}' has a null value at row {int(np.flatnonzero(s.isna().to_numpy())[0])}")
+    """The column as int64, or a 400 naming the first bad row (null, boolean, non-integral,
+    out of the int64 range: never a silent wrap-around or a bool read as 0/1)."""
+    isna = s.isna().to_numpy()
+    if isna.any():
+        raise _bad(f"column '{name}' has a null value at row {int(np.flatnonzero(isna)[0])}")
     if pd.api.types.is_bool_dtype(s):
         raise _bad(f"column '{name}' must hold integers, got booleans")
-    if pd.api.types.is_integer_dtype(s):
+    if pd.api.types.is_signed_integer_dtype(s):
         return s.to_numpy(dtype=np.int64)
-    num = pd.to_numeric(s, errors="coerce")
-    bad = num.isna().to_numpy()
-    if not bad.any():
-        bad = (num != np.floor(num)).to_numpy() | ~np.isfinite(num.to_numpy(dtype=float))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        v = s.iloc[i]
-        v = v.item() if isinstance(v, np.generic) else v
-        raise _bad(f"column '{name}' must hold integers, got {v!r} at row {i}")
-    return num.to_numpy(dtype=np.int64)
+    if pd.api.types.is_unsigned_integer_dtype(s) or pd.api.types.is_float_dtype(s) or s.dtype == object:
+        # The fast path above is the common one; here each value is checked (at most max_rows).
+        return np.fromiter((_scalar_int(v, name, r) for r, v in enumerate(s.tolist())), dtype=np.int64, count=len(s))
+    raise _bad(f"column '{name}' must hold integers, got values of type {s.dtype}")
+
+
+def _as_frame(model_input) -> pd.DataFrame:
+    if isinstance(model_input, dict):
+        lengths = {len(v) if isinstance(v, (list, tuple, np.ndarray, pd.Series)) else 1 for v in model_input.values()}
+        if len(lengths) > 1:
+            raise _bad("columns of the request have different lengths")
+        if lengths == {0}:
+            return pd.DataFrame({c: pd.Series([], dtype=object) for c in model_input})
+        return pd.DataFrame(model_input)
+    if isinstance(model_input, list):
+        return pd.DataFrame(model_input)
+    if isinstance(model_input, pd.DataFrame):
+        return model_input
+    raise _bad(f"expected a table with a 'user_id' column, got {type(model_input).__name__}")
+
+
+def _empty_output() -> pd.DataFrame:
+    types = [np.int64, np.int64, np.int64, np.float64, object]
+    return pd.DataFrame({c: pd.Series([], dtype=t) for c, t in zip(OUTPUT_COLUMNS, types, strict=True)})
+
+
+class HnswIndex:
+    """Approximate top candidates by inner product over ``[v_i, b_i]`` (hnswlib graph on the
+    MIPS-to-L2 augmented vectors, see the training side ``ann.py``)."""
+
+    def __init__(self, path: str, n_items: int, dim: int, ef: int):
+        import hnswlib
+
+        self.index = hnswlib.Index(space="l2", dim=dim + 2)
+        self.index.load_index(path, max_elements=n_items)
+        self.index.set_num_threads(1)  # one request at a time per worker; threads only add overhead
+        self.ef = ef
+
+    def candidates(self, query: np.ndarray, n: int) -> np.ndarray:
+        self.index.set_ef(max(self.ef, n))
+        q = np.concatenate([query, [1.0, 0.0]]).astype(np.float32)
+        return self.index.knn_query(q[None, :], k=n)[0][0].astype(np.int64)
 
 
 class RecsysTopK(mlflow.pyfunc.PythonModel):
     """Top-k items per user from exported two-tower embeddings, excluding seen items."""
 
     def load_context(self, context):
-        self._load(context.artifacts["towers"])
+        config = dict(getattr(context, "model_config", None) or {})
+        self.max_rows = int(os.environ.get(MAX_ROWS_ENV) or config.get("max_rows") or DEFAULT_MAX_ROWS)
+        self._load(context.artifacts["towers"], context.artifacts.get("index"), config.get("index", "auto"))
 
-    def _load(self, path: str) -> None:
+    def _load(self, path: str, index_path: str | None = None, index_policy: str = "auto") -> None:
         with np.load(path, allow_pickle=False) as z:
             self.user_ids = z["user_ids"]  # sorted
             self.item_ids = z["item_ids"]
             self.user_vectors = np.ascontiguousarray(z["user_vectors"], dtype=np.float32)
-            self.item_vectors_t = np.ascontiguousarray(z["item_vectors"].T, dtype=np.float32)
+            self.item_vectors = np.ascontiguousarray(z["item_vectors"], dtype=np.float32)
             self.item_bias = z["item_bias"].astype(np.float32)
             self.seen_indptr = z["seen_indptr"]
             self.seen_indices = z["seen_indices"]
             pop = z["popularity"].astype(np.float64)
+            index_kind = str(z["index_kind"]) if "index_kind" in z.files else "exact"
+            ef = int(z["index_ef"]) if "index_ef" in z.files else 64
+        if not hasattr(self, "max_rows"):
+            self.max_rows = int(os.environ.get(MAX_ROWS_ENV) or DEFAULT_MAX_ROWS)
         self.n_items = len(self.item_ids)
         self.pop_order = np.argsort(-pop, kind="stable")
         self.pop_share = pop / max(pop.sum(), 1.0)
         self.user_row = {int(u): r for r, u in enumerate(self.user_ids)}
+        use_index = index_kind == "hnsw" and index_path and index_policy != "exact"
+        self.index = HnswIndex(index_path, self.n_items, self.item_vectors.shape[1], ef) if use_index else None
+        # the exact path multiplies by the transposed table; only built when it is used
+        self.item_vectors_t = None if self.index else np.ascontiguousarray(self.item_vectors.T)
 
-    # -- helpers -------------------------------------------------------------------------
+    # -- input ---------------------------------------------------------------------------
     def _parse(self, model_input) -> tuple[np.ndarray, np.ndarray]:
-        if isinstance(model_input, dict):
-            model_input = pd.DataFrame(model_input)
-        elif isinstance(model_input, list):
-            model_input = pd.DataFrame(model_input)
-        if not isinstance(model_input, pd.DataFrame):
-            raise _bad(f"expected a table with a 'user_id' column, got {type(model_input).__name__}")
-        if "user_id" not in model_input.columns:
-            raise _bad(f"missing required column 'user_id' (got columns {list(model_input.columns)})")
-        users = _int_column(model_input["user_id"], "user_id")
-        if "k" in model_input.columns:
-            kcol = model_input["k"]
-            ks = (
-                _int_column(kcol.fillna(DEFAULT_K), "k")
-                if kcol.notna().any()
-                else np.full(len(users), DEFAULT_K, dtype=np.int64)
+        df = _as_frame(model_input)
+        if len(df) > self.max_rows:
+            raise _bad(
+                f"request has {len(df)} rows; at most {self.max_rows} rows per request are accepted: "
+                "split it into smaller requests"
             )
+        if len(df) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        if "user_id" not in df.columns:
+            raise _bad(f"missing required column 'user_id' (got columns {list(df.columns)})")
+        users = _int_column(df["user_id"], "user_id")
+        ks = np.full(len(users), DEFAULT_K, dtype=np.int64)
+        if "k" in df.columns and df["k"].notna().any():
+            ks = _int_column(df["k"].astype(object).where(df["k"].notna(), DEFAULT_K), "k")
             bad = (ks < 1) | (ks > MAX_K)
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
                 raise _bad(f"'k' must be between 1 and {MAX_K}, got {int(ks[i])} at row {i}")
-        else:
-            ks = np.full(len(users), DEFAULT_K, dtype=np.int64)
         return users, ks
+
+    # -- scoring -------------------------------------------------------------------------
+    def _exact_top(self, scores: np.ndarray, seen: np.ndarray, k: int) -> np.ndarray:
+        scores[seen] = -np.inf
+        kk = min(k, self.n_items - len(seen))
+        if kk <= 0:
+            return np.zeros(0, np.int64)
+        top = np.argpartition(-scores, kk - 1)[:kk] if kk < self.n_items else np.arange(self.n_items)
+        return top[np.argsort(-scores[top], kind="stable")]
+
+    def _index_top(self, row: int, seen: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        u = self.user_vectors[row]
+        want = min(k, self.n_items - len(seen))
+        n = min(self.n_items, k + len(seen))
+        while True:
+            cand = self.index.candidates(u, n)
+            cand = cand[~np.isin(cand, seen)]
+            if len(cand) >= want or n >= self.n_items:
+                break
+            n = min(self.n_items, 2 * n)  # many seen items among the candidates: widen
+        scores = self.item_vectors[cand] @ u + self.item_bias[cand]
+        order = np.argsort(-scores, kind="stable")[:want]
+        return cand[order], scores[order]
+
+    def _exact_scores(self, rows: np.ndarray) -> np.ndarray:
+        return self.user_vectors[rows] @ self.item_vectors_t + self.item_bias
+
+    def _user_top(self, row: int, k: int, scores: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        seen = self.seen_indices[self.seen_indptr[row] : self.seen_indptr[row + 1]]
+        if self.index is not None:
+            return self._index_top(row, seen, k)
+        top = self._exact_top(scores, seen, k)
+        return top, scores[top]
 
     def recommend(self, users: np.ndarray, ks: np.ndarray) -> pd.DataFrame:
         rows = np.fromiter((self.user_row.get(int(u), -1) for u in users), dtype=np.int64, count=len(users))
-        known = np.flatnonzero(rows >= 0)
-        if len(known):
-            scores = self.user_vectors[rows[known]] @ self.item_vectors_t
-            scores += self.item_bias
-        out_u, out_r, out_i, out_s, out_src = [], [], [], [], []
-        kpos = 0
-        for n, (u, k, row) in enumerate(zip(users, ks, rows)):
+        parts = []
+        block, block_id = None, -1  # exact scores of EXACT_BLOCK request rows at a time (bounded memory)
+        for n, (u, k, row) in enumerate(zip(users, ks, rows, strict=True)):
             k = int(min(k, self.n_items))
-            if row >= 0:
-                s = scores[kpos]
-                kpos += 1
-                seen = self.seen_indices[self.seen_indptr[row] : self.seen_indptr[row + 1]]
-                s[seen] = -np.inf
-                kk = min(k, self.n_items - len(seen))
-                if kk <= 0:
-                    continue
-                top = np.argpartition(-s, kk - 1)[:kk] if kk < self.n_items else np.arange(self.n_items)
-                top = top[np.argsort(-s[top], kind="stable")]
-                vals, src = s[top].astype(np.float64), "model"
-            else:
+            if row < 0:
                 top = self.pop_order[:k]
-                vals, src = self.pop_share[top], "popularity"
-            out_u.append(np.full(len(top), u, dtype=np.int64))
-            out_r.append(np.arange(1, len(top) + 1, dtype=np.int64))
-            out_i.append(self.item_ids[top])
-            out_s.append(vals)
-            out_src.extend([src] * len(top))
-        if not out_u:
-            return pd.DataFrame(
-                {
-                    "user_id": pd.Series([], dtype=np.int64),
-                    "rank": pd.Series([], dtype=np.int64),
-                    "item_id": pd.Series([], dtype=np.int64),
-                    "score": pd.Series([], dtype=np.float64),
-                    "source": pd.Series([], dtype=object),
-                }
-            )
+                parts.append((u, top, self.pop_share[top], "popularity"))
+                continue
+            if self.index is None and n // EXACT_BLOCK != block_id:
+                block_id = n // EXACT_BLOCK
+                chunk = rows[block_id * EXACT_BLOCK : (block_id + 1) * EXACT_BLOCK]
+                block = self._exact_scores(np.maximum(chunk, 0))  # unknown rows: scored, unused
+            top, vals = self._user_top(row, k, None if block is None else block[n % EXACT_BLOCK])
+            parts.append((u, top, np.asarray(vals, dtype=np.float64), "model"))
+        parts = [p for p in parts if len(p[1])]
+        if not parts:
+            return _empty_output()
         return pd.DataFrame(
             {
-                "user_id": np.concatenate(out_u),
-                "rank": np.concatenate(out_r),
-                "item_id": np.concatenate(out_i).astype(np.int64),
-                "score": np.concatenate(out_s),
-                "source": out_src,
+                "user_id": np.concatenate([np.full(len(t), u, dtype=np.int64) for u, t, _, _ in parts]),
+                "rank": np.concatenate([np.arange(1, len(t) + 1, dtype=np.int64) for _, t, _, _ in parts]),
+                "item_id": np.concatenate([self.item_ids[t] for _, t, _, _ in parts]).astype(np.int64),
+                "score": np.concatenate([np.asarray(v, dtype=np.float64) for _, _, v, _ in parts]),
+                "source": [src for _, t, _, src in parts for _ in range(len(t))],
             }
         )
 
     def predict(self, context, model_input, params=None):
         users, ks = self._parse(model_input)
-        return self.recommend(users, ks)
+        return self.recommend(users, ks) if len(users) else _empty_output()
 
 
 # When MLflow loads this file as model code it runs it under a generated module name; the

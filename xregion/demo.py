@@ -114,7 +114,6 @@ def run_demo(
             tracking_uri=a.mlflow_url,
             model_name=model,
             synthetic_kwargs=synthetic,
-            console=console,
         )
         summary["model"] = {
             "version": res.version,
