@@ -32,12 +32,16 @@ Policies:
 * Unknown users (ids absent from the training data) get the ``k`` most popular items, marked
   ``source = "popularity"``; this is a defined cold-start answer, not an error.
 * A request with no rows (``dataframe_split`` with no data, ``dataframe_records: []``,
-  ``inputs: {"user_id": []}``) is answered with no rows: HTTP 200, ``{"predictions": []}``.
+  ``inputs: {"user_id": []}``) gets HTTP 400 "request has no rows with a 'user_id'...", one
+  answer for every shape. (MLflow's schema enforcement hands the model the same empty table for
+  ``[]`` and for rows whose only columns are unknown, e.g. ``[{"user": 1}]``, so an empty
+  request cannot be a 200 without also accepting a misspelt column.)
 * Malformed input (missing ``user_id``, null or non-integer ids, booleans, ids outside the
   signed 64-bit range such as ``1e30`` or ``2**70``, ``k`` out of range or not an integer,
-  unsupported payload type) and requests of more than ``max_rows`` rows (default 1000; model
-  config ``max_rows`` or the environment variable ``XREGION_RECSYS_MAX_ROWS`` at load time)
-  raise ``MlflowException`` with ``INVALID_PARAMETER_VALUE``, which the MLflow scoring server
+  unsupported payload type) and requests of more than ``max_rows`` rows (default 1000; the
+  model config key ``max_rows``, overridable when loading: ``load_model(uri,
+  model_config={"max_rows": 5000})``, or for ``mlflow models serve`` the environment variable
+  ``MLFLOW_PYFUNC_INFERENCE_CONFIG='{"max_rows": 5000}'``) raise ``MlflowException`` with ``INVALID_PARAMETER_VALUE``, which the MLflow scoring server
   returns as HTTP 400 with the message.
 
 Scoring: the artifact ``towers`` (an ``.npz``) holds the user tower's output for every known
@@ -52,8 +56,6 @@ candidate list, and the survivors are re-scored exactly, so reported scores are 
 
 from __future__ import annotations
 
-import os
-
 import mlflow
 import numpy as np
 import pandas as pd
@@ -63,7 +65,6 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 DEFAULT_K = 10
 MAX_K = 1000
 DEFAULT_MAX_ROWS = 1000
-MAX_ROWS_ENV = "XREGION_RECSYS_MAX_ROWS"
 EXACT_BLOCK = 64  # rows scored together on the exact path: one matrix product, bounded memory
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 OUTPUT_COLUMNS = ["user_id", "rank", "item_id", "score", "source"]
@@ -127,8 +128,16 @@ def _as_frame(model_input) -> pd.DataFrame:
     if isinstance(model_input, list):
         return pd.DataFrame(model_input)
     if isinstance(model_input, pd.DataFrame):
+        if len(model_input) == 1 and all(_is_empty_sequence(v) for v in model_input.iloc[0]):
+            # MLflow's schema enforcement turns {"inputs": {"user_id": []}} into one row
+            # holding an empty list: that is a request without rows
+            return model_input.iloc[:0]
         return model_input
     raise _bad(f"expected a table with a 'user_id' column, got {type(model_input).__name__}")
+
+
+def _is_empty_sequence(v) -> bool:
+    return isinstance(v, (list, tuple, np.ndarray)) and len(v) == 0
 
 
 def _empty_output() -> pd.DataFrame:
@@ -159,7 +168,7 @@ class RecsysTopK(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context):
         config = dict(getattr(context, "model_config", None) or {})
-        self.max_rows = int(os.environ.get(MAX_ROWS_ENV) or config.get("max_rows") or DEFAULT_MAX_ROWS)
+        self.max_rows = int(config.get("max_rows") or DEFAULT_MAX_ROWS)
         self._load(context.artifacts["towers"], context.artifacts.get("index"), config.get("index", "auto"))
 
     def _load(self, path: str, index_path: str | None = None, index_policy: str = "auto") -> None:
@@ -175,7 +184,7 @@ class RecsysTopK(mlflow.pyfunc.PythonModel):
             index_kind = str(z["index_kind"]) if "index_kind" in z.files else "exact"
             ef = int(z["index_ef"]) if "index_ef" in z.files else 64
         if not hasattr(self, "max_rows"):
-            self.max_rows = int(os.environ.get(MAX_ROWS_ENV) or DEFAULT_MAX_ROWS)
+            self.max_rows = DEFAULT_MAX_ROWS
         self.n_items = len(self.item_ids)
         self.pop_order = np.argsort(-pop, kind="stable")
         self.pop_share = pop / max(pop.sum(), 1.0)
@@ -194,7 +203,10 @@ class RecsysTopK(mlflow.pyfunc.PythonModel):
                 "split it into smaller requests"
             )
         if len(df) == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+            raise _bad(
+                "request has no rows with a 'user_id': send at least one row with an integer 'user_id' "
+                '(and optionally \'k\'), e.g. {"dataframe_records": [{"user_id": 1, "k": 10}]}'
+            )
         if "user_id" not in df.columns:
             raise _bad(f"missing required column 'user_id' (got columns {list(df.columns)})")
         users = _int_column(df["user_id"], "user_id")
@@ -271,7 +283,7 @@ class RecsysTopK(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):
         users, ks = self._parse(model_input)
-        return self.recommend(users, ks) if len(users) else _empty_output()
+        return self.recommend(users, ks)
 
 
 # When MLflow loads this file as model code it runs it under a generated module name; the

@@ -57,10 +57,20 @@ def load_data(path: str | None, seed: int = 42, synthetic_kwargs: dict | None = 
     return generate(seed=seed, **(synthetic_kwargs or {}))
 
 
-def write_towers(towers, split: Split, path: str) -> str:
-    """Save everything the pyfunc needs: tower outputs, seen items (all data), popularity."""
+def write_towers(towers, split: Split, path: str, index: str = "auto") -> dict:
+    """Save everything the pyfunc needs: tower outputs, seen items (all data), popularity, and
+    (above the measured catalogue size, or with ``index="ann"``) the ANN index beside it.
+
+    Returns the artifacts to log: ``{"towers": path}`` plus ``"index"`` when one was built."""
+    from .ann import build_index, should_index
+
     indptr, indices = ev.seen_csr(split.all_users, split.all_items, split.n_users)
     pop = np.bincount(split.all_items, minlength=split.n_items)
+    artifacts, extra = {"towers": path}, {}
+    if should_index(len(towers.item_ids), index):
+        artifacts["index"] = str(Path(path).with_name("items.hnsw"))
+        extra = build_index(towers.item_vectors, towers.item_bias, artifacts["index"])
+        extra.pop("index_build_seconds")
     np.savez(
         path,
         user_ids=towers.user_ids,
@@ -71,8 +81,9 @@ def write_towers(towers, split: Split, path: str) -> str:
         seen_indptr=indptr,
         seen_indices=indices,
         popularity=pop,
+        **extra,
     )
-    return path
+    return artifacts
 
 
 def signature():
@@ -88,7 +99,9 @@ def signature():
     from mlflow.types.schema import AnyType
 
     return ModelSignature(
-        inputs=Schema([ColSpec(AnyType(), "user_id"), ColSpec(AnyType(), "k", required=False)]),
+        # user_id is required by the model, not by the schema: MLflow's own "missing inputs"
+        # answer to {"dataframe_records": []} would differ from the other empty shapes
+        inputs=Schema([ColSpec(AnyType(), "user_id", required=False), ColSpec(AnyType(), "k", required=False)]),
         outputs=Schema(
             [
                 ColSpec("long", "user_id"),
@@ -102,13 +115,20 @@ def signature():
 
 
 def pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
     import mlflow
 
-    return [f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}", f"pandas=={pd.__version__}"]
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"numpy=={np.__version__}",
+        f"pandas=={pd.__version__}",
+        f"hnswlib=={version('hnswlib')}",  # the ANN index (loaded only when the artifact has one)
+    ]
 
 
-def log_pyfunc(towers_path: str, example_users, registered_name: str | None = None):
-    """Log the top-k pyfunc (code + towers artifact) in the active run; returns ModelInfo."""
+def log_pyfunc(artifacts: dict, example_users, registered_name: str | None = None):
+    """Log the top-k pyfunc (code + towers artifact, + index) in the active run; returns ModelInfo."""
 
     example = pd.DataFrame(
         {
@@ -121,20 +141,22 @@ def log_pyfunc(towers_path: str, example_users, registered_name: str | None = No
         # warns that integer columns cannot hold NaN (intended: ids are required integers).
         warnings.filterwarnings("ignore", message=".*type hints.*")
         warnings.filterwarnings("ignore", message=".*integer column.*")
-        return _log_pyfunc(towers_path, example, registered_name)
+        return _log_pyfunc(artifacts, example, registered_name)
 
 
-def _log_pyfunc(towers_path, example, registered_name):
+def _log_pyfunc(artifacts, example, registered_name):
     import mlflow
 
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=str(PYFUNC_CODE),
-        artifacts={"towers": towers_path},
+        artifacts=artifacts,
         signature=signature(),
         input_example=example,
         pip_requirements=pip_requirements(),
         registered_model_name=registered_name,
+        # overridable when loading (load_model(model_config=...), MLFLOW_PYFUNC_INFERENCE_CONFIG)
+        model_config={"max_rows": 1000, "index": "auto"},
     )
 
 
@@ -347,8 +369,9 @@ def run_training(
 def log_towers_model(towers, split: Split, model_name: str | None, index: str = "auto") -> dict:
     """Write the towers artifact (and index), log the pyfunc in the active run, register it."""
     tmp = tempfile.mkdtemp(prefix="recsys-")
-    towers_path = write_towers(towers, split, os.path.join(tmp, "towers.npz"))
-    info = log_pyfunc(towers_path, split.user_ids, registered_name=model_name or None)
+    artifacts = write_towers(towers, split, os.path.join(tmp, "towers.npz"), index=index)
+    towers_path = artifacts["towers"]
+    info = log_pyfunc(artifacts, split.user_ids, registered_name=model_name or None)
     version = str(info.registered_model_version) if model_name and info.registered_model_version else None
     size = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())
     return {"model_uri": info.model_uri, "version": version, "towers_path": towers_path, "bytes": size}

@@ -140,16 +140,16 @@ def test_leave_one_out_holds_out_each_users_latest_interaction():
         {"user_id": [5, 5, 5, 9, 7, 7], "item_id": [1, 2, 3, 1, 2, 3], "timestamp": [30, 10, 20, 5, 1, 1]}
     )
     s = leave_one_out(Interactions(df=df, name="t", source="t", fmt="t"))
-    held = {int(s.user_ids[u]): int(s.item_ids[i]) for u, i in zip(s.test_users, s.test_items)}
+    held = {int(s.user_ids[u]): int(s.item_ids[i]) for u, i in zip(s.test_users, s.test_items, strict=True)}
     assert held == {5: 1, 7: 3}  # user 9 has one interaction: trained on, not evaluated
     assert len(s.train_users) == 4 and len(s.all_users) == 6
-    train_pairs = {(int(s.user_ids[u]), int(s.item_ids[i])) for u, i in zip(s.train_users, s.train_items)}
+    train_pairs = {(int(s.user_ids[u]), int(s.item_ids[i])) for u, i in zip(s.train_users, s.train_items, strict=True)}
     assert (5, 1) not in train_pairs and (9, 1) in train_pairs
 
 
 def test_metrics_on_known_rankings():
     s = leave_one_out(generate(seed=1, n_users=60, n_items=40, mean_interactions=8))
-    target = dict(zip(s.test_users.tolist(), s.test_items.tolist()))
+    target = dict(zip(s.test_users.tolist(), s.test_items.tolist(), strict=True))
 
     def oracle(users):  # the held-out item always scores highest
         out = np.zeros((len(users), s.n_items))
@@ -171,7 +171,7 @@ def test_sampled_negatives_are_never_interacted_items():
     s = leave_one_out(generate(seed=2, n_users=80, n_items=60, mean_interactions=10))
     users, targets, negs = ev.sample_negatives(s, 30, seed=0)
     ptr, idx = ev.seen_csr(s.all_users, s.all_items, s.n_users)
-    for u, row in zip(users, negs):
+    for u, row in zip(users, negs, strict=True):
         assert not set(row.tolist()) & set(idx[ptr[u] : ptr[u + 1]].tolist())
         assert len(set(row.tolist())) == 30
 

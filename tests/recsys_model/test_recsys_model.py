@@ -179,6 +179,7 @@ def restore_tracking_uri():
 
 def test_cli_train_on_a_movielens_file_and_on_a_broken_one(tmp_path, restore_tracking_uri):
     from typer.testing import CliRunner
+
     from xregion.cli.train import app
 
     rng = np.random.default_rng(0)

@@ -125,10 +125,11 @@ def test_servers_use_the_local_venv():
         {"inputs": {"user_id": [], "k": []}},
     ],
 )
-def test_a_request_without_rows_gets_no_rows(servers, payload):
-    """One documented answer for every way of sending nothing: 200 and no predictions."""
+def test_a_request_without_rows_gets_one_answer(servers, payload):
+    """One documented answer for every way of sending nothing: 400 saying what to send."""
     status, body = servers["production"].post(payload)
-    assert (status, body) == (200, {"predictions": []})
+    assert status == 400, body
+    assert "request has no rows with a 'user_id'" in body["message"]
 
 
 def test_the_row_limit_is_inclusive_and_configurable(servers, trained):

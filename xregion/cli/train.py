@@ -207,6 +207,13 @@ def _print_training(console: Console, res, promote: bool) -> None:
 @bench_app.command("serving")
 def serving(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON document on stdout."),
+    items: int | None = typer.Option(
+        None,
+        "--items",
+        min=1000,
+        help="Catalogue mode: ANN index vs exact top-k at 10k, 100k and 1M items (up to this many), "
+        "synthetic towers, through mlflow models serve. Without it: stock mlflow.tensorflow vs our pyfunc.",
+    ),
     requests: int = typer.Option(200, "--requests", min=20, help="Sequential requests per server."),
     concurrency: str = typer.Option("1,4,8", "--concurrency", help="Concurrency levels."),
     per_level: int = typer.Option(400, "--per-level", min=10, help="Max requests per concurrency level (ours)."),
@@ -214,28 +221,55 @@ def serving(
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Training epochs."),
     seed: int = typer.Option(42, "--seed"),
 ) -> None:
-    """Stock mlflow.tensorflow flavor vs our pyfunc, same model, both via `mlflow models serve`."""
+    """Serving latency through `mlflow models serve`: stock vs ours, or (--items) ANN vs exact."""
     from xregion.infra.model_server import ModelServer
-    from xregion.recsys_model.bench_serving import run_bench
 
     console = Console(stderr=True)
-    levels = [int(x) for x in concurrency.split(",") if x.strip()]
-    # Keras and MLflow print progress on stdout while the stock model is logged; keep stdout
-    # for the JSON document only.
+    _log_to(console, verbose=False)
+    # Keras and MLflow print progress on stdout while models are logged; keep stdout for JSON.
     with contextlib.redirect_stdout(sys.stderr):
-        result = run_bench(
-            requests=requests,
-            levels=levels,
-            per_level=per_level,
-            seconds=seconds,
-            epochs=epochs,
-            seed=seed,
-            say=lambda m: console.print(f"[dim]{m}[/dim]"),
-            serve=ModelServer,
-        )
-    console.print(render_serving_table(result))
+        if items:
+            from xregion.recsys_model.bench_catalogue import run_bench as run_catalogue
+
+            result = run_catalogue(ModelServer, max_items=items, requests=requests, seed=seed)
+        else:
+            from xregion.recsys_model.bench_serving import run_bench
+
+            levels = [int(x) for x in concurrency.split(",") if x.strip()]
+            result = run_bench(
+                requests=requests,
+                levels=levels,
+                per_level=per_level,
+                seconds=seconds,
+                epochs=epochs,
+                seed=seed,
+                say=lambda m: console.print(f"[dim]{m}[/dim]"),
+                serve=ModelServer,
+            )
+    console.print(render_catalogue_table(result) if items else render_serving_table(result))
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
+
+
+def render_catalogue_table(result: dict) -> Table:
+    t = Table(title=f"ANN vs exact top-10 through mlflow models serve, {result['host']['cpus']} CPUs, 1 worker")
+    for c in ("items", "path", "p50 ms", "p99 ms", "recall@10", "load s", "server RSS MB", "artifact MB"):
+        t.add_column(c, justify="right")
+    for r in result["sizes"]:
+        for name in ("noop", "exact", "ann"):
+            m = r[name]
+            t.add_row(
+                f"{r['items']:,}",
+                name,
+                f"{m['p50_ms']:.2f}",
+                f"{m['p99_ms']:.2f}",
+                f"{r['recall_at_10']:.4f}" if name == "ann" else "",
+                f"{m['load_seconds']:.1f}",
+                f"{m['server_rss_mb']:.0f}" if m.get("server_rss_mb") else "-",
+                f"{m['artifact_mb']:.1f}" if "artifact_mb" in m else "",
+            )
+    t.caption = "noop: a pyfunc that returns a constant row, i.e. the scoring server's own cost"
+    return t
 
 
 def render_serving_table(result: dict) -> Table:
