@@ -39,17 +39,17 @@ class ModelConfig:
     embedding_dim: int = 64
     history_length: int = 50
     user_embedding: bool = True
-    history_dropout: float = 0.0
+    history_dropout: float = 0.2
     target_window: int = 10
-    target_decay: float = 0.1
-    samples_per_user: int = 8
-    softmax: str = "full"  # "full" or "sampled"
+    target_decay: float = 0.3
+    samples_per_user: int = 16
+    softmax: str = "sampled"  # "full" or "sampled"
     negatives: int = 256  # sampled softmax only
-    l2: float = 0.0
+    l2: float = 1e-7
     learning_rate: float = 3e-3
-    lr_schedule: str = "cosine"  # "constant" or "cosine"
+    lr_schedule: str = "constant"  # "constant" or "cosine"
     batch_size: int = 256
-    epochs: int = 25
+    epochs: int = 17
     early_stopping_patience: int = 0  # 0 = train exactly `epochs`
     seed: int = 42
 
