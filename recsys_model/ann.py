@@ -1,13 +1,16 @@
 """Approximate-nearest-neighbour index over the item tower, built at training time.
 
-The served score is an inner product with a bias, ``u . v_i + b_i = [u, 1] . [v_i, b_i]``.
-Graph indexes find nearest neighbours by distance, so the item vectors get one more coordinate
-that puts them all at the same norm (the MIPS-to-L2 reduction of Bachrach et al., 2014):
-``x_i = [v_i, b_i, sqrt(R^2 - |[v_i, b_i]|^2)]`` with ``R`` the largest norm, queried with
-``[u, 1, 0]``; then ``|q - x_i|^2 = |q|^2 + R^2 - 2 (u . v_i + b_i)`` and the nearest items are
-the best scored. The index is an hnswlib HNSW graph (chosen by measurement, see the README:
-faiss IVF lost recall on unclustered vectors, usearch and faiss HNSW were slower per query
-from Python, ScaNN 1.4.2 cannot be imported next to TensorFlow 2.21).
+The served score is an inner product with a bias, ``u . v_i + b_i = [u, 1] . [v_i, b_i]``, so
+the index holds ``[v_i, b_i]`` and is queried with ``[u, 1]`` by maximum inner product. It is a
+faiss ``IndexIVFFlat`` (inner-product metric): k-means splits the catalogue into ``nlist ~
+4 sqrt(n)`` lists, a query scans the ``nprobe`` lists whose centroids score best, exactly.
+Chosen by measurement on this machine (README, "Serving a large catalogue"): at 1M items it
+matched hnswlib's latency at the same recall, built 4.8x faster, needs no MIPS-to-L2
+reduction, and has a single knob; ScaNN 1.4.2 cannot be imported next to TensorFlow 2.21.
+
+``nprobe`` is calibrated at build time, not guessed: exact top-10 of up to 256 real user
+vectors against the whole catalogue, then the smallest ``nprobe`` whose recall@10 reaches
+``TARGET_RECALL`` (doubling, then bisecting). The pyfunc re-scores the candidates exactly.
 
 Small catalogues are scored exactly (``EXACT_MAX_ITEMS``, measured through ``mlflow models
 serve``); ``policy`` overrides: ``auto``, ``exact`` (never build) or ``ann`` (always).
@@ -23,9 +26,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 EXACT_MAX_ITEMS = 20_000  # at or below: exact scoring is within the index's latency (README)
-GRAPH_DEGREE = 16  # hnswlib M
-BUILD_EF = 100  # hnswlib ef_construction
-SEARCH_EF = 100  # hnswlib ef at query time (at least k + the user's seen items)
+TARGET_RECALL = 0.97  # recall@10 against exact top-10 that nprobe is calibrated to reach
+CALIBRATION_USERS = 256
 POLICIES = ("auto", "exact", "ann")
 
 
@@ -35,25 +37,68 @@ def should_index(n_items: int, policy: str = "auto") -> bool:
     return policy == "ann" or (policy == "auto" and n_items > EXACT_MAX_ITEMS)
 
 
-def augmented_items(item_vectors: np.ndarray, item_bias: np.ndarray) -> np.ndarray:
-    """``[v_i, b_i, sqrt(R^2 - |[v_i, b_i]|^2)]``: all rows at norm R (float32)."""
-    x = np.hstack([item_vectors, item_bias[:, None]]).astype(np.float32)
-    sq = np.einsum("ij,ij->i", x, x)
-    extra = np.sqrt(np.maximum(sq.max() - sq, 0.0))
-    return np.hstack([x, extra[:, None]]).astype(np.float32)
+def item_matrix(item_vectors: np.ndarray, item_bias: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.hstack([item_vectors, item_bias[:, None]]), dtype=np.float32)
 
 
-def build_index(item_vectors: np.ndarray, item_bias: np.ndarray, path: str, threads: int = 0) -> dict:
-    """Build and save the HNSW index; returns what the pyfunc needs to load it."""
-    import hnswlib
+def query_matrix(user_vectors: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.hstack([user_vectors, np.ones((len(user_vectors), 1))]), dtype=np.float32)
+
+
+def exact_top(items: np.ndarray, queries: np.ndarray, k: int = 10) -> np.ndarray:
+    out = np.empty((len(queries), k), dtype=np.int64)
+    for s in range(0, len(queries), 32):  # bounded memory at a million items
+        scores = queries[s : s + 32] @ items.T
+        out[s : s + 32] = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return out
+
+
+def recall(found: np.ndarray, exact: np.ndarray) -> float:
+    return float(np.mean([len(set(f[f >= 0]) & set(e)) / len(e) for f, e in zip(found, exact, strict=True)]))
+
+
+def calibrate_nprobe(index, queries: np.ndarray, exact: np.ndarray, target: float = TARGET_RECALL):
+    """The smallest nprobe reaching ``target`` recall@10 (or every list); (nprobe, recall)."""
+
+    def at(p: int) -> float:
+        index.nprobe = p
+        return recall(index.search(queries, exact.shape[1])[1], exact)
+
+    hi, got = 1, at(1)
+    while got < target and hi < index.nlist:
+        hi = min(2 * hi, index.nlist)
+        got = at(hi)
+    lo = hi // 2
+    while hi - lo > max(1, hi // 16):  # bisect to within ~6 % of the answer
+        mid = (lo + hi) // 2
+        r = at(mid)
+        if r >= target:
+            hi, got = mid, r
+        else:
+            lo = mid
+    return hi, got
+
+
+def build_index(item_vectors, item_bias, user_vectors, path: str, seed: int = 0) -> dict:
+    """Build, calibrate and save the IVF index; returns what the pyfunc needs to use it."""
+    import faiss
 
     t0 = time.perf_counter()
-    x = augmented_items(item_vectors, item_bias)
-    index = hnswlib.Index(space="l2", dim=x.shape[1])
-    index.init_index(max_elements=len(x), ef_construction=BUILD_EF, M=GRAPH_DEGREE, random_seed=100)
-    index.set_num_threads(threads or -1)
-    index.add_items(x, np.arange(len(x)))
-    index.save_index(path)
+    items = item_matrix(item_vectors, item_bias)
+    n, dim = items.shape
+    nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))  # faiss wants >= 39 training points per list
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    rng = np.random.default_rng(seed)
+    sample = items[np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))]
+    index.train(sample)
+    index.add(items)
+    users = user_vectors[rng.choice(len(user_vectors), size=min(len(user_vectors), CALIBRATION_USERS), replace=False)]
+    queries = query_matrix(users)
+    nprobe, got = calibrate_nprobe(index, queries, exact_top(items, queries))
+    faiss.write_index(index, path)
     seconds = time.perf_counter() - t0
-    log.info("built the HNSW index over %d items in %.1fs", len(x), seconds)
-    return {"index_kind": "hnsw", "index_ef": SEARCH_EF, "index_build_seconds": seconds}
+    log.info(
+        "IVF index over %d items: %d lists, nprobe %d (recall@10 %.3f), built in %.1fs", n, nlist, nprobe, got, seconds
+    )
+    return {"index_kind": "ivf", "index_nprobe": nprobe, "index_recall_at_10": got, "index_lists": nlist}

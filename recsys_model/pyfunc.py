@@ -48,10 +48,11 @@ Scoring: the artifact ``towers`` (an ``.npz``) holds the user tower's output for
 user, the item embedding table and the item bias, exported from the Keras model after training.
 The model's score factorises (``u . v_i + b_i``). Small catalogues are scored exactly: one
 matrix product per request and ``argpartition``. When the artifact also holds an
-approximate-nearest-neighbour index (``towers.npz`` key ``index_kind`` and the ``index``
-artifact; built at training time above a measured catalogue size), the top candidates come from
-the index over ``[v_i, b_i]`` queried with ``[u, 1]``, seen items are dropped from a widened
-candidate list, and the survivors are re-scored exactly, so reported scores are exact.
+approximate-nearest-neighbour index (``towers.npz`` key ``index_kind`` = ``ivf`` and the
+``index`` artifact, a faiss IVF-Flat index built at training time above a measured catalogue
+size), the top candidates come from the index over ``[v_i, b_i]`` queried with ``[u, 1]``, seen
+items are dropped from a widened candidate list, and the survivors are re-scored exactly, so
+reported scores are exact. The model config key ``index`` = ``exact`` forces exact scoring.
 """
 
 from __future__ import annotations
@@ -145,22 +146,22 @@ def _empty_output() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series([], dtype=t) for c, t in zip(OUTPUT_COLUMNS, types, strict=True)})
 
 
-class HnswIndex:
-    """Approximate top candidates by inner product over ``[v_i, b_i]`` (hnswlib graph on the
-    MIPS-to-L2 augmented vectors, see the training side ``ann.py``)."""
+class IvfIndex:
+    """Candidate items by inner product with ``[u, 1]`` over ``[v_i, b_i]`` (faiss IVF-Flat,
+    ``nprobe`` calibrated at training time; see the package's ``ann.py``)."""
 
-    def __init__(self, path: str, n_items: int, dim: int, ef: int):
-        import hnswlib
+    def __init__(self, path: str, nprobe: int):
+        import faiss
 
-        self.index = hnswlib.Index(space="l2", dim=dim + 2)
-        self.index.load_index(path, max_elements=n_items)
-        self.index.set_num_threads(1)  # one request at a time per worker; threads only add overhead
-        self.ef = ef
+        faiss.omp_set_num_threads(1)  # one request at a time per worker; threads only add overhead
+        self.index = faiss.read_index(path)
+        self.nprobe = nprobe
 
-    def candidates(self, query: np.ndarray, n: int) -> np.ndarray:
-        self.index.set_ef(max(self.ef, n))
-        q = np.concatenate([query, [1.0, 0.0]]).astype(np.float32)
-        return self.index.knn_query(q[None, :], k=n)[0][0].astype(np.int64)
+    def candidates(self, query: np.ndarray, n: int, widen: int = 1) -> np.ndarray:
+        self.index.nprobe = min(self.nprobe * widen, self.index.nlist)
+        q = np.append(query, np.float32(1.0)).astype(np.float32)[None, :]
+        ids = self.index.search(q, n)[1][0]
+        return ids[ids >= 0]
 
 
 class RecsysTopK(mlflow.pyfunc.PythonModel):
@@ -182,15 +183,15 @@ class RecsysTopK(mlflow.pyfunc.PythonModel):
             self.seen_indices = z["seen_indices"]
             pop = z["popularity"].astype(np.float64)
             index_kind = str(z["index_kind"]) if "index_kind" in z.files else "exact"
-            ef = int(z["index_ef"]) if "index_ef" in z.files else 64
+            nprobe = int(z["index_nprobe"]) if "index_nprobe" in z.files else 1
         if not hasattr(self, "max_rows"):
             self.max_rows = DEFAULT_MAX_ROWS
         self.n_items = len(self.item_ids)
         self.pop_order = np.argsort(-pop, kind="stable")
         self.pop_share = pop / max(pop.sum(), 1.0)
         self.user_row = {int(u): r for r, u in enumerate(self.user_ids)}
-        use_index = index_kind == "hnsw" and index_path and index_policy != "exact"
-        self.index = HnswIndex(index_path, self.n_items, self.item_vectors.shape[1], ef) if use_index else None
+        use_index = index_kind == "ivf" and index_path and index_policy != "exact"
+        self.index = IvfIndex(index_path, nprobe) if use_index else None
         # the exact path multiplies by the transposed table; only built when it is used
         self.item_vectors_t = None if self.index else np.ascontiguousarray(self.item_vectors.T)
 
@@ -231,13 +232,14 @@ class RecsysTopK(mlflow.pyfunc.PythonModel):
     def _index_top(self, row: int, seen: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         u = self.user_vectors[row]
         want = min(k, self.n_items - len(seen))
-        n = min(self.n_items, k + len(seen))
+        n, widen = min(self.n_items, k + len(seen)), 1
         while True:
-            cand = self.index.candidates(u, n)
+            cand = self.index.candidates(u, n, widen)
             cand = cand[~np.isin(cand, seen)]
-            if len(cand) >= want or n >= self.n_items:
+            if len(cand) >= want or widen * self.index.nprobe >= self.index.index.nlist and n >= self.n_items:
                 break
-            n = min(self.n_items, 2 * n)  # many seen items among the candidates: widen
+            # too few unseen candidates: ask for more, and scan more lists if those ran out
+            n, widen = min(self.n_items, 2 * n), widen * 2
         scores = self.item_vectors[cand] @ u + self.item_bias[cand]
         order = np.argsort(-scores, kind="stable")[:want]
         return cand[order], scores[order]

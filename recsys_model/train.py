@@ -68,9 +68,8 @@ def write_towers(towers, split: Split, path: str, index: str = "auto") -> dict:
     pop = np.bincount(split.all_items, minlength=split.n_items)
     artifacts, extra = {"towers": path}, {}
     if should_index(len(towers.item_ids), index):
-        artifacts["index"] = str(Path(path).with_name("items.hnsw"))
-        extra = build_index(towers.item_vectors, towers.item_bias, artifacts["index"])
-        extra.pop("index_build_seconds")
+        artifacts["index"] = str(Path(path).with_name("items.faiss"))
+        extra = build_index(towers.item_vectors, towers.item_bias, towers.user_vectors, artifacts["index"])
     np.savez(
         path,
         user_ids=towers.user_ids,
@@ -123,7 +122,7 @@ def pip_requirements() -> list[str]:
         f"mlflow=={mlflow.__version__}",
         f"numpy=={np.__version__}",
         f"pandas=={pd.__version__}",
-        f"hnswlib=={version('hnswlib')}",  # the ANN index (loaded only when the artifact has one)
+        f"faiss-cpu=={version('faiss-cpu')}",  # the ANN index (loaded only when the artifact has one)
     ]
 
 
