@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench_serving import ScoringServer, ServerFactory
+from .bench_serving import ScoringServer, ServerFactory, local_store
 
 log = logging.getLogger(__name__)
 
@@ -173,11 +173,7 @@ def run_bench(serve: ServerFactory, max_items: int = 1_000_000, requests: int = 
     from .train import fit_model, load_data, model_config
 
     work = Path(workdir or tempfile.mkdtemp(prefix="recsys-catalogue-"))
-    work.mkdir(parents=True, exist_ok=True)
-    tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
-    mlflow.set_tracking_uri(tracking_uri)
-    if mlflow.get_experiment_by_name("recsys-catalogue") is None:
-        mlflow.create_experiment("recsys-catalogue", artifact_location=(work / "artifacts").as_uri())
+    tracking_uri = local_store(work, "recsys-catalogue")
     mlflow.set_experiment("recsys-catalogue")
     split = leave_one_out(load_data(None, seed=seed))
     fitted = fit_model(split, model_config(seed, None, None))

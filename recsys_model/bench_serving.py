@@ -183,6 +183,40 @@ def stock_histories(res) -> dict:
     return {int(u): hist[r].tolist() for r, u in enumerate(split.user_ids)}
 
 
+def local_store(work: Path, experiment: str) -> str:
+    """A sqlite tracking/registry store under ``work`` with ``experiment``'s artifacts there."""
+    import mlflow
+
+    work.mkdir(parents=True, exist_ok=True)
+    tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
+    mlflow.set_tracking_uri(tracking_uri)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        mlflow.create_experiment(experiment, artifact_location=(work / "artifacts").as_uri())
+    return tracking_uri
+
+
+def _train_with_stock_model(tracking_uri: str, epochs, seed: int, synthetic_kwargs):
+    """Our model trained and logged, plus the same Keras model in the stock flavor (same run)."""
+    import mlflow
+
+    from .train import run_training
+
+    res = run_training(
+        epochs=epochs,
+        tracking_uri=tracking_uri,
+        model_name=None,
+        experiment="recsys-bench",
+        seed=seed,
+        synthetic_kwargs=synthetic_kwargs,
+    )
+    with mlflow.start_run(run_id=res.run_id):
+        histories = stock_histories(res)
+        first = [int(u) for u in res.split.user_ids[:2]]
+        example = {"user_id": np.array(first, np.int64), "history": np.array([histories[u] for u in first], np.int64)}
+        stock_info = log_stock_model(res.keras_model, example)
+    return res, stock_info, histories
+
+
 def run_bench(
     serve: ServerFactory,
     requests: int = 200,
@@ -195,35 +229,10 @@ def run_bench(
     workdir: str | None = None,
     synthetic_kwargs: dict | None = None,
 ) -> dict:
-    import platform
-
-    import mlflow
-
-    from .train import run_training
-
     work = Path(workdir or tempfile.mkdtemp(prefix="recsys-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
-    mlflow.set_tracking_uri(tracking_uri)
-    exp = "recsys-bench"
-    if mlflow.get_experiment_by_name(exp) is None:
-        mlflow.create_experiment(exp, artifact_location=(work / "artifacts").as_uri())
-
-    res = run_training(
-        epochs=epochs,
-        tracking_uri=tracking_uri,
-        model_name=None,
-        experiment=exp,
-        seed=seed,
-        synthetic_kwargs=synthetic_kwargs,
-    )
-    with mlflow.start_run(run_id=res.run_id):
-        histories = stock_histories(res)
-        first = [int(u) for u in res.split.user_ids[:2]]
-        example = {"user_id": np.array(first, np.int64), "history": np.array([histories[u] for u in first], np.int64)}
-        stock_info = log_stock_model(res.keras_model, example)
+    tracking_uri = local_store(work, "recsys-bench")
+    res, stock_info, histories = _train_with_stock_model(tracking_uri, epochs, seed, synthetic_kwargs)
     users = np.random.default_rng(seed).permutation(res.split.user_ids)
-
     ours = serve(res.model_uri, tracking_uri, log_path=str(work / "serve-ours.log"))
     stock = serve(stock_info.model_uri, tracking_uri, log_path=str(work / "serve-stock.log"))
     out = {}
@@ -243,6 +252,13 @@ def run_bench(
     finally:
         ours.stop()
         stock.stop()
+    return _summary(res, stock_info, out, work)
+
+
+def _summary(res, stock_info, out: dict, work: Path) -> dict:
+    import platform
+
+    import mlflow
 
     m = res.metrics
     p50o, p50s = out["ours"]["sequential"]["p50_ms"], out["stock"]["sequential"]["p50_ms"]

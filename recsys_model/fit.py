@@ -76,6 +76,13 @@ class _Trainer:
         self.optimizer.apply_gradients(zip(grads, variables, strict=True))
         return loss
 
+    def _negatives(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Shared negatives of one batch and their log(expected count) for the log-q correction."""
+        if self.cfg.softmax == "full":
+            return np.zeros(1, np.int64), np.zeros(1, np.float32)  # unused by the full softmax
+        negs = rng.choice(self.split.n_items, size=self.cfg.negatives, p=self.neg_p)
+        return negs, np.log(self.cfg.negatives * self.neg_p[negs]).astype(np.float32)
+
     def epoch(self, rng: np.random.Generator, on_step=None) -> float:
         cfg = self.cfg
         rows = sample_training_rows(
@@ -85,8 +92,7 @@ class _Trainer:
         total, n = 0.0, 0
         for b, s in enumerate(range(0, len(order), cfg.batch_size)):
             j = order[s : s + cfg.batch_size]
-            negs = rng.choice(self.split.n_items, size=cfg.negatives, p=self.neg_p)
-            logq = np.log(cfg.negatives * self.neg_p[negs]).astype(np.float32)
+            negs, logq = self._negatives(rng)
             loss = self.step(
                 tf.constant(self.split.user_ids[rows.users[j]]),
                 tf.constant(rows.history[j]),

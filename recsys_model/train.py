@@ -283,6 +283,23 @@ def _run_params(cfg, data_path: str | None, desc: dict) -> dict:
     }
 
 
+def _load_and_split(data_path: str | None, seed: int, synthetic_kwargs: dict | None):
+    data = load_data(data_path, seed=seed, synthetic_kwargs=synthetic_kwargs)
+    desc = data.describe()
+    log.info(
+        "data %s: %d interactions, %d users, %d items (%s)",
+        desc["name"],
+        len(data),
+        desc["n_users"],
+        desc["n_items"],
+        desc["source"],
+    )
+    split = leave_one_out(data)
+    if len(split.test_users) == 0:
+        raise ValueError("no user has two interactions; leave-one-out evaluation impossible")
+    return data, desc, split
+
+
 def run_training(
     data_path: str | None = None,
     epochs: int | None = None,
@@ -313,19 +330,7 @@ def run_training(
 
     _use_tracking(tracking_uri)
     on_progress = progress if callable(progress) else None
-    data = load_data(data_path, seed=seed, synthetic_kwargs=synthetic_kwargs)
-    desc = data.describe()
-    log.info(
-        "data %s: %d interactions, %d users, %d items (%s)",
-        desc["name"],
-        len(data),
-        desc["n_users"],
-        desc["n_items"],
-        desc["source"],
-    )
-    split = leave_one_out(data)
-    if len(split.test_users) == 0:
-        raise ValueError("no user has two interactions; leave-one-out evaluation impossible")
+    data, desc, split = _load_and_split(data_path, seed, synthetic_kwargs)
     negatives = ev.sample_negatives(split, 99, seed, max_users=eval_max_users)
     epoch_negs = ev.sample_negatives(split, 99, seed, max_users=epoch_eval_users)
     cfg = model_config(seed, epochs, model_kwargs)
@@ -348,10 +353,14 @@ def run_training(
         if promote_to_production and model_name and logged["version"]:
             promote(model_name, logged["version"])
         mlflow.set_tag("recsys.model_uri", logged["model_uri"])
+    return _result(run, logged, metrics, train_seconds, fitted, split, desc, cfg)
+
+
+def _result(run, logged, metrics, train_seconds, fitted, split, desc, cfg) -> TrainResult:
     return TrainResult(
         run_id=run.info.run_id,
         model_uri=logged["model_uri"],
-        registered_name=model_name or None,
+        registered_name=logged["registered_name"],
         version=logged["version"],
         metrics=metrics,
         train_seconds=train_seconds,
@@ -373,4 +382,10 @@ def log_towers_model(towers, split: Split, model_name: str | None, index: str = 
     info = log_pyfunc(artifacts, split.user_ids, registered_name=model_name or None)
     version = str(info.registered_model_version) if model_name and info.registered_model_version else None
     size = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())
-    return {"model_uri": info.model_uri, "version": version, "towers_path": towers_path, "bytes": size}
+    return {
+        "model_uri": info.model_uri,
+        "registered_name": model_name or None,
+        "version": version,
+        "towers_path": towers_path,
+        "bytes": size,
+    }

@@ -207,6 +207,13 @@ def test_cli_train_on_a_movielens_file_and_on_a_broken_one(tmp_path, restore_tra
             "recsys",
             "--seed",
             "3",
+            "--embedding-dim",
+            "16",
+            "--softmax",
+            "full",
+            "--no-user-embedding",
+            "--lr-schedule",
+            "cosine",
         ],
     )
     assert r.exit_code == 0, r.output
@@ -217,6 +224,12 @@ def test_cli_train_on_a_movielens_file_and_on_a_broken_one(tmp_path, restore_tra
     assert [str(v.version) for v in versions] == ["1"]
     run = client().get_run(versions[0].run_id)
     assert run.data.params["data.path"] == str(f.parent) and run.data.tags["dataset.format"] == "ml-100k"
+    p = run.data.params  # every option given is the trained and logged configuration
+    assert (p["model.embedding_dim"], p["model.softmax"], p["model.user_embedding"]) == ("16", "full", "False")
+    assert p["model.lr_schedule"] == "cosine" and p["model.epochs"] == "2"
+    from xregion.recsys_model.model import ModelConfig
+
+    assert {k.removeprefix("model.") for k in p if k.startswith("model.")} >= set(ModelConfig().as_params())
 
     bad = tmp_path / "bad" / "ratings.dat"
     bad.parent.mkdir()
@@ -224,3 +237,21 @@ def test_cli_train_on_a_movielens_file_and_on_a_broken_one(tmp_path, restore_tra
     r = runner.invoke(app, ["--data", str(bad), "--tracking-uri", uri])
     assert r.exit_code == 2
     assert "line 2" in r.output
+
+
+def test_every_model_option_says_the_real_default():
+    """The CLI's help states each ModelConfig default; it must not drift from the code."""
+    import re
+
+    from xregion.recsys_model.model import ModelConfig
+
+    from xregion.cli.train import MODEL_OPTIONS
+
+    defaults = ModelConfig().as_params()
+    assert set(MODEL_OPTIONS) == set(defaults) - {"epochs", "seed"}  # those two are options of their own
+    for name, opt in MODEL_OPTIONS.items():
+        stated = re.search(r"default ([^)]+)\)", opt.help)
+        assert stated, f"--{name} help states no default"
+        value = stated.group(1)
+        want = defaults[name]
+        assert value == ({True: "on", False: "off"}[want] if isinstance(want, bool) else str(want)), (name, value)

@@ -142,3 +142,25 @@ def test_tuning_is_a_parent_run_with_one_child_per_trial_and_a_final_model(tmp_p
     vals = [r.data.metrics["val_ndcg_at_10_sampled"] for r in children if r.info.run_name.startswith("trial-")]
     assert parent.data.metrics["best_val_ndcg_at_10_sampled"] == max(vals)
     assert res.version == "1"
+
+
+def test_synthetic_catalogues_keep_the_geometry_of_the_trained_towers():
+    from xregion.recsys_model.bench_catalogue import fitted_catalogue, recall_at_k
+    from xregion.recsys_model.model import Towers
+
+    rng = np.random.default_rng(1)
+    mix = rng.normal(size=(4, 5))
+    trained = rng.normal(size=(400, 4)) @ mix + np.arange(5)
+    base = Towers(
+        user_ids=np.arange(3),
+        item_ids=np.arange(400),
+        user_vectors=np.zeros((3, 4), np.float32),
+        item_vectors=trained[:, :4].astype(np.float32),
+        item_bias=trained[:, 4].astype(np.float32),
+    )
+    cat = fitted_catalogue(base, 50_000, seed=0)
+    drawn = np.hstack([cat.item_vectors, cat.item_bias[:, None]])
+    assert drawn.shape == (50_000, 5) and cat.item_ids[0] == 1 and cat.item_ids[-1] == 50_000
+    np.testing.assert_allclose(drawn.mean(axis=0), trained.mean(axis=0), atol=0.1)
+    np.testing.assert_allclose(np.cov(drawn, rowvar=False), np.cov(trained, rowvar=False), atol=0.25)
+    assert recall_at_k([[1, 2, 3, 4]], [[1, 2, 5, 6]]) == 0.5

@@ -56,27 +56,27 @@ MODEL_OPTIONS = {
         None, "--user-embedding/--no-user-embedding", help="Add a per-user id embedding (default on)."
     ),
     "history_dropout": typer.Option(
-        None, "--history-dropout", min=0.0, max=0.95, help="Drop history items in training (default 0)."
+        None, "--history-dropout", min=0.0, max=0.95, help="Drop history items in training (default 0.2)."
     ),
     "target_window": typer.Option(None, "--target-window", min=1, help="Next items predicted per cut (default 10)."),
     "target_decay": typer.Option(
-        None, "--target-decay", min=0.0, help="Weight exp(-decay*j) of the j-th next item (default 0.1)."
+        None, "--target-decay", min=0.0, help="Weight exp(-decay*j) of the j-th next item (default 0.3)."
     ),
     "samples_per_user": typer.Option(
-        None, "--samples-per-user", min=1, help="Training cuts per user per epoch (default 8)."
+        None, "--samples-per-user", min=1, help="Training cuts per user per epoch (default 16)."
     ),
-    "softmax": typer.Option(None, "--softmax", help="full (default) or sampled (log-q corrected)."),
+    "softmax": typer.Option(None, "--softmax", help="sampled (log-q corrected) or full (default sampled)."),
     "negatives": typer.Option(None, "--negatives", min=1, help="Sampled-softmax negatives per batch (default 256)."),
-    "l2": typer.Option(None, "--l2", min=0.0, help="L2 regularisation of every table (default 0)."),
+    "l2": typer.Option(None, "--l2", min=0.0, help="L2 regularisation of every table (default 1e-07)."),
     "learning_rate": typer.Option(None, "--learning-rate", min=0.0, help="Adam learning rate (default 0.003)."),
-    "lr_schedule": typer.Option(None, "--lr-schedule", help="cosine (default) or constant."),
+    "lr_schedule": typer.Option(None, "--lr-schedule", help="constant or cosine (default constant)."),
     "batch_size": typer.Option(None, "--batch-size", min=1, help="Examples per step (default 256)."),
     "early_stopping_patience": typer.Option(
         None,
         "--early-stopping-patience",
         min=0,
         help="Choose the epoch count on a validation split carved from training, stopping after this many "
-        "epochs without improvement, then retrain on all training data (0 = off, the default).",
+        "epochs without improvement, then retrain on all training data (0 = off; default 0).",
     ),
 }
 
@@ -94,7 +94,7 @@ def train(
         help="A ratings file or directory (u.data, ratings.dat, ratings.csv, RecBole *.inter), or ml-100k "
         "(RecBole's copy, fetched once into $XREGION_CACHE or ~/.cache/xregion). Default: seeded synthetic data.",
     ),
-    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Training epochs (default 25)."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Training epochs (default 17)."),
     tracking_uri: str | None = typer.Option(
         None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI."
     ),
@@ -130,53 +130,42 @@ def train(
     early_stopping_patience: int | None = MODEL_OPTIONS["early_stopping_patience"],
 ) -> None:
     """Train, evaluate against popularity (leave-one-out), log and register the model."""
+    console = Console(stderr=True)
+    _log_to(console, verbose)
+    common = dict(
+        data_path=data,
+        epochs=epochs,
+        tracking_uri=tracking_uri,
+        model_name=model_name,
+        experiment=experiment,
+        seed=seed,
+        promote_to_production=promote,
+        model_kwargs=model_kwargs_of(locals()),
+        index=index,
+    )
+    res = _train_or_tune(console, tune, common)
+    _print_training(console, res, promote)
+
+
+def _train_or_tune(console: Console, trials: int, kwargs: dict):
+    """Run training (or the search then training) under a progress bar; data errors exit 2/3."""
     from xregion.recsys_model.data import DataFormatError
     from xregion.recsys_model.datasets import FetchError
     from xregion.recsys_model.train import run_training
+    from xregion.recsys_model.tuning import tune_and_train
 
-    console = Console(stderr=True)
-    _log_to(console, verbose)
-    model_kwargs = model_kwargs_of(locals())
     bar, update = _progress_bar(console)
     try:
-        if tune:
-            from xregion.recsys_model.tuning import tune_and_train
-
-            with bar:
-                res = tune_and_train(
-                    trials=tune,
-                    data_path=data,
-                    epochs=epochs,
-                    tracking_uri=tracking_uri,
-                    model_name=model_name,
-                    experiment=experiment,
-                    seed=seed,
-                    promote_to_production=promote,
-                    model_kwargs=model_kwargs,
-                    progress=update,
-                    index=index,
-                )
-        else:
-            with bar:
-                res = run_training(
-                    data_path=data,
-                    epochs=epochs,
-                    tracking_uri=tracking_uri,
-                    model_name=model_name,
-                    experiment=experiment,
-                    seed=seed,
-                    promote_to_production=promote,
-                    model_kwargs=model_kwargs,
-                    progress=update,
-                    index=index,
-                )
+        with bar:
+            if trials:
+                return tune_and_train(trials=trials, progress=update, **kwargs)
+            return run_training(progress=update, **kwargs)
     except (DataFormatError, ValueError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
     except FetchError as e:
         console.print(f"[red]cannot fetch the data set:[/red] {e}")
         raise typer.Exit(3) from None
-    _print_training(console, res, promote)
 
 
 def _print_training(console: Console, res, promote: bool) -> None:
