@@ -11,7 +11,8 @@ For each catalogue size (10k, 100k, 1M items, up to ``max_items``) the benchmark
    measures what MLflow's scoring server itself costs;
 3. serves each with ``mlflow models serve`` (one uvicorn worker, loopback), measures the load
    time (start to ``/ping`` answering) and the server's resident memory, then sends the same
-   single-user requests (k=10) sequentially over one connection: p50 and p99 latency;
+   single-user requests (k=10) sequentially over one connection: p50 and p99 latency; and
+   times the same requests in process (``PyFuncModel.predict``, no HTTP): the model's part;
 4. recall@10 of the ANN answers against the exact answers, request by request.
 """
 
@@ -144,6 +145,24 @@ def _measure(serve: ServerFactory, uri: str, tracking_uri: str, users, log_path:
     }
 
 
+def in_process_p50_ms(model_uri: str, users) -> float:
+    """p50 of ``PyFuncModel.predict`` for one user (schema enforcement included, no HTTP):
+    the model's own part of a request."""
+    import mlflow
+    import pandas as pd
+
+    model = mlflow.pyfunc.load_model(model_uri)
+    frames = [pd.DataFrame({"user_id": [int(u)], "k": [10]}) for u in users]
+    for f in frames[:20]:
+        model.predict(f)
+    lat = []
+    for f in frames:
+        t = time.perf_counter()
+        model.predict(f)
+        lat.append((time.perf_counter() - t) * 1000)
+    return float(np.percentile(lat, 50))
+
+
 def recall_at_k(approx: list[list[int]], exact: list[list[int]]) -> float:
     return float(np.mean([len(set(a) & set(e)) / max(len(e), 1) for a, e in zip(approx, exact, strict=True)]))
 
@@ -155,6 +174,7 @@ def bench_size(serve, base, split, n_items: int, users, tracking_uri: str, work:
     for name in ("noop", "exact", "ann"):
         log.info("%d items: serving %s", n_items, name)
         res[name] = _measure(serve, logged[name]["model_uri"], tracking_uri, users, str(work / f"{name}-{n_items}.log"))
+        res[name]["in_process_p50_ms"] = in_process_p50_ms(logged[name]["model_uri"], users)
         if name != "noop":
             res[name]["artifact_mb"] = logged[name]["bytes"] / 2**20
             res[name]["log_seconds"] = logged[name]["log_seconds"]

@@ -51,8 +51,10 @@ matrix product per request and ``argpartition``. When the artifact also holds an
 approximate-nearest-neighbour index (``towers.npz`` key ``index_kind`` = ``ivf`` and the
 ``index`` artifact, a faiss IVF-Flat index built at training time above a measured catalogue
 size), the top candidates come from the index over ``[v_i, b_i]`` queried with ``[u, 1]``, seen
-items are dropped from a widened candidate list, and the survivors are re-scored exactly, so
-reported scores are exact. The model config key ``index`` = ``exact`` forces exact scoring.
+items are dropped from a widened candidate list; the index compares full vectors, so the
+reported scores are exact and only the candidate set is approximate. An indexed artifact keeps
+the item table only inside the index; the model config key ``index`` = ``exact`` forces exact
+scoring (the table is then read back from the index).
 """
 
 from __future__ import annotations
@@ -157,11 +159,19 @@ class IvfIndex:
         self.index = faiss.read_index(path)
         self.nprobe = nprobe
 
-    def candidates(self, query: np.ndarray, n: int, widen: int = 1) -> np.ndarray:
+    def candidates(self, query: np.ndarray, n: int, widen: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``n`` item rows and their scores. IVF-Flat compares full vectors, so the inner
+        products it returns are the model's exact scores; only the candidate set is approximate."""
         self.index.nprobe = min(self.nprobe * widen, self.index.nlist)
         q = np.append(query, np.float32(1.0)).astype(np.float32)[None, :]
-        ids = self.index.search(q, n)[1][0]
-        return ids[ids >= 0]
+        scores, ids = self.index.search(q, n)
+        found = ids[0] >= 0
+        return ids[0][found], scores[0][found]
+
+    def items(self) -> np.ndarray:
+        """``[v_i, b_i]`` of every item, read back from the index (for forced exact scoring)."""
+        self.index.make_direct_map()
+        return self.index.reconstruct_n(0, self.index.ntotal)
 
 
 class RecsysTopK(mlflow.pyfunc.PythonModel):
@@ -177,7 +187,7 @@ class RecsysTopK(mlflow.pyfunc.PythonModel):
             self.user_ids = z["user_ids"]  # sorted
             self.item_ids = z["item_ids"]
             self.user_vectors = np.ascontiguousarray(z["user_vectors"], dtype=np.float32)
-            self.item_vectors = np.ascontiguousarray(z["item_vectors"], dtype=np.float32)
+            self.item_vectors = np.ascontiguousarray(z["item_vectors"], dtype=np.float32)  # (0, d) if indexed
             self.item_bias = z["item_bias"].astype(np.float32)
             self.seen_indptr = z["seen_indptr"]
             self.seen_indices = z["seen_indices"]
@@ -190,8 +200,11 @@ class RecsysTopK(mlflow.pyfunc.PythonModel):
         self.pop_order = np.argsort(-pop, kind="stable")
         self.pop_share = pop / max(pop.sum(), 1.0)
         self.user_row = {int(u): r for r, u in enumerate(self.user_ids)}
-        use_index = index_kind == "ivf" and index_path and index_policy != "exact"
-        self.index = IvfIndex(index_path, nprobe) if use_index else None
+        index = IvfIndex(index_path, nprobe) if index_kind == "ivf" and index_path else None
+        if index is not None and len(self.item_vectors) == 0:
+            # an indexed artifact keeps the item table once, inside the index
+            self.item_vectors = np.ascontiguousarray(index.items()[:, :-1]) if index_policy == "exact" else None
+        self.index = index if index_policy != "exact" else None
         # the exact path multiplies by the transposed table; only built when it is used
         self.item_vectors_t = None if self.index else np.ascontiguousarray(self.item_vectors.T)
 
@@ -234,13 +247,13 @@ class RecsysTopK(mlflow.pyfunc.PythonModel):
         want = min(k, self.n_items - len(seen))
         n, widen = min(self.n_items, k + len(seen)), 1
         while True:
-            cand = self.index.candidates(u, n, widen)
-            cand = cand[~np.isin(cand, seen)]
+            cand, scores = self.index.candidates(u, n, widen)
+            unseen = ~np.isin(cand, seen)
+            cand, scores = cand[unseen], scores[unseen]
             if len(cand) >= want or widen * self.index.nprobe >= self.index.index.nlist and n >= self.n_items:
                 break
             # too few unseen candidates: ask for more, and scan more lists if those ran out
             n, widen = min(self.n_items, 2 * n), widen * 2
-        scores = self.item_vectors[cand] @ u + self.item_bias[cand]
         order = np.argsort(-scores, kind="stable")[:want]
         return cand[order], scores[order]
 

@@ -75,7 +75,8 @@ def write_towers(towers, split: Split, path: str, index: str = "auto") -> dict:
         user_ids=towers.user_ids,
         item_ids=towers.item_ids,
         user_vectors=towers.user_vectors,
-        item_vectors=towers.item_vectors,
+        # with an index the item table lives inside it (IVF-Flat keeps full vectors): stored once
+        item_vectors=towers.item_vectors if not extra else towers.item_vectors[:0],
         item_bias=towers.item_bias,
         seen_indptr=indptr,
         seen_indices=indices,

@@ -164,3 +164,18 @@ def test_synthetic_catalogues_keep_the_geometry_of_the_trained_towers():
     np.testing.assert_allclose(drawn.mean(axis=0), trained.mean(axis=0), atol=0.1)
     np.testing.assert_allclose(np.cov(drawn, rowvar=False), np.cov(trained, rowvar=False), atol=0.25)
     assert recall_at_k([[1, 2, 3, 4]], [[1, 2, 5, 6]]) == 0.5
+
+
+def test_an_indexed_model_stores_the_item_table_once_and_can_still_score_exactly(trained, exact_and_ann):
+    import mlflow
+
+    models, (_, ann_info) = exact_and_ann
+    mlflow.set_tracking_uri(trained.tracking_uri)  # the tuning test points elsewhere
+    with np.load(ann_info["towers_path"]) as z:
+        assert z["item_vectors"].shape[0] == 0 and z["index_kind"] == "ivf"
+    forced = mlflow.pyfunc.load_model(ann_info["model_uri"], model_config={"index": "exact"})
+    assert forced.unwrap_python_model().index is None
+    frame = pd.DataFrame({"user_id": trained.split.user_ids[:20], "k": 7})
+    got, want = forced.predict(frame), models["exact"].predict(frame)
+    assert got["item_id"].tolist() == want["item_id"].tolist()
+    np.testing.assert_allclose(got["score"].to_numpy(), want["score"].to_numpy(), rtol=1e-5, atol=1e-6)

@@ -242,7 +242,7 @@ def serving(
 
 def render_catalogue_table(result: dict) -> Table:
     t = Table(title=f"ANN vs exact top-10 through mlflow models serve, {result['host']['cpus']} CPUs, 1 worker")
-    for c in ("items", "path", "p50 ms", "p99 ms", "recall@10", "load s", "server RSS MB", "artifact MB"):
+    for c in ("items", "path", "p50 ms", "p99 ms", "in-process p50", "recall@10", "load s", "RSS MB", "artifact MB"):
         t.add_column(c, justify="right")
     for r in result["sizes"]:
         for name in ("noop", "exact", "ann"):
@@ -252,6 +252,7 @@ def render_catalogue_table(result: dict) -> Table:
                 name,
                 f"{m['p50_ms']:.2f}",
                 f"{m['p99_ms']:.2f}",
+                f"{m['in_process_p50_ms']:.3f}",
                 f"{r['recall_at_10']:.4f}" if name == "ann" else "",
                 f"{m['load_seconds']:.1f}",
                 f"{m['server_rss_mb']:.0f}" if m.get("server_rss_mb") else "-",
