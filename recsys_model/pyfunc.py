@@ -131,7 +131,8 @@ def _as_frame(model_input) -> pd.DataFrame:
     if isinstance(model_input, list):
         return pd.DataFrame(model_input)
     if isinstance(model_input, pd.DataFrame):
-        if len(model_input) == 1 and all(_is_empty_sequence(v) for v in model_input.iloc[0]):
+        object_columns = all(pd.api.types.is_object_dtype(t) for t in model_input.dtypes)
+        if len(model_input) == 1 and object_columns and all(map(_is_empty_sequence, model_input.iloc[0].tolist())):
             # MLflow's schema enforcement turns {"inputs": {"user_id": []}} into one row
             # holding an empty list: that is a request without rows
             return model_input.iloc[:0]
@@ -225,8 +226,11 @@ class RecsysTopK(mlflow.pyfunc.PythonModel):
             raise _bad(f"missing required column 'user_id' (got columns {list(df.columns)})")
         users = _int_column(df["user_id"], "user_id")
         ks = np.full(len(users), DEFAULT_K, dtype=np.int64)
-        if "k" in df.columns and df["k"].notna().any():
-            ks = _int_column(df["k"].astype(object).where(df["k"].notna(), DEFAULT_K), "k")
+        if "k" in df.columns:
+            kcol = df["k"]
+            if pd.api.types.is_float_dtype(kcol) or pd.api.types.is_object_dtype(kcol):  # these can hold nulls
+                kcol = kcol.astype(object).where(kcol.notna(), DEFAULT_K)  # a row without k gets 10
+            ks = _int_column(kcol, "k")
             bad = (ks < 1) | (ks > MAX_K)
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
@@ -292,7 +296,7 @@ class RecsysTopK(mlflow.pyfunc.PythonModel):
                 "rank": np.concatenate([np.arange(1, len(t) + 1, dtype=np.int64) for _, t, _, _ in parts]),
                 "item_id": np.concatenate([self.item_ids[t] for _, t, _, _ in parts]).astype(np.int64),
                 "score": np.concatenate([np.asarray(v, dtype=np.float64) for _, _, v, _ in parts]),
-                "source": [src for _, t, _, src in parts for _ in range(len(t))],
+                "source": np.concatenate([np.full(len(t), src, dtype=object) for _, t, _, src in parts]),
             }
         )
 
