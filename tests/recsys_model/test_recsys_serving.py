@@ -145,3 +145,16 @@ def test_the_row_limit_is_inclusive_and_configurable(servers, trained):
     assert len(small.predict(pd.DataFrame({"user_id": [u] * 3, "k": [1] * 3}))) == 3
     with pytest.raises(MlflowException, match="request has 4 rows; at most 3 rows"):
         small.predict(pd.DataFrame({"user_id": [u] * 4}))
+
+
+def test_a_server_can_raise_or_lower_the_row_limit(trained, tmp_path):
+    """MLflow's own inference-config variable reaches the model's max_rows through `mlflow models serve`."""
+    u = int(trained.split.user_ids[0])
+    env = {"MLFLOW_PYFUNC_INFERENCE_CONFIG": '{"max_rows": 2}'}
+    with ModelServer(
+        "models:/recsys@champion", trained.tracking_uri, log_path=str(tmp_path / "s.log"), extra_env=env
+    ) as s:
+        status, body = s.post({"dataframe_records": [{"user_id": u, "k": 1}] * 2})
+        assert status == 200 and len(body["predictions"]) == 2
+        status, body = s.post({"dataframe_records": [{"user_id": u, "k": 1}] * 3})
+        assert status == 400 and "at most 2 rows per request" in body["message"]
