@@ -9,7 +9,10 @@ Supported formats (``load_movielens`` detects them from a directory or a file):
 
 * ml-100k ``u.data``: ``user<TAB>item<TAB>rating<TAB>timestamp``, no header;
 * ml-1m / ml-10m ``ratings.dat``: ``user::item::rating::timestamp``, no header;
-* ml-latest(-small) / ml-20m / ml-25m ``ratings.csv``: header ``userId,movieId,rating,timestamp``.
+* ml-latest(-small) / ml-20m / ml-25m ``ratings.csv``: header ``userId,movieId,rating,timestamp``;
+* RecBole atomic ``.inter`` files (``load_inter``): a typed header ``name:type`` (tab separated),
+  of which ``user_id`` and ``item_id`` (integer tokens) are required and ``timestamp`` is used
+  when present; other columns are ignored.
 
 Loading is all-or-nothing: a missing, unreadable, empty or malformed file raises
 :class:`DataFormatError` naming the file and, where it applies, the first bad line. A file is
@@ -31,6 +34,7 @@ COLUMNS = ["user_id", "item_id", "timestamp"]
 
 # File name -> format name, in the order we look for them inside a directory.
 KNOWN_FILES = {"u.data": "ml-100k", "ratings.dat": "ml-1m", "ratings.csv": "ml-latest"}
+INTER_SUFFIX = ".inter"
 CSV_HEADER = ["userId", "movieId", "rating", "timestamp"]
 
 
@@ -141,7 +145,7 @@ def _parse_delimited(path: Path, text: str, sep: str, header: list[str] | None, 
         # The C parser cannot take a multi-char separator; "::" -> "\t" is safe because
         # MovieLens ratings.dat fields are integers/decimals only (a stray tab is caught below).
         if any("\t" in r for r in rows):
-            i = next(i for i, r in zip(keep, rows) if "\t" in r)
+            i = next(i for i, r in zip(keep, rows, strict=True) if "\t" in r)
             raise _fail_line(path, lines, first + i + 1, f"unexpected tab in {fmt} ratings")
         rows = [r.replace("::", "\t") for r in rows]
         csep = "\t"
@@ -166,14 +170,30 @@ def _parse_delimited(path: Path, text: str, sep: str, header: list[str] | None, 
         keep_default_na=False,
         engine="c",
     )
-    out = {}
-    for col, name, kind in (
-        ("u", "user id", "int"),
-        ("i", "item id", "int"),
-        ("r", "rating", "float"),
-        ("t", "timestamp", "int"),
-    ):
-        s = df[col].str.strip()
+    line_of = np.asarray(keep, dtype=np.int64) + first + 1
+    cols = _numeric_columns(
+        path,
+        lines,
+        line_of,
+        [
+            (df["u"], "user id", "int"),
+            (df["i"], "item id", "int"),
+            (df["r"], "rating", "float"),
+            (df["t"], "timestamp", "int"),
+        ],
+    )
+    return pd.DataFrame({"user_id": cols[0], "item_id": cols[1], "timestamp": cols[3]})
+
+
+def _numeric_columns(path: Path, lines: list[str], line_of: np.ndarray, specs) -> list[np.ndarray]:
+    """Parse string columns strictly: ``int`` = non-negative integer, ``float`` = any number.
+
+    ``line_of[row]`` is the 1-based file line of a row, so the first bad value is reported
+    with its line; nothing is returned unless every value of every column parses.
+    """
+    out = []
+    for raw, name, kind in specs:
+        s = raw.str.strip()
         num = pd.to_numeric(s, errors="coerce")
         bad_mask = num.isna().to_numpy().copy()
         if kind == "int":
@@ -182,31 +202,84 @@ def _parse_delimited(path: Path, text: str, sep: str, header: list[str] | None, 
         if bad_mask.any():
             i = int(np.flatnonzero(bad_mask)[0])
             want = "a non-negative integer" if kind == "int" else "a number"
-            raise _fail_line(path, lines, first + keep[i] + 1, f"{name} {s.iloc[i]!r} is not {want}")
-        out[col] = num
-    return pd.DataFrame(
-        {
-            "user_id": out["u"].astype(np.int64),
-            "item_id": out["i"].astype(np.int64),
-            "timestamp": out["t"].astype(np.int64),
-        }
+            raise _fail_line(path, lines, int(line_of[i]), f"{name} {s.iloc[i]!r} is not {want}")
+        out.append(num.to_numpy(dtype=np.int64) if kind == "int" else num.to_numpy(dtype=np.float64))
+    return out
+
+
+INTER_TYPES = ("token", "token_seq", "float", "float_seq")
+
+
+def _inter_header(path: Path, first_line: str) -> list[str]:
+    """Names of a RecBole ``.inter`` header (``name:type`` fields); checks types and required names."""
+    names = []
+    for fld in first_line.split("\t"):
+        name, colon, typ = fld.strip().rpartition(":")
+        if not colon or not name or typ not in INTER_TYPES:
+            raise DataFormatError(
+                f"{path}: line 1: RecBole header fields must be 'name:type' with type one of "
+                f"{', '.join(INTER_TYPES)}; got {fld.strip()!r}"
+            )
+        names.append(name)
+    missing = [n for n in ("user_id", "item_id") if n not in names]
+    if missing:
+        raise DataFormatError(
+            f"{path}: line 1: RecBole header lacks {' and '.join(missing)} (got {', '.join(names)}); "
+            "rename the user and item columns to user_id:token and item_id:token"
+        )
+    return names
+
+
+def _parse_inter(path: Path, text: str) -> pd.DataFrame:
+    """Strictly parse a RecBole atomic ``.inter`` file with integer user and item tokens.
+
+    Without a ``timestamp`` column the file order is the time order. Float timestamps are
+    truncated to whole units (ties then fall back to file order, as in the split).
+    """
+    lines = text.splitlines()
+    names = _inter_header(path, lines[0])
+    keep = [i for i in range(1, len(lines)) if lines[i].strip()]
+    if not keep:
+        raise DataFormatError(f"{path}: no interactions in file (header only)")
+    rows = [lines[i] for i in keep]
+    nfields = np.fromiter((r.count("\t") + 1 for r in rows), dtype=np.int64, count=len(rows))
+    bad = np.flatnonzero(nfields != len(names))
+    if bad.size:
+        i = int(bad[0])
+        raise _fail_line(
+            path, lines, keep[i] + 1, f"expected {len(names)} tab-separated fields, found {int(nfields[i])}"
+        )
+    df = pd.read_csv(
+        io.StringIO("\n".join(rows)), sep="\t", header=None, names=names, dtype=str, keep_default_na=False, engine="c"
     )
+    specs = [(df["user_id"], "user_id token", "int"), (df["item_id"], "item_id token", "int")]
+    if "timestamp" in names:
+        specs.append((df["timestamp"], "timestamp", "float"))
+    if "rating" in names:
+        specs.append((df["rating"], "rating", "float"))
+    cols = _numeric_columns(path, lines, np.asarray(keep, dtype=np.int64) + 1, specs)
+    ts = np.floor(cols[2]).astype(np.int64) if "timestamp" in names else np.arange(len(rows), dtype=np.int64)
+    return pd.DataFrame({"user_id": cols[0], "item_id": cols[1], "timestamp": ts})
 
 
 def detect_format(path: Path) -> str:
     """Return the format name for a ratings file, from its name or else from its first line."""
     if path.name in KNOWN_FILES:
         return KNOWN_FILES[path.name]
+    if path.suffix == INTER_SUFFIX:
+        return "recbole"
     text_head = _read_text(path).lstrip().splitlines()[0]
     if text_head.replace(" ", "").lower().startswith("userid,movieid"):
         return "ml-latest"
     if "::" in text_head:
         return "ml-1m"
+    if ":token" in text_head:
+        return "recbole"
     if "\t" in text_head:
         return "ml-100k"
     raise DataFormatError(
         f"{path}: unrecognised ratings format; expected ml-100k u.data (tab separated), "
-        f"ml-1m/ml-10m ratings.dat ('::' separated) or ml-latest ratings.csv"
+        f"ml-1m/ml-10m ratings.dat ('::' separated), ml-latest ratings.csv or a RecBole .inter file"
     )
 
 
@@ -218,23 +291,28 @@ def _load_file(path: Path, fmt: str) -> pd.DataFrame:
         return _parse_delimited(path, text, "::", None, fmt)
     if fmt == "ml-latest":
         return _parse_delimited(path, text, ",", CSV_HEADER, fmt)
+    if fmt == "recbole":
+        return _parse_inter(path, text)
     raise DataFormatError(f"{path}: unknown format {fmt!r}")
 
 
 def load_movielens(path: str | os.PathLike, fmt: str | None = None) -> Interactions:
     """Load MovieLens ratings as implicit feedback from a dataset directory or a ratings file.
 
-    A directory is searched for ``u.data``, ``ratings.dat`` then ``ratings.csv``. ``fmt``
-    (``ml-100k``, ``ml-1m``, ``ml-latest``) overrides detection for a file with another name.
-    Duplicate (user, item) pairs are kept once, at their earliest timestamp.
+    A directory is searched for ``u.data``, ``ratings.dat``, ``ratings.csv`` then one ``*.inter``.
+    ``fmt`` (``ml-100k``, ``ml-1m``, ``ml-latest``, ``recbole``) overrides detection for a file
+    with another name. Duplicate (user, item) pairs are kept once, at their earliest timestamp.
     """
     p = Path(path).expanduser()
     if not p.exists():
         raise DataFormatError(f"{p}: no such file or directory")
     if p.is_dir():
-        found = [p / n for n in KNOWN_FILES if (p / n).is_file()]
+        found = [p / n for n in KNOWN_FILES if (p / n).is_file()] + sorted(p.glob("*" + INTER_SUFFIX))
         if not found:
-            raise DataFormatError(f"{p}: directory contains none of {', '.join(KNOWN_FILES)} (MovieLens ratings files)")
+            raise DataFormatError(
+                f"{p}: directory contains none of {', '.join(KNOWN_FILES)} (MovieLens ratings files) "
+                f"nor a RecBole *{INTER_SUFFIX} file"
+            )
         p = found[0]
     fmt = fmt or detect_format(p)
     df = _load_file(p, fmt)
@@ -243,7 +321,13 @@ def load_movielens(path: str | os.PathLike, fmt: str | None = None) -> Interacti
         .drop_duplicates(["user_id", "item_id"], keep="first")
         .reset_index(drop=True)
     )
-    return Interactions(df=df, name=p.parent.name or p.name, source=str(p.resolve()), fmt=fmt)
+    name = p.stem if fmt == "recbole" else (p.parent.name or p.name)
+    return Interactions(df=df, name=name, source=str(p.resolve()), fmt=fmt)
+
+
+def load_inter(path: str | os.PathLike) -> Interactions:
+    """Load a RecBole atomic ``.inter`` file (any name) as implicit feedback."""
+    return load_movielens(path, fmt="recbole")
 
 
 # --------------------------------------------------------------------------- split

@@ -115,9 +115,9 @@ def run_demo(
             tracking_uri=a.mlflow_url,
             model_name=model,
             synthetic_kwargs=synthetic,
-            console=console,
         )
         summary["model"] = {
+            "data": res.data_description.get("name"),  # e.g. ml-100k with --data ml-100k
             "version": res.version,
             "run_id": res.run_id,
             "train_s": round(res.train_seconds, 1),
@@ -175,6 +175,7 @@ def print_summary(cfg, s: dict) -> None:
         str(rpo.get("missing") if isinstance(rpo, dict) else rpo if rpo is not None else "-"),
     )
     t.add_row("serving latency (front door)", f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms")
+    t.add_row("recommender data", str(m.get("data") or "synthetic"))
     t.add_row("HR@10 (99 negatives)", f"{m['hr_at_10_sampled']:.3f} vs popularity {m['pop_hr_at_10_sampled']:.3f}")
     t.add_row(
         "NDCG@10 (99 negatives)", f"{m['ndcg_at_10_sampled']:.3f} vs popularity {m['pop_ndcg_at_10_sampled']:.3f}"

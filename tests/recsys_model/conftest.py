@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 SMALL_DATA = dict(n_users=150, n_items=80, mean_interactions=20)
-SMALL_EPOCHS = 4
+SMALL_EPOCHS = 10
+SMALL_MODEL = dict(batch_size=64)  # tiny data: smaller batches give enough steps
 
 
 def make_store(root: Path) -> str:
@@ -44,7 +45,7 @@ def trained(tmp_path_factory):
             seed=7,
             promote_to_production=True,
             synthetic_kwargs=SMALL_DATA,
-            progress=False,
+            model_kwargs=SMALL_MODEL,
         )
         res.tracking_uri = uri
         yield res

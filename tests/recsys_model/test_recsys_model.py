@@ -47,7 +47,7 @@ def test_run_logs_params_epoch_metrics_dataset_and_quality(trained):
     assert desc["n_users"] == SMALL_DATA["n_users"] and desc["format"] == "synthetic"
     assert run.data.tags["dataset.digest"] == desc["digest"]
     assert len(run.inputs.dataset_inputs) == 1
-    # Even on tiny data and four epochs the model must beat the popularity baseline.
+    # Even on tiny data and a few epochs the model must beat the popularity baseline.
     assert m["hr_at_10_sampled"] > m["pop_hr_at_10_sampled"]
 
 
@@ -97,11 +97,16 @@ def test_predict_top_k_excludes_seen_items(trained, pyfunc_model):
 
 
 def test_pyfunc_scores_match_the_keras_model(trained, pyfunc_model):
-    """The exported towers reproduce the Keras model's scores (called directly, not predict)."""
+    """The exported towers reproduce the Keras model's scores (called directly, not predict) on
+    each user's whole history, the input the served user vectors were computed from."""
     import tensorflow as tf
+    from xregion.recsys_model.sequences import all_sequences, history_matrix
 
     users = trained.split.user_ids[:8]
-    keras_scores = trained.keras_model(tf.constant(users, dtype=tf.int64), training=False).numpy()
+    hist = history_matrix(all_sequences(trained.split), np.arange(8), None, trained.config["history_length"])
+    keras_scores = trained.keras_model(
+        {"user_id": tf.constant(users, dtype=tf.int64), "history": tf.constant(hist)}, training=False
+    ).numpy()
     out = pyfunc_model.predict(pd.DataFrame({"user_id": users, "k": [3] * len(users)}))
     item_pos = {int(i): n for n, i in enumerate(trained.split.item_ids)}
     for r, u in enumerate(users):
@@ -148,15 +153,18 @@ def test_training_is_reproducible(tmp_path):
     """Same seed, same data -> identical towers and metrics (op determinism on)."""
     from xregion.recsys_model import model as M
     from xregion.recsys_model.data import leave_one_out
+    from xregion.recsys_model.fit import train
+    from xregion.recsys_model.sequences import training_sequences
     from xregion.recsys_model.synthetic import generate
 
     s = leave_one_out(generate(seed=5, n_users=80, n_items=50, mean_interactions=12))
-    cfg = M.ModelConfig(epochs=2, seed=11, batch_size=64)
-    a = M.export_towers(M.train(s, cfg), s.user_ids, s.item_ids)
-    b = M.export_towers(M.train(s, cfg), s.user_ids, s.item_ids)
+    seq = training_sequences(s)
+    cfg = M.ModelConfig(epochs=2, seed=11, batch_size=64, history_dropout=0.2)
+    a = M.export_towers(train(s, cfg).model, s.user_ids, s.item_ids, seq)
+    b = M.export_towers(train(s, cfg).model, s.user_ids, s.item_ids, seq)
     np.testing.assert_array_equal(a.user_vectors, b.user_vectors)
     np.testing.assert_array_equal(a.item_vectors, b.item_vectors)
-    c = M.export_towers(M.train(s, M.ModelConfig(epochs=2, seed=12, batch_size=64)), s.user_ids, s.item_ids)
+    c = M.export_towers(train(s, M.ModelConfig(epochs=2, seed=12, batch_size=64)).model, s.user_ids, s.item_ids, seq)
     assert not np.array_equal(a.user_vectors, c.user_vectors)
     assert ev.evaluate(a.scores, s) == ev.evaluate(b.scores, s)
 
@@ -200,6 +208,13 @@ def test_cli_train_on_a_movielens_file_and_on_a_broken_one(tmp_path, restore_tra
             "recsys",
             "--seed",
             "3",
+            "--embedding-dim",
+            "16",
+            "--softmax",
+            "full",
+            "--no-user-embedding",
+            "--lr-schedule",
+            "cosine",
         ],
     )
     assert r.exit_code == 0, r.output
@@ -210,6 +225,12 @@ def test_cli_train_on_a_movielens_file_and_on_a_broken_one(tmp_path, restore_tra
     assert [str(v.version) for v in versions] == ["1"]
     run = client().get_run(versions[0].run_id)
     assert run.data.params["data.path"] == str(f.parent) and run.data.tags["dataset.format"] == "ml-100k"
+    p = run.data.params  # every option given is the trained and logged configuration
+    assert (p["model.embedding_dim"], p["model.softmax"], p["model.user_embedding"]) == ("16", "full", "False")
+    assert p["model.lr_schedule"] == "cosine" and p["model.epochs"] == "2"
+    from xregion.recsys_model.model import ModelConfig
+
+    assert {k.removeprefix("model.") for k in p if k.startswith("model.")} >= set(ModelConfig().as_params())
 
     bad = tmp_path / "bad" / "ratings.dat"
     bad.parent.mkdir()
@@ -217,3 +238,21 @@ def test_cli_train_on_a_movielens_file_and_on_a_broken_one(tmp_path, restore_tra
     r = runner.invoke(app, ["--data", str(bad), "--tracking-uri", uri])
     assert r.exit_code == 2
     assert "line 2" in r.output
+
+
+def test_every_model_option_says_the_real_default():
+    """The CLI's help states each ModelConfig default; it must not drift from the code."""
+    import re
+
+    from xregion.recsys_model.model import ModelConfig
+
+    from xregion.cli.train import MODEL_OPTIONS
+
+    defaults = ModelConfig().as_params()
+    assert set(MODEL_OPTIONS) == set(defaults) - {"epochs", "seed"}  # those two are options of their own
+    for name, opt in MODEL_OPTIONS.items():
+        stated = re.search(r"default ([^)]+)\)", opt.help)
+        assert stated, f"--{name} help states no default"
+        value = stated.group(1)
+        want = defaults[name]
+        assert value == ({True: "on", False: "off"}[want] if isinstance(want, bool) else str(want)), (name, value)

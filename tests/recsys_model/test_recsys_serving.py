@@ -6,8 +6,7 @@ import os
 
 import psutil
 import pytest
-
-from xregion.recsys_model.bench_serving import ModelServer
+from xregion.infra.model_server import ModelServer
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(600)]
 
@@ -87,6 +86,14 @@ def test_unknown_user_over_http(servers):
         ({"dataframe_records": [{"user_id": 1.5}]}, "must hold integers"),
         ({"dataframe_records": [{"user_id": None}]}, "null"),
         ({"dataframe_records": [{"user_id": True}]}, "must hold integers"),
+        ({"dataframe_records": [{"user_id": 1, "k": 3}, {"user_id": 2, "k": True}]}, "got boolean True at row 1"),
+        ({"inputs": {"user_id": [1, True]}}, "got boolean True at row 1"),
+        ({"dataframe_records": [{"user_id": 1e30}]}, "outside the signed 64-bit integer range"),
+        ({"dataframe_records": [{"user_id": 2**70}]}, "outside the signed 64-bit integer range"),
+        ({"inputs": {"user_id": [2**70]}}, "outside the signed 64-bit integer range"),
+        ({"inputs": {"user_id": [-(2**63) - 1]}}, "outside the signed 64-bit integer range"),
+        ({"dataframe_records": [{"user_id": 1, "k": 2**64}]}, "outside the signed 64-bit integer range"),
+        ({"dataframe_records": [{"user_id": u} for u in range(1001)]}, "at most 1000 rows per request"),
         ({"dataframe_records": [{"user_id": 1, "k": 0}]}, "between 1 and 1000"),
         ({"dataframe_records": [{"user_id": 1, "k": "many"}]}, "must hold integers"),
         ({"dataframe_records": [{"user_id": [1, 2]}]}, "must hold integers"),
@@ -103,6 +110,51 @@ def test_malformed_input_is_400_with_a_message(servers, payload, needle):
 
 def test_servers_use_the_local_venv():
     # the serving subprocess must find uvicorn: its PATH starts with the interpreter's bin dir
-    from xregion.recsys_model.bench_serving import VENV_BIN
+    from xregion.infra.model_server import VENV_BIN
 
     assert os.path.exists(os.path.join(VENV_BIN, "uvicorn"))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"dataframe_split": {"columns": ["user_id", "k"], "data": []}},
+        {"dataframe_split": {"columns": ["user_id"], "data": []}},
+        {"dataframe_records": []},
+        {"inputs": {"user_id": []}},
+        {"inputs": {"user_id": [], "k": []}},
+    ],
+)
+def test_a_request_without_rows_gets_one_answer(servers, payload):
+    """One documented answer for every way of sending nothing: 400 saying what to send."""
+    status, body = servers["production"].post(payload)
+    assert status == 400, body
+    assert "request has no rows with a 'user_id'" in body["message"]
+
+
+def test_the_row_limit_is_inclusive_and_configurable(servers, trained):
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    u = int(trained.split.user_ids[0])
+    status, body = servers["production"].post({"dataframe_records": [{"user_id": u, "k": 1}] * 1000})
+    assert status == 200 and len(body["predictions"]) == 1000
+    mlflow.set_tracking_uri(trained.tracking_uri)
+    small = mlflow.pyfunc.load_model("models:/recsys@champion", model_config={"max_rows": 3})
+    assert len(small.predict(pd.DataFrame({"user_id": [u] * 3, "k": [1] * 3}))) == 3
+    with pytest.raises(MlflowException, match="request has 4 rows; at most 3 rows"):
+        small.predict(pd.DataFrame({"user_id": [u] * 4}))
+
+
+def test_a_server_can_raise_or_lower_the_row_limit(trained, tmp_path):
+    """MLflow's own inference-config variable reaches the model's max_rows through `mlflow models serve`."""
+    u = int(trained.split.user_ids[0])
+    env = {"MLFLOW_PYFUNC_INFERENCE_CONFIG": '{"max_rows": 2}'}
+    with ModelServer(
+        "models:/recsys@champion", trained.tracking_uri, log_path=str(tmp_path / "s.log"), extra_env=env
+    ) as s:
+        status, body = s.post({"dataframe_records": [{"user_id": u, "k": 1}] * 2})
+        assert status == 200 and len(body["predictions"]) == 2
+        status, body = s.post({"dataframe_records": [{"user_id": u, "k": 1}] * 3})
+        assert status == 400 and "at most 2 rows per request" in body["message"]

@@ -15,7 +15,7 @@ app = typer.Typer()
 @app.command()
 def demo(
     data: str | None = typer.Option(
-        None, help="A MovieLens directory or ratings file (default: built-in synthetic data)."
+        None, help="ml-100k (fetched once into the cache), a MovieLens/RecBole file or directory (default: synthetic)."
     ),
     epochs: int | None = typer.Option(None, help="Training epochs (default: the model's)."),
     drill_seconds: float = typer.Option(60, help="Length of the region-outage drill."),
