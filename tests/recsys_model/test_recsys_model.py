@@ -100,6 +100,7 @@ def test_pyfunc_scores_match_the_keras_model(trained, pyfunc_model):
     """The exported towers reproduce the Keras model's scores (called directly, not predict) on
     each user's whole history, the input the served user vectors were computed from."""
     import tensorflow as tf
+
     from xregion.recsys_model.sequences import all_sequences, history_matrix
 
     users = trained.split.user_ids[:8]
@@ -244,9 +245,8 @@ def test_every_model_option_says_the_real_default():
     """The CLI's help states each ModelConfig default; it must not drift from the code."""
     import re
 
-    from xregion.recsys_model.model import ModelConfig
-
     from xregion.cli.train import MODEL_OPTIONS
+    from xregion.recsys_model.model import ModelConfig
 
     defaults = ModelConfig().as_params()
     assert set(MODEL_OPTIONS) == set(defaults) - {"epochs", "seed"}  # those two are options of their own

@@ -6,6 +6,7 @@ import os
 
 import psutil
 import pytest
+
 from xregion.infra.model_server import ModelServer
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(600)]

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import SMALL_DATA, make_store
+
 from xregion.recsys_model.data import leave_one_out
 from xregion.recsys_model.synthetic import generate
 
@@ -42,6 +43,7 @@ def test_training_rows_predict_the_items_after_the_cut():
 
 def test_the_index_is_calibrated_to_the_target_recall(tmp_path):
     import faiss
+
     from xregion.recsys_model import ann
 
     rng = np.random.default_rng(0)
@@ -67,6 +69,7 @@ def test_the_index_is_calibrated_to_the_target_recall(tmp_path):
 def exact_and_ann(trained):
     """The session's trained towers logged twice: exact scoring and with the IVF index."""
     import mlflow
+
     from xregion.recsys_model import model as M
     from xregion.recsys_model.sequences import all_sequences
     from xregion.recsys_model.train import log_towers_model
@@ -113,6 +116,7 @@ def test_the_index_path_still_excludes_seen_items(trained, exact_and_ann):
 def test_tuning_is_a_parent_run_with_one_child_per_trial_and_a_final_model(tmp_path):
     import mlflow
     from mlflow import MlflowClient
+
     from xregion.recsys_model.tuning import tune_and_train
 
     uri = make_store(tmp_path / "store")

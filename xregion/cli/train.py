@@ -96,7 +96,10 @@ def train(
     ),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Training epochs (default 17)."),
     tracking_uri: str | None = typer.Option(
-        None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI."
+        None,
+        "--tracking-uri",
+        envvar="MLFLOW_TRACKING_URI",
+        help="MLflow tracking URI (default: a healthy MLflow server of the platform the regions file names).",
     ),
     model_name: str = typer.Option("recsys", "--model-name", help="Registered model name ('' to skip)."),
     experiment: str = typer.Option("recsys", "--experiment", help="MLflow experiment name."),
@@ -132,6 +135,7 @@ def train(
     """Train, evaluate against popularity (leave-one-out), log and register the model."""
     console = Console(stderr=True)
     _log_to(console, verbose)
+    tracking_uri = tracking_uri or _platform_server(console)
     common = dict(
         data_path=data,
         epochs=epochs,
@@ -145,6 +149,21 @@ def train(
     )
     res = _train_or_tune(console, tune, common)
     _print_training(console, res, promote)
+
+
+def _platform_server(console: Console) -> str:
+    """The rule of every command: a healthy MLflow server of the platform, as a scientist."""
+    from xregion.plugins.registry_client import RegistryError, server_url
+
+    from .common import act_as, config_or_exit
+
+    cfg = config_or_exit()
+    act_as("scientist", cfg)
+    try:
+        return server_url(cfg)
+    except RegistryError as err:
+        console.print(f"[red]{err}[/red]\nStart the platform (`xregion up`) or name a server with --tracking-uri.")
+        raise typer.Exit(2) from None
 
 
 def _train_or_tune(console: Console, trials: int, kwargs: dict):
