@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 
 import typer
 
-from xregion.demo import console, print_summary, run_demo
+from xregion.demo import DemoOptions, console, print_summary, run_demo
 
 app = typer.Typer()
 
@@ -19,7 +18,9 @@ def demo(
     ),
     epochs: int | None = typer.Option(None, help="Training epochs (default: the model's)."),
     drill_seconds: float = typer.Option(60, help="Length of the region-outage drill."),
-    users: int = typer.Option(8, help="Locust users in the drill."),
+    load: float = typer.Option(0.5, help="The drill's serving load as a share of the measured capacity."),
+    users: int | None = typer.Option(None, help="Locust users in the drill, by hand (skips the capacity step)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every library's log on the terminal too."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Run the whole lifecycle on the embedded two-region platform and summarise it."""
@@ -27,11 +28,21 @@ def demo(
     from xregion.infra.embedded.supervisor import SupervisorError, log_tail
 
     from .common import config_or_exit
+    from .output import log_to_file
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     cfg, home = config_or_exit(), xregion_home()
+    log = log_to_file(home, "demo", verbose)
+    console.print(f"[dim]full logs: {log} (and {home / 'logs'})[/dim]")
+    opts = DemoOptions(
+        data=data,
+        epochs=epochs,
+        drill_seconds=drill_seconds,
+        load=None if users else load,
+        users=users,
+        verbose=verbose,
+    )
     try:
-        s = run_demo(cfg, home, data=data, epochs=epochs, drill_seconds=drill_seconds, users=users)
+        s = run_demo(cfg, home, opts)
     except SupervisorError as err:
         console.print(f"[red]demo stopped:[/red] {err}")
         raise typer.Exit(1) from None
