@@ -23,12 +23,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import requests
-
 from xregion import events
 from xregion.config import XRegionConfig
 from xregion.infra.embedded import patroni
 from xregion.infra.embedded.supervisor import Supervisor, SupervisorError
+from xregion.mlflow_rest import MlflowRest, Unavailable
 
 from .nodes import ClusterView, DRError, view
 
@@ -46,46 +45,38 @@ class MlflowCanary:
     """Logs a metric through one region's MLflow REST API: the write a user would make."""
 
     def __init__(self, url: str):
-        self.url = url.rstrip("/")
+        self.rest = MlflowRest([url], timeout=5)
         self.run_id: str | None = None
-        self.session = requests.Session()
 
-    def _post(self, path: str, body: dict) -> dict:
-        r = self.session.post(f"{self.url}/api/2.0/mlflow/{path}", json=body, timeout=5)
-        r.raise_for_status()
-        return r.json()
+    def _experiment(self) -> str:
+        try:
+            return self.rest.call(
+                "GET", "/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": CANARY_EXPERIMENT}
+            )[0]["experiment"]["experiment_id"]
+        except Unavailable as err:
+            if err.status != 404:
+                raise
+        try:
+            return self.rest.call("POST", "/api/2.0/mlflow/experiments/create", json_body={"name": CANARY_EXPERIMENT})[
+                0
+            ]["experiment_id"]
+        except Unavailable:  # another region created it meanwhile
+            return self.rest.call(
+                "GET", "/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": CANARY_EXPERIMENT}
+            )[0]["experiment"]["experiment_id"]
 
     def _run(self) -> str:
-        if self.run_id:
-            return self.run_id
-        r = self.session.get(
-            f"{self.url}/api/2.0/mlflow/experiments/get-by-name",
-            params={"experiment_name": CANARY_EXPERIMENT},
-            timeout=5,
-        )
-        if r.status_code == 200:
-            exp = r.json()["experiment"]["experiment_id"]
-        else:
-            try:
-                exp = self._post("experiments/create", {"name": CANARY_EXPERIMENT})["experiment_id"]
-            except requests.HTTPError:  # another region created it meanwhile
-                r = self.session.get(
-                    f"{self.url}/api/2.0/mlflow/experiments/get-by-name",
-                    params={"experiment_name": CANARY_EXPERIMENT},
-                    timeout=5,
-                )
-                r.raise_for_status()
-                exp = r.json()["experiment"]["experiment_id"]
-        self.run_id = self._post(
-            "runs/create", {"experiment_id": exp, "start_time": int(time.time() * 1000), "run_name": "dr-canary"}
-        )["run"]["info"]["run_id"]
+        if not self.run_id:
+            body = {"experiment_id": self._experiment(), "start_time": int(time.time() * 1000), "run_name": "dr-canary"}
+            self.run_id = self.rest.call("POST", "/api/2.0/mlflow/runs/create", json_body=body)[0]["run"]["info"][
+                "run_id"
+            ]
         return self.run_id
 
     def write(self) -> None:
         now = int(time.time() * 1000)
-        self._post(
-            "runs/log-metric", {"run_id": self._run(), "key": "write_ok", "value": 1.0, "timestamp": now, "step": now}
-        )
+        body = {"run_id": self._run(), "key": "write_ok", "value": 1.0, "timestamp": now, "step": now}
+        self.rest.call("POST", "/api/2.0/mlflow/runs/log-metric", json_body=body)
 
     def wait_write(self, timeout: float) -> tuple[float | None, str | None]:
         """(time of the first acknowledged write, None) or (None, last error)."""
@@ -95,7 +86,7 @@ class MlflowCanary:
             try:
                 self.write()
                 return time.time(), None
-            except (requests.RequestException, KeyError, ValueError) as exc:
+            except (Unavailable, KeyError, ValueError) as exc:
                 err = f"{type(exc).__name__}: {exc}"
                 time.sleep(0.2)
         return None, err

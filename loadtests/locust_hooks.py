@@ -215,3 +215,13 @@ def _close(**_kw):
     for w in (_log, _acks):
         if w is not None:
             w.close()
+
+
+def account(role: str) -> tuple[str, str] | None:
+    """(user, password) of the embedded platform's account for a persona (XREGION_HOME/secrets), or
+    None: a deployment's Locust holds no credentials and runs serving traffic only."""
+    from xregion.home import xregion_home
+    from xregion.infra.embedded import auth
+
+    env = auth.existing_client_env(xregion_home(), role, _config())
+    return (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) if env else None

@@ -23,7 +23,7 @@ from pathlib import Path
 import gevent
 from locust import FastHttpUser, User, constant, constant_throughput, task
 
-from xregion.loadtests.locust_hooks import _config, acks
+from xregion.loadtests.locust_hooks import _config, account, acks
 from xregion.loadtests.requestlog import Ack
 from xregion.mlflow_rest import MlflowRest, Unavailable
 
@@ -133,7 +133,9 @@ class ScientistUser(_TimedUser):
         timeout = opts.xr_timeout if opts else 3.0
         # each server gets a share of the timeout: a frozen one (accepts, never answers) must not
         # take the whole budget from the next region's server
-        self.mlflow = MlflowRest(endpoints, timeout, per_endpoint=max(1.5, timeout / (len(endpoints) + 1)))
+        self.mlflow = MlflowRest(
+            endpoints, timeout, auth=account("scientist"), per_endpoint=max(1.5, timeout / (len(endpoints) + 1))
+        )
         self.experiment = opts.xr_experiment if opts else "drill-scientists"
         self.experiment_id = None
         self.run_id = None
@@ -251,7 +253,11 @@ class ReleaseManagerUser(_TimedUser):
         cfg = _config()
         self.model = cfg.registry.model_name
         self.stage, self.alias = cfg.registry.production_stage, cfg.registry.production_alias
-        self.mlflow = MlflowRest([r.mlflow_url for r in cfg.write_order()], max(10.0, opts.xr_timeout if opts else 3.0))
+        self.mlflow = MlflowRest(
+            [r.mlflow_url for r in cfg.write_order()],
+            max(10.0, opts.xr_timeout if opts else 3.0),
+            auth=account("release-manager"),
+        )
         self.versions = [v for v in (opts.xr_release_versions if opts else "").split(",") if v]
         self.turn = 0
         gevent.sleep(random.random() * 2)  # release managers do not act in lock-step
@@ -294,7 +300,9 @@ class ReaderUser(_TimedUser):
         cfg = _config()
         endpoints = [r.mlflow_url for r in cfg.write_order()]
         timeout = opts.xr_timeout if opts else 3.0
-        self.mlflow = MlflowRest(endpoints, timeout, per_endpoint=max(1.0, timeout / (len(endpoints) + 1)))
+        self.mlflow = MlflowRest(
+            endpoints, timeout, auth=account("serving"), per_endpoint=max(1.0, timeout / (len(endpoints) + 1))
+        )
         self.model = cfg.registry.model_name
         self.experiment_ids: list[str] = []
         self.run_ids: list[str] = []

@@ -18,12 +18,12 @@ import time
 from dataclasses import dataclass, field
 
 import psycopg2
-import requests
 
 from xregion import events
 from xregion.config import XRegionConfig
 from xregion.infra.embedded import patroni
 from xregion.infra.embedded import postgres as pg
+from xregion.mlflow_rest import MlflowRest, Unavailable
 
 PROBE_DB = "xregion_probe"
 
@@ -135,19 +135,14 @@ class RegistryCanary(threading.Thread):
         self.stop = threading.Event()
         self.acks: list[tuple[int, float, float, str]] = []  # (seq, sent at, acknowledged at, endpoint)
         self.failures = 0
-        self.session = requests.Session()
+        self.rest = MlflowRest(self.endpoints, timeout=3.0, per_endpoint=2.0)
 
     def _post(self, path: str, body: dict) -> str | None:
-        for ep in self.endpoints:
-            try:
-                r = self.session.post(f"{ep}/api/2.0/mlflow/{path}", json=body, timeout=(1.0, 2.0))
-            except requests.RequestException:
-                continue
-            if r.status_code == 200:
-                return ep
-            if 400 <= r.status_code < 500:
-                return ep if "ALREADY_EXISTS" in r.text else None
-        return None
+        """The endpoint that acknowledged the write, or None."""
+        try:
+            return self.rest.call("POST", f"/api/2.0/mlflow/{path}", json_body=body)[1]
+        except Unavailable as err:
+            return self.endpoints[0] if err.status and "ALREADY_EXISTS" in err.body else None
 
     def create(self) -> None:
         if self._post("registered-models/create", {"name": self.name}) is None:
@@ -167,18 +162,13 @@ class RegistryCanary(threading.Thread):
 
     def read_back(self) -> dict:
         """RPO of registry writes: acknowledged tags missing from the registered model afterwards."""
-        for ep in self.endpoints:
-            try:
-                r = self.session.get(
-                    f"{ep}/api/2.0/mlflow/registered-models/get", params={"name": self.name}, timeout=10
-                )
-            except requests.RequestException:
-                continue
-            if r.status_code == 200:
-                tags = {t["key"] for t in r.json()["registered_model"].get("tags", [])}
-                missing = [s for s, _, _, _ in self.acks if f"seq-{s:06d}" not in tags]
-                return {"acknowledged": len(self.acks), "missing": len(missing), "missing_keys": missing[:50]}
-        return {"error": "no MLflow server answered the registry read-back"}
+        r = MlflowRest(self.endpoints, timeout=20.0, per_endpoint=10.0).get(
+            "/api/2.0/mlflow/registered-models/get", name=self.name)
+        if r is None or r.status_code != 200:
+            return {"error": "no MLflow server answered the registry read-back"}
+        tags = {t["key"] for t in r.json()["registered_model"].get("tags", [])}
+        missing = [s for s, _, _, _ in self.acks if f"seq-{s:06d}" not in tags]
+        return {"acknowledged": len(self.acks), "missing": len(missing), "missing_keys": missing[:50]}
 
     def delete(self) -> None:
         self._post("registered-models/delete", {"name": self.name})

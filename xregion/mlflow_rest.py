@@ -9,6 +9,7 @@ request itself is wrong.
 
 from __future__ import annotations
 
+import os
 import time
 
 import requests
@@ -35,6 +36,8 @@ class MlflowRest:
         self.timeout = timeout
         self.per_endpoint = per_endpoint  # read timeout per endpoint: a frozen server must not take it all
         self.session = requests.Session()
+        if auth is None and os.environ.get("MLFLOW_TRACKING_USERNAME"):  # as MLflow's own client would
+            auth = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
         if auth:
             self.session.auth = auth
 
