@@ -32,6 +32,29 @@ def stack():
             shutil.rmtree(home, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def serving(stack):
+    """Serving on the session stack: a tiny model registered under its own name, promoted, served by a
+    model server per region behind HAProxy, with the router following it. Stopped at the end."""
+    from tests.registry.helpers import client, log_tiny, unique
+    from tests.router.helpers import POLICY, TUNING, Serving
+    from tests.stacks import grant
+    from xregion.infra.serving import control
+    from xregion.plugins import registry_client
+
+    cfg, home = stack.cfg, stack.home
+    url = cfg.region("a").mlflow_url
+    model = unique("serving")
+    v1 = log_tiny(url, model, label="v1")
+    grant(stack, "router", model)  # its automatic rollback writes this model's registry entries
+    registry_client.promote(client(url), cfg, model, v1, reason="first release", who="test")
+    control.start_serving(cfg, home, progress=lambda m: None, policy=POLICY, tuning=TUNING, model=model)
+    try:
+        yield Serving(cfg, home, model, url, cfg.serving.frontend_url)
+    finally:
+        control.stop_serving(home)
+
+
 STACK_FIXTURES = {"stack", "serving"}
 
 

@@ -57,3 +57,15 @@ def mlflow_http():
     if os.environ.get("MLFLOW_TRACKING_USERNAME"):
         session.auth = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
     return session
+
+
+def grant(st: Stack, role: str, model: str, permission: str = "MANAGE") -> None:
+    """Give one of the platform's accounts a permission on a test's own registered model (the
+    accounts are scoped to the platform's model name, and tests use models of their own)."""
+    from mlflow.server.auth.client import AuthServiceClient
+
+    from xregion.home import environment
+
+    user, _ = st.credentials(role)
+    with environment(**st.client_env("admin")):
+        AuthServiceClient(st.cfg.primary.mlflow_url).grant_user_permission(user, "registered_model", model, permission)
