@@ -1,5 +1,6 @@
-"""The embedded two-region platform on loopback: per region an S3 endpoint (moto), a Postgres
-node (region a the primary, the others streaming standbys) and an MLflow server.
+"""The embedded two-region platform on loopback: per region an S3 endpoint (moto's S3 server with
+its objects kept on disk, ``s3server.py``), a Postgres node (region a the primary, the others
+streaming standbys) and an MLflow server.
 
 Services are built from the regions file only; the supervisor runs them.
 """
@@ -40,17 +41,34 @@ def child_env(cfg: XRegionConfig, region: RegionConfig, home: Path | None = None
     return env
 
 
-def s3_service(cfg: XRegionConfig, region: RegionConfig) -> Service:
+def s3_data_dir(home: Path, region: str) -> Path:
+    """Where a region's embedded S3 endpoint keeps its buckets and objects."""
+    return home / "s3" / region
+
+
+def s3_service(cfg: XRegionConfig, region: RegionConfig, home: Path | None = None) -> Service:
     parts = urlsplit(region.s3.endpoint_url)
+    data = s3_data_dir(home or xregion_home(), region.name)
     return Service(
         name=f"{region.name}-s3",
         region=region.name,
         component="s3",
-        argv=[str(BIN / "moto_server"), "-H", parts.hostname, "-p", str(parts.port)],
+        argv=[
+            str(BIN / "python"),
+            "-m",
+            "xregion.infra.embedded.s3server",
+            "-H",
+            parts.hostname,
+            "-p",
+            str(parts.port),
+            "--data",
+            str(data),
+        ],
         listen=(parts.hostname, parts.port),
         health={"type": "http", "url": f"{region.s3.endpoint_url}/moto-api/"},
-        env=child_env(cfg, region),
-        start_timeout=30,
+        env=child_env(cfg, region, home),
+        start_timeout=120,  # loads every object of the region before it listens
+        data_dir=str(data),
     )
 
 
@@ -110,7 +128,7 @@ def services(cfg: XRegionConfig, home: Path) -> list[Service]:
     """Every service of the embedded stack, in start order within each kind."""
     out = []
     for r in cfg.write_order():
-        out += [s3_service(cfg, r), postgres.service(cfg, r, home), mlflow_service(cfg, r, home)]
+        out += [s3_service(cfg, r, home), postgres.service(cfg, r, home), mlflow_service(cfg, r, home)]
     return out
 
 
@@ -124,6 +142,20 @@ def select(cfg: XRegionConfig, home: Path, sup: Supervisor, region: str, compone
         comps = sorted({s.component for s in pool.values() if s.region == region})
         raise SystemExit(f"region {region} has no component {component!r}; components: {', '.join(comps)}")
     return chosen
+
+
+def fault(cfg: XRegionConfig, home: Path, action: str, region: str, component: str | None, progress=None) -> list[str]:
+    """Inject a fault (kill | freeze | thaw | restart | wipe) into a region's components.
+
+    A wiped S3 store comes back empty, as a store on a new disk would, and gets its bucket as at
+    ``xregion up``: the objects are gone, the region still accepts writes."""
+    sup = Supervisor(home)
+    chosen = select(cfg, home, sup, region, component)
+    done = sup.fault(action, chosen, progress)
+    if action == "wipe":
+        for svc in chosen:
+            RegionStore(cfg.region(svc.region)).ensure_bucket()
+    return done
 
 
 def up(cfg: XRegionConfig, home: Path, progress=print) -> float:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -57,6 +58,7 @@ class Service:
     stop_signal: int = signal.SIGTERM
     start_timeout: float = 60.0
     lock_file: str | None = None  # a pid lock the program refuses to start over (Postgres' postmaster.pid)
+    data_dir: str | None = None  # the service's own data (an S3 store's objects): what the wipe fault deletes
 
     @classmethod
     def from_dict(cls, data: dict) -> Service:
@@ -221,8 +223,14 @@ class Supervisor:
             raise StartFailed(f"{svc.name}: cannot run {svc.argv[0]}: {exc.strerror}") from None
         finally:
             logf.close()
-        proc = psutil.Process(popen.pid)
-        rec = {"pid": popen.pid, "create_time": proc.create_time(), "service": asdict(svc)}
+        return self.adopt(svc, popen.pid)
+
+    def adopt(self, svc: Service, pid: int) -> psutil.Process:
+        """Record a process started elsewhere (a client forked by a load generator) as ``svc``, so
+        that ``fault``, ``stop`` and ``status`` reach it like any other service."""
+        proc = psutil.Process(pid)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        rec = {"pid": pid, "create_time": proc.create_time(), "service": asdict(svc)}
         tmp = self.pidfile(svc.name).with_suffix(".tmp")
         tmp.write_text(json.dumps(rec, indent=1))
         tmp.replace(self.pidfile(svc.name))
@@ -355,17 +363,22 @@ class Supervisor:
 
     # --- faults --------------------------------------------------------------------------
     def fault(self, action: str, services: list[Service], progress=None) -> list[str]:
-        """kill (SIGKILL) | freeze (SIGSTOP) | thaw (SIGCONT) | restart; each recorded in the event log."""
+        """kill (SIGKILL) | freeze (SIGSTOP) | thaw (SIGCONT) | restart | wipe (stop, delete the
+        service's data directory, start it empty: a lost disk); each recorded in the event log."""
         sigs = {"kill": signal.SIGKILL, "freeze": signal.SIGSTOP, "thaw": signal.SIGCONT}
+        if action == "wipe" and (bad := [s.name for s in services if not s.data_dir]):
+            raise SupervisorError(f"wipe: {', '.join(bad)} keep no data of their own (only S3 stores do)")
         done = []
         for svc in services:
-            if action != "restart" and self.process(svc.name) is None:
+            if action not in ("restart", "wipe") and self.process(svc.name) is None:
                 if progress:
                     progress(f"{svc.name} is not running; nothing to {action}")
                 continue
             events.record(f"fault.{action}", self.home, service=svc.name, region=svc.region, component=svc.component)
-            if action == "restart":
+            if action in ("restart", "wipe"):
                 self.stop(svc.name)
+                if action == "wipe":
+                    shutil.rmtree(svc.data_dir, ignore_errors=True)
                 self.start(svc, progress=progress)
             else:
                 self.signal(svc.name, sigs[action])
