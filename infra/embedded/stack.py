@@ -124,6 +124,24 @@ def mlflow_service(cfg: XRegionConfig, region: RegionConfig, home: Path) -> Serv
     )
 
 
+def replicator_service(cfg: XRegionConfig, home: Path, metrics_port: int) -> Service:
+    """``xregion replicate run`` as a supervised service: it pays what the host's ledger
+    (XREGION_HOME/outbox.sqlite) owes, next to the MLflow servers that pay it too. Its health is
+    its Prometheus endpoint. Named after the primary region, where the ledger's host runs."""
+    region = cfg.primary
+    return Service(
+        name=f"{region.name}-replicator",
+        region=region.name,
+        component="replicator",
+        argv=[str(BIN / "xregion"), "replicate", "run", "--metrics-port", str(metrics_port)],
+        listen=("127.0.0.1", metrics_port),
+        health={"type": "http", "url": f"http://127.0.0.1:{metrics_port}/metrics"},
+        env=child_env(cfg, region, home),
+        cwd=str(home),
+        start_timeout=60,
+    )
+
+
 def services(cfg: XRegionConfig, home: Path) -> list[Service]:
     """Every service of the embedded stack, in start order within each kind."""
     out = []
