@@ -24,6 +24,13 @@ Start here:
 
 app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
+
+@app.callback()
+def _root() -> None:
+    # a callback keeps `xregion NAME` a sub-command even when only one command is mounted
+    # (`xregion chaos`, `xregion demo`); without it Typer runs that command as the whole program
+    pass
+
 # Sub-commands: (module, typer app, mount name or None to merge its commands at the top level, the
 # top-level command names it provides). Importing a concern costs seconds (MLflow, TensorFlow), so
 # a command line imports only the module of the command it names.
@@ -34,6 +41,7 @@ MOUNTS = [
     ("xregion.cli.registry", "app", None, ("promote", "rollback")),
     ("xregion.cli.dr", "app", "dr", ("dr",)),
     ("xregion.cli.drill", "app", None, ("drill",)),
+    ("xregion.cli.chaos", "app", None, ("chaos",)),
     ("xregion.cli.router", "app", None, ("router",)),
     ("xregion.cli.demo", "app", None, ("demo",)),
 ]
