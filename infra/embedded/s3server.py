@@ -32,6 +32,7 @@ import sys
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -243,33 +244,48 @@ def _deleted_keys(body: bytes) -> list[str]:
     return keys
 
 
+@dataclass
+class _Plan:
+    keys: list[tuple[str, str]]  # (bucket, key) the request reads or changes: locked for its whole length
+    persist: Callable[[], None] | None  # what to write to disk if it succeeds (None: a read)
+
+
 class PersistentS3:
-    """WSGI middleware: answers a successful object write or delete only once it is on disk."""
+    """WSGI middleware: answers a successful object write or delete only once it is on disk.
+
+    A request on a key holds that key's lock from the moment moto sees it until its answer is
+    ready, reads included: a write becomes visible to GET and HEAD of the key only once it is
+    durable, as in MinIO, so nobody (a replicator copying the key) acts on a write that a kill -9
+    of the store could still undo. Listings are not locked and may show a write being persisted.
+    """
 
     def __init__(self, app: Callable, disk: DiskStore, stripes: int = 64):
         self.app = app
         self.disk = disk
         self._locks = [threading.Lock() for _ in range(stripes)]
 
-    def plan(self, environ: dict) -> Callable[[], None] | None:
-        """What to persist if the request succeeds, or None for reads and unkept changes."""
+    def plan(self, environ: dict) -> _Plan | None:
+        """The keys a request touches and what to persist, or None (listings, unkept changes)."""
         method = environ.get("REQUEST_METHOD", "GET")
-        if method not in ("PUT", "POST", "DELETE") or environ.get("PATH_INFO", "").startswith("/moto-api"):
+        if environ.get("PATH_INFO", "").startswith("/moto-api"):
             return None
         query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
         bucket, key = target(environ)
         if not bucket:
             return None
         if key:
+            if method in ("GET", "HEAD"):
+                return _Plan([(bucket, key)], None)
             if "uploadId" in query and method != "POST" or "uploads" in query:
                 return None  # a part, an initiation or an abort: no object changes yet
-            return lambda: self.sync_key(bucket, key)
+            return _Plan([(bucket, key)], lambda: self.sync_key(bucket, key))
         if method == "POST" and "delete" in query:
             body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
             environ["wsgi.input"] = io.BytesIO(body)  # moto reads it again
-            return lambda: [self.sync_key(bucket, k) for k in _deleted_keys(body)]
+            keys = _deleted_keys(body)
+            return _Plan([(bucket, k) for k in keys], lambda: [self.sync_key(bucket, k) for k in keys])
         if not query and method in ("PUT", "DELETE"):
-            return lambda: self.sync_bucket(bucket)
+            return _Plan([], lambda: self.sync_bucket(bucket))
         return None
 
     def sync_bucket(self, bucket: str) -> None:
@@ -281,26 +297,34 @@ class PersistentS3:
             self.disk.save_bucket(bucket, meta)
 
     def sync_key(self, bucket: str, key: str) -> None:
-        """Make the disk copy of ``key`` what moto holds now. Under a per-key lock, each sync reads
-        the state after its own request, so the last sync to run writes the newest state."""
-        with self._locks[hash((bucket, key)) % len(self._locks)]:
-            for _ in range(10):
-                backend, found = _backend_of(bucket)
-                fake = found.keys.get(key) if found is not None else None
-                if fake is None or not hasattr(fake, "_value_buffer"):  # absent, or a delete marker
-                    self.disk.drop_object(bucket, key)
-                    return
-                try:
-                    self.disk.save_object(bucket, key, describe(backend, fake), _chunks(fake))
-                    return
-                except ValueError:  # its buffer was closed: a newer write replaced it; save that one
-                    continue
-            raise RuntimeError(f"{bucket}/{key} kept changing while being saved")
+        """Make the disk copy of ``key`` what moto holds now (the caller holds the key's lock)."""
+        for _ in range(10):
+            backend, found = _backend_of(bucket)
+            fake = found.keys.get(key) if found is not None else None
+            if fake is None or not hasattr(fake, "_value_buffer"):  # absent, or a delete marker
+                self.disk.drop_object(bucket, key)
+                return
+            try:
+                self.disk.save_object(bucket, key, describe(backend, fake), _chunks(fake))
+                return
+            except ValueError:  # its buffer was closed: a newer write replaced it; save that one
+                continue
+        raise RuntimeError(f"{bucket}/{key} kept changing while being saved")
 
     def __call__(self, environ: dict, start_response: Callable):
-        persist = self.plan(environ)
-        if persist is None:
+        plan = self.plan(environ)
+        if plan is None:
             return self.app(environ, start_response)
+        stripes = sorted({hash(k) % len(self._locks) for k in plan.keys})  # one order: no deadlock
+        for i in stripes:
+            self._locks[i].acquire()
+        try:
+            return self._locked(plan, environ, start_response)
+        finally:
+            for i in reversed(stripes):
+                self._locks[i].release()
+
+    def _locked(self, plan: _Plan, environ: dict, start_response: Callable) -> list[bytes]:
         captured: dict = {}
         body: list[bytes] = []
 
@@ -314,9 +338,9 @@ class PersistentS3:
         finally:
             if hasattr(result, "close"):
                 result.close()
-        if captured["status"].startswith("2"):
+        if plan.persist is not None and captured["status"].startswith("2"):
             try:
-                persist()
+                plan.persist()
             except Exception:  # never acknowledge a write that is not on disk
                 log.exception("persisting %s %s failed", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
                 start_response("500 Internal Server Error", [("Content-Type", "application/xml")])
