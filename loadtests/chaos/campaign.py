@@ -44,7 +44,7 @@ class Settings:
     mode: str = "async"  # sync | async | both (every seed in each mode)
     duration: float = 3.0  # seconds of a trial over which its faults fall
     clients: int = 4  # one of them registers and promotes
-    ops: int = 12  # operations per artifact client
+    ops: int = 10  # operations per artifact client
     keys: int = 3
     max_faults: int = 4
     client_timeout: float = 90.0  # a client still running then is killed (its operation indeterminate)
@@ -159,6 +159,8 @@ class ChaosStack:
         start_ns, injector, clients = self._workload(ctx, plans, plan_faults(seed, s.duration, s.max_faults), tdir)
         phase("heal")
         healed = heal(self.sup, list(self.services.values()))
+        if any(i.applied and i.fault.target.endswith("-s3") for i in injector.injected):
+            self.stores = stores(self.cfg)  # pooled connections to a restarted store would cost a retry each
         phase("drain")
         still_owed = drain(self.home, f"{ctx.artifacts_prefix}/{ctx.prefix}/", s.drain_timeout)
         phase("check")
