@@ -31,7 +31,7 @@ from . import checker, workload
 from .faults import Injector, heal, plan_faults
 from .forkserver import ForkServer
 from .history import Op, read_history
-from .invariants import drain, gate_violations, observe, stranded, verify_prefix
+from .invariants import drain, gate_violations, log_mentions, observe, stranded, verify_prefix
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]  # (trial number from 1, trials, phase)
@@ -131,7 +131,7 @@ class ChaosStack:
 
     # --- one trial -------------------------------------------------------------------------------
     def trial(self, seed: int, mode: str, progress: Callable[[str], None]) -> TrialResult:
-        t_start = time.monotonic()
+        t_start, t_wall = time.monotonic(), time.time()
         phases: dict[str, float] = {}
         last = [t_start, "setup"]
 
@@ -177,12 +177,19 @@ class ChaosStack:
         }
         for svc, _ in clients:
             self.sup.stop(svc.name)
+        owed_by_clients = stranded(tdir)
+        for a in anomalies:  # evidence for a post-mortem: who still owes the key, what the logs say of it
+            full = f"{ctx.artifacts_prefix}/{ctx.prefix}/{a.key}"
+            a.evidence = owed_by_clients.get(full, []) + log_mentions(self.home, full, t_wall)
         phase("done")
         return TrialResult(
             seed=seed,
             mode=mode,
             operations=len(ops) - 1,
-            acknowledged={**checker.acknowledged(ops[1:]), "stranded_in_client_ledgers": stranded(tdir)},
+            acknowledged={
+                **checker.acknowledged(ops[1:]),
+                "stranded_in_client_ledgers": sum(map(len, owed_by_clients.values())),
+            },
             faults=[i.as_dict() | {"described": i.describe()} for i in injector.injected],
             counts=counts,
             anomalies=[a.as_dict() for a in anomalies],

@@ -34,6 +34,7 @@ class Anomaly:
     observed: dict[str, str | None]  # region -> sha256 held (None: absent)
     allowed: list[str | None]  # final states the history allows
     history: list[str]  # the operations on the key, described, in invocation order
+    evidence: list[str] = field(default_factory=list)  # filled by the campaign: ledgers and log lines
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -91,11 +91,26 @@ def gate_violations(cfg: XRegionConfig, regions: dict[str, RegionStore], client,
     return out
 
 
-def stranded(trial_dir: Path) -> int:
-    """Writes still owed in the client processes' own ledgers (direct clients have no XREGION_HOME,
-    so what they owe lives in their working directory, where no platform replicator looks)."""
-    total = 0
-    for path in trial_dir.glob("*/.xregion/outbox.sqlite"):
+def stranded(trial_dir: Path) -> dict[str, list[str]]:
+    """Work still owed in the client processes' own ledgers, by full key: direct clients have no
+    XREGION_HOME, so what they owe lives in their working directory, where no platform replicator
+    looks once they are gone."""
+    out: dict[str, list[str]] = {}
+    for path in sorted(trial_dir.glob("*/.xregion/outbox.sqlite")):
+        client = path.parent.parent.name
         with sqlite3.connect(path) as conn:
-            total += conn.execute("select count(*) from owed").fetchone()[0]
-    return total
+            for op, key, region, reason in conn.execute("select op, key, region, reason from owed"):
+                out.setdefault(key, []).append(f"{client}'s own ledger owes {op} to {region} ({reason})")
+    return out
+
+
+def log_mentions(home: Path, key: str, since: float, limit: int = 8) -> list[str]:
+    """Lines of the replicators' and clients' logs (MLflow servers, the replicator service, the
+    clients) that name ``key``: failed puts, corrupt copies, repairs, evidence of who touched it."""
+    found = []
+    for log in sorted((home / "logs").glob("*.log")):
+        if not log.stem.endswith(("mlflow", "replicator", "clients")) or log.stat().st_mtime < since:
+            continue
+        with open(log, errors="replace") as f:
+            found += [f"{log.stem}: {line.strip()[:240]}" for line in f if key in line]
+    return found[-limit:]

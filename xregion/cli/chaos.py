@@ -36,6 +36,8 @@ def _print_failure(out: Console, failure: dict) -> None:
         out.print(f"  [bold]{a['key']}[/bold]: {'/'.join(a['kinds'])}; regions hold {held}; history allows {allowed}")
         for line in a["history"]:
             out.print(f"    {line}")
+        for line in a.get("evidence", []):
+            out.print(f"    [dim]{line}[/dim]")
     for g in failure["gate"]:
         out.print(f"  version {g['version']} in production with artifacts that do not verify: {g['problems'][:3]}")
     for d in failure["verify"][:10]:
