@@ -76,6 +76,25 @@ class TrialResult:
         return any(self.counts.values())
 
 
+class _Phases:
+    """Times the phases of a trial and reports each one as it starts."""
+
+    def __init__(self, progress: Callable[[str], None]):
+        self.progress = progress
+        self.start, self.wall = time.monotonic(), time.time()
+        self.phases: dict[str, float] = {}
+        self._last = (self.start, "setup")
+
+    def __call__(self, name: str) -> None:
+        now = time.monotonic()
+        self.phases[self._last[1]] = round(now - self._last[0], 2)
+        self._last = (now, name)
+        self.progress(name)
+
+    def total(self) -> float:
+        return time.monotonic() - self.start
+
+
 class ChaosStack:
     """The campaign's own embedded stack, its replicator service and its client fork server."""
 
@@ -131,16 +150,7 @@ class ChaosStack:
 
     # --- one trial -------------------------------------------------------------------------------
     def trial(self, seed: int, mode: str, progress: Callable[[str], None]) -> TrialResult:
-        t_start, t_wall = time.monotonic(), time.time()
-        phases: dict[str, float] = {}
-        last = [t_start, "setup"]
-
-        def phase(name: str) -> None:
-            now = time.monotonic()
-            phases[last[1]] = round(now - last[0], 2)
-            last[:] = [now, name]
-            progress(name)
-
+        clock = _Phases(progress)
         self.set_mode(mode)
         s = self.settings
         ctx = workload.TrialContext(
@@ -155,49 +165,54 @@ class ChaosStack:
         tdir.mkdir(parents=True)
         anchor = self._setup(ctx)
         plans = workload.plan_clients(seed, [r.name for r in self.cfg.regions], s.clients, s.ops, s.keys)
-        phase("workload")
+        clock("workload")
         start_ns, injector, clients = self._workload(ctx, plans, plan_faults(seed, s.duration, s.max_faults), tdir)
-        phase("heal")
+        clock("heal")
         healed = heal(self.sup, list(self.services.values()))
         if any(i.applied and i.fault.target.endswith("-s3") for i in injector.injected):
             self.stores = stores(self.cfg)  # pooled connections to a restarted store would cost a retry each
-        phase("drain")
+        clock("drain")
         still_owed = drain(self.home, f"{ctx.artifacts_prefix}/{ctx.prefix}/", s.drain_timeout)
-        phase("check")
+        clock("check")
         ops = [anchor, *read_history([h for _, h in clients], start_ns)]
         keys = sorted({o.key for p in plans for o in p.ops if o.f in ("put", "delete", "read")} | {anchor.key})
+        result = self._check(ctx, ops, keys, still_owed, tdir, clock.wall)
+        for svc, _ in clients:
+            self.sup.stop(svc.name)
+        clock("done")
+        result.faults = [i.as_dict() | {"described": i.describe()} for i in injector.injected]
+        result.healed, result.seconds, result.phases = healed, clock.total(), clock.phases
+        return result
+
+    def _check(self, ctx, ops: list[Op], keys: list[str], still_owed: int, tdir: Path, since: float) -> TrialResult:
+        """Every invariant on what the regions hold now, and the evidence for each anomaly."""
         anomalies = checker.check(ops, observe(self.stores, ctx, keys))
         diffs = verify_prefix(self.stores, f"{ctx.artifacts_prefix}/{ctx.prefix}")
         gate = gate_violations(self.cfg, self.stores, self.registry, ctx)
-        counts = {
-            **checker.counts(anomalies),
-            "gate_violations": len(gate),
-            "verify_differences": len(diffs),
-            "still_owed": still_owed,
-        }
-        for svc, _ in clients:
-            self.sup.stop(svc.name)
         owed_by_clients = stranded(tdir)
-        for a in anomalies:  # evidence for a post-mortem: who still owes the key, what the logs say of it
+        for a in anomalies:  # for a post-mortem: who still owes the key, what the logs say of it
             full = f"{ctx.artifacts_prefix}/{ctx.prefix}/{a.key}"
-            a.evidence = owed_by_clients.get(full, []) + log_mentions(self.home, full, t_wall)
-        phase("done")
+            a.evidence = owed_by_clients.get(full, []) + log_mentions(self.home, full, since)
         return TrialResult(
-            seed=seed,
-            mode=mode,
-            operations=len(ops) - 1,
+            seed=ctx.seed,
+            mode=ctx.mode,
+            operations=len(ops) - 1,  # the anchor is the set-up's, not a client's
             acknowledged={
                 **checker.acknowledged(ops[1:]),
                 "stranded_in_client_ledgers": sum(map(len, owed_by_clients.values())),
             },
-            faults=[i.as_dict() | {"described": i.describe()} for i in injector.injected],
-            counts=counts,
+            faults=[],
+            counts={
+                **checker.counts(anomalies),
+                "gate_violations": len(gate),
+                "verify_differences": len(diffs),
+                "still_owed": still_owed,
+            },
             anomalies=[a.as_dict() for a in anomalies],
             gate=gate,
             verify=[d.as_dict() for d in diffs],
-            healed=healed,
-            seconds=time.monotonic() - t_start,
-            phases=phases,
+            healed=[],
+            seconds=0.0,
         )
 
     def _setup(self, ctx: workload.TrialContext) -> Op:
