@@ -10,13 +10,14 @@ interleaving in time is the machine's, as with any real fault injection).
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import psutil
@@ -54,6 +55,7 @@ class Settings:
     client_ledger: str = "own"
     extra_env: dict[str, str] = field(default_factory=dict)  # for the client processes (tests)
     keep: bool = False  # keep the campaign's XREGION_HOME (logs, histories) for a post-mortem
+    out: Path | None = None  # append each trial's result here as a JSON line, as soon as it is known
 
 
 @dataclass
@@ -334,6 +336,9 @@ def run_campaign(
     with ChaosStack(settings, modes[0], note) as chaos:
         for n, (seed, mode) in enumerate(schedule, 1):
             results.append(chaos.trial(seed, mode, lambda phase, n=n: progress and progress(n, len(schedule), phase)))
+            if settings.out:
+                with open(settings.out, "a") as f:
+                    f.write(json.dumps(asdict(results[-1]), default=str) + "\n")
             log.info("trial %d/%d (seed %d, %s): %s", n, len(schedule), seed, mode, results[-1].counts)
     return CampaignResult(settings, results, time.monotonic() - t0)
 

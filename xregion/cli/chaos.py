@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from enum import StrEnum
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -54,6 +55,7 @@ def chaos(
         Ledger.own, help="Where direct clients record what they owe: their own directory, or the platform's home."
     ),
     keep: bool = typer.Option(False, help="Keep the campaign's XREGION_HOME (histories, logs) afterwards."),
+    out: Path | None = typer.Option(None, help="Append every trial's full result to this file (JSON lines)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Concurrent puts, overwrites, deletes, reads and promotions under random kill -9 and SIGSTOP of
@@ -63,7 +65,13 @@ def chaos(
 
     logging.basicConfig(level=logging.WARNING)
     settings = Settings(
-        trials=trials, seed=seed, mode=mode.value, duration=duration, client_ledger=client_ledger.value, keep=keep
+        trials=trials,
+        seed=seed,
+        mode=mode.value,
+        duration=duration,
+        client_ledger=client_ledger.value,
+        keep=keep,
+        out=out,
     )
     total = trials * (2 if mode == Mode.both else 1)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
