@@ -45,6 +45,20 @@ def _print_failure(out: Console, failure: dict) -> None:
         out.print(f"  verify --deep: {d['key']} in {d['region']}: {d['problem']} ({d['detail']})")
 
 
+def _print_report(out: Console, report: dict) -> None:
+    for failure in report["failures"]:
+        _print_failure(out, failure)
+    counts = {k: report[k] for k in ("lost", "resurrected", "stale", "diverged", "gate_violations")}
+    out.print(
+        f"\n{report['trials']} trials, {report['operations']} operations "
+        f"({report['acknowledged_puts']} puts and {report['acknowledged_deletes']} deletes acknowledged), "
+        f"faults {report['faults']}, {report['wall_seconds']}s"
+    )
+    out.print(f"invariants: {counts}, verify differences {report['verify_differences']}")
+    seeds = ", ".join(f"{f['seed']} ({f['mode']})" for f in report["failing_seeds"])
+    out.print(f"[red]failing seeds: {seeds}[/red]" if seeds else "[green]every trial kept every invariant[/green]")
+
+
 @app.command()
 def chaos(
     trials: int = typer.Option(20, help="Trials (per mode with --mode both)."),
@@ -93,16 +107,5 @@ def chaos(
     if as_json:
         print(json.dumps(report, indent=2))
     else:
-        out = Console()
-        for failure in report["failures"]:
-            _print_failure(out, failure)
-        counts = {k: report[k] for k in ("lost", "resurrected", "stale", "diverged", "gate_violations")}
-        out.print(
-            f"\n{report['trials']} trials, {report['operations']} operations "
-            f"({report['acknowledged_puts']} puts and {report['acknowledged_deletes']} deletes acknowledged), "
-            f"faults {report['faults']}, {report['wall_seconds']}s"
-        )
-        out.print(f"invariants: {counts}, verify differences {report['verify_differences']}")
-        seeds = ", ".join(f"{f['seed']} ({f['mode']})" for f in report["failing_seeds"])
-        out.print(f"[red]failing seeds: {seeds}[/red]" if seeds else "[green]every trial kept every invariant[/green]")
+        _print_report(Console(), report)
     raise typer.Exit(1 if report["failing_seeds"] else 0)
