@@ -72,6 +72,7 @@ class TrialResult:
     healed: list[str]
     seconds: float
     phases: dict[str, float] = field(default_factory=dict)  # seconds spent in each phase
+    owed: list[str] = field(default_factory=list)  # what the ledger still owed after the drain
 
     @property
     def failed(self) -> bool:
@@ -186,7 +187,9 @@ class ChaosStack:
         result.healed, result.seconds, result.phases = healed, clock.total(), clock.phases
         return result
 
-    def _check(self, ctx, ops: list[Op], keys: list[str], still_owed: int, tdir: Path, since: float) -> TrialResult:
+    def _check(
+        self, ctx, ops: list[Op], keys: list[str], still_owed: list[str], tdir: Path, since: float
+    ) -> TrialResult:
         """Every invariant on what the regions hold now, and the evidence for each anomaly."""
         anomalies = checker.check(ops, observe(self.stores, ctx, keys))
         diffs = verify_prefix(self.stores, f"{ctx.artifacts_prefix}/{ctx.prefix}")
@@ -208,13 +211,14 @@ class ChaosStack:
                 **checker.counts(anomalies),
                 "gate_violations": len(gate),
                 "verify_differences": len(diffs),
-                "still_owed": still_owed,
+                "still_owed": len(still_owed),
             },
             anomalies=[a.as_dict() for a in anomalies],
             gate=gate,
             verify=[d.as_dict() for d in diffs],
             healed=[],
             seconds=0.0,
+            owed=still_owed,
         )
 
     def _setup(self, ctx: workload.TrialContext) -> Op:
@@ -319,10 +323,11 @@ def _failure(t: TrialResult) -> dict:
         "mode": t.mode,
         "replay": f"xregion chaos --trials 1 --seed {t.seed} --mode {t.mode}",
         "counts": t.counts,
-        "faults": [f["described"] for f in t.faults],
+        "faults": [f["described"] for f in sorted(t.faults, key=lambda f: f["at"])],
         "anomalies": t.anomalies,
         "gate": t.gate,
         "verify": t.verify[:20],
+        "still_owed": t.owed[:20],
     }
 
 

@@ -69,8 +69,10 @@ class Injected:
         return {**asdict(self.fault), "kind": self.fault.kind, "applied": self.applied, "service": self.service}
 
     def describe(self) -> str:
-        what = f"{self.fault.action} {self.service or self.fault.target}"
-        return f"+{self.fault.at:.3f}s {what} for {self.fault.hold:.1f}s" + (f" ({self.note})" if self.note else "")
+        what = f"+{self.fault.at:.3f}s {self.fault.action} {self.service or self.fault.target}"
+        if self.fault.target != "client":  # a killed client stays dead
+            what += f" for {self.fault.hold:.1f}s"
+        return what + (f" ({self.note})" if self.note else "")
 
 
 class Injector:

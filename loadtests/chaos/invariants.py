@@ -23,7 +23,7 @@ from xregion.uris import key_prefix
 from .workload import TrialContext
 
 
-def drain(home: Path, prefix: str, timeout: float) -> int:
+def drain(home: Path, prefix: str, timeout: float) -> list[str]:
     """Wait until the host's ledger owes nothing under ``prefix``; returns what is still owed then.
 
     Leases are reset first and every 10 s, as ``xregion replicate resync`` does (an operator's
@@ -32,8 +32,8 @@ def drain(home: Path, prefix: str, timeout: float) -> int:
     count: a row an earlier trial left stuck (a bug that trial reported) does not hold this one."""
     outbox = Outbox(home / "outbox.sqlite")
 
-    def owed() -> int:
-        return sum(1 for item in outbox.items() if item.key.startswith(prefix))
+    def owed() -> list:
+        return [item for item in outbox.items() if item.key.startswith(prefix)]
 
     deadline = time.monotonic() + timeout
     released = 0.0
@@ -43,7 +43,7 @@ def drain(home: Path, prefix: str, timeout: float) -> int:
             released = time.monotonic()
         time.sleep(0.2)
     time.sleep(0.5)  # a stale copy whose row a newer write replaced may still be on its way
-    return owed()
+    return [f"{i.op} {i.key} to {i.region} ({i.reason}, {i.attempts} attempts)" for i in owed()]
 
 
 def observe(regions: dict[str, RegionStore], ctx: TrialContext, keys: list[str]) -> dict[str, dict[str, str | None]]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .common import console, progress
@@ -36,11 +37,13 @@ def _print_failure(out: Console, failure: dict) -> None:
         allowed = ", ".join((v or "absent")[:12] for v in a["allowed"])
         out.print(f"  [bold]{a['key']}[/bold]: {'/'.join(a['kinds'])}; regions hold {held}; history allows {allowed}")
         for line in a["history"]:
-            out.print(f"    {line}")
+            out.print(f"    {escape(line)}")
         for line in a.get("evidence", []):
-            out.print(f"    [dim]{line}[/dim]")
+            out.print(f"    [dim]{escape(line)}[/dim]")
     for g in failure["gate"]:
         out.print(f"  version {g['version']} in production with artifacts that do not verify: {g['problems'][:3]}")
+    for row in failure.get("still_owed", []):
+        out.print(f"  still owed after the drain: {escape(row)}")
     for d in failure["verify"][:10]:
         out.print(f"  verify --deep: {d['key']} in {d['region']}: {d['problem']} ({d['detail']})")
 
