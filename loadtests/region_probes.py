@@ -163,7 +163,8 @@ class RegistryCanary(threading.Thread):
     def read_back(self) -> dict:
         """RPO of registry writes: acknowledged tags missing from the registered model afterwards."""
         r = MlflowRest(self.endpoints, timeout=20.0, per_endpoint=10.0).get(
-            "/api/2.0/mlflow/registered-models/get", name=self.name)
+            "/api/2.0/mlflow/registered-models/get", name=self.name
+        )
         if r is None or r.status_code != 200:
             return {"error": "no MLflow server answered the registry read-back"}
         tags = {t["key"] for t in r.json()["registered_model"].get("tags", [])}

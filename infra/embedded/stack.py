@@ -1,8 +1,9 @@
-"""The embedded platform on loopback: per region an S3 endpoint (moto), an etcd member, a Postgres
-node run by Patroni, and an MLflow server; plus the witness's etcd member (regions file:
-``witness``). Patroni elects the database leader through etcd; every MLflow server writes through
-the multi-host URI that finds the leader and reads from its own region's node (MLflow's read
-replica), so reads go on while a failover is in progress.
+"""The embedded platform on loopback: per region an S3 endpoint (moto's S3 server with its objects
+kept on disk, ``s3server.py``), an etcd member, a Postgres node run by Patroni, and an MLflow
+server; plus the witness's etcd member (regions file: ``witness``). Patroni elects the database
+leader through etcd; every MLflow server writes through the multi-host URI that finds the leader
+and reads from its own region's node (MLflow's read replica), so reads go on while a failover is in
+progress.
 
 Services are built from the regions file only; the supervisor runs them.
 """
@@ -50,18 +51,35 @@ def child_secrets(region: RegionConfig) -> dict[str, str]:
     }
 
 
-def s3_service(cfg: XRegionConfig, region: RegionConfig) -> Service:
+def s3_data_dir(home: Path, region: str) -> Path:
+    """Where a region's embedded S3 endpoint keeps its buckets and objects."""
+    return home / "s3" / region
+
+
+def s3_service(cfg: XRegionConfig, region: RegionConfig, home: Path | None = None) -> Service:
     parts = urlsplit(region.s3.endpoint_url)
+    data = s3_data_dir(home or xregion_home(), region.name)
     return Service(
         name=f"{region.name}-s3",
         region=region.name,
         component="s3",
-        argv=[str(BIN / "moto_server"), "-H", parts.hostname, "-p", str(parts.port)],
+        argv=[
+            str(BIN / "python"),
+            "-m",
+            "xregion.infra.embedded.s3server",
+            "-H",
+            parts.hostname,
+            "-p",
+            str(parts.port),
+            "--data",
+            str(data),
+        ],
         listen=(parts.hostname, parts.port),
         health={"type": "http", "url": f"{region.s3.endpoint_url}/moto-api/"},
-        env=child_env(cfg, region),
+        env=child_env(cfg, region, home),
         secret_env=child_secrets(region),
-        start_timeout=30,
+        start_timeout=120,  # loads every object of the region before it listens
+        data_dir=str(data),
     )
 
 
@@ -130,11 +148,45 @@ def mlflow_service(cfg: XRegionConfig, region: RegionConfig, home: Path) -> Serv
     )
 
 
+def replicator_port(home: Path) -> int:
+    """The replicator's metrics port: chosen once, kept in XREGION_HOME (a restart finds it again)."""
+    from xregion.net import free_port
+
+    path = Path(home) / "run" / "replicator.port"
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        path.write_text(str(port))
+        return port
+
+
+def replicator_service(cfg: XRegionConfig, home: Path, metrics_port: int | None = None) -> Service:
+    """``xregion replicate run`` as a supervised service: it pays what the host's ledger
+    (XREGION_HOME/outbox.sqlite) owes, next to the MLflow servers that pay it too. Its health is
+    its Prometheus endpoint. Named after the primary region, where the ledger's host runs."""
+    region = cfg.primary
+    metrics_port = metrics_port or replicator_port(home)
+    return Service(
+        name=f"{region.name}-replicator",
+        region=region.name,
+        component="replicator",
+        argv=[str(BIN / "xregion"), "replicate", "run", "--metrics-port", str(metrics_port)],
+        listen=("127.0.0.1", metrics_port),
+        health={"type": "http", "url": f"http://127.0.0.1:{metrics_port}/metrics"},
+        env=child_env(cfg, region, home),
+        secret_env=child_secrets(region),
+        cwd=str(home),
+        start_timeout=60,
+    )
+
+
 def services(cfg: XRegionConfig, home: Path) -> list[Service]:
     """Every service of the embedded stack: per region S3, etcd, Patroni (+ Postgres), MLflow; the witness."""
     out = []
     for r in cfg.write_order():
-        out += [s3_service(cfg, r)]
+        out += [s3_service(cfg, r, home)]
         if r.etcd:
             out.append(etcd.service(cfg, r.name, r.etcd, home))
         if r.patroni:
@@ -142,6 +194,7 @@ def services(cfg: XRegionConfig, home: Path) -> list[Service]:
         out.append(mlflow_service(cfg, r, home))
     if cfg.witness:
         out.append(etcd.service(cfg, cfg.witness.name, cfg.witness.etcd, home))
+    out.append(replicator_service(cfg, home))  # pays what the shared ledger owes, whoever owed it
     return out
 
 
@@ -164,6 +217,20 @@ def select(cfg: XRegionConfig, home: Path, sup: Supervisor, region: str, compone
             f"region {region} has no component {component!r}; components: {', '.join(comps) or 'none running'}"
         )
     return chosen
+
+
+def fault(cfg: XRegionConfig, home: Path, action: str, region: str, component: str | None, progress=None) -> list[str]:
+    """Inject a fault (kill | freeze | thaw | restart | wipe) into a region's components.
+
+    A wiped S3 store comes back empty, as a store on a new disk would, and gets its bucket as at
+    ``xregion up``: the objects are gone, the region still accepts writes."""
+    sup = Supervisor(home)
+    chosen = select(cfg, home, sup, region, component)
+    done = sup.fault(action, chosen, progress)
+    if action == "wipe":
+        for svc in chosen:
+            RegionStore(cfg.region(svc.region)).ensure_bucket()
+    return done
 
 
 def up(cfg: XRegionConfig, home: Path, progress=print) -> float:
@@ -198,6 +265,7 @@ def up(cfg: XRegionConfig, home: Path, progress=print) -> float:
     progress(f"starting the MLflow servers ({leader.name} first)")
     sup.start(by_kind[(leader.name, "mlflow")], progress=progress)
     sup.start(*[by_kind[(r.name, "mlflow")] for r in cfg.regions if r.name != leader.name], progress=progress)
+    sup.start(replicator_service(cfg, home), progress=progress)
     created = auth.ensure_accounts(cfg, home, leader.mlflow_url)
     if created:
         progress(f"MLflow accounts created: {', '.join(created)} (passwords in {home / 'secrets'})")

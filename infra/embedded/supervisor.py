@@ -14,108 +14,27 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
-import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import psutil
 
 from xregion import events
 
-
-class SupervisorError(RuntimeError):
-    pass
-
-
-class PortInUse(SupervisorError):
-    pass
-
-
-class StartFailed(SupervisorError):
-    pass
-
-
-@dataclass
-class Service:
-    """One supervised process and how to tell that it is healthy."""
-
-    name: str  # unique, e.g. "a-postgres"
-    region: str
-    component: str  # s3 | postgres | mlflow | serving | haproxy | ...
-    argv: list[str]
-    listen: tuple[str, int] | None = None
-    health: dict = field(default_factory=dict)  # {"type": "http"|"tcp"|"postgres", ...}
-    env: dict[str, str] = field(default_factory=dict)
-    user: str | None = None
-    cwd: str | None = None
-    stop_signal: int = signal.SIGTERM
-    start_timeout: float = 60.0
-    lock_file: str | None = None  # a pid lock the program refuses to start over (Postgres' postmaster.pid)
-    # secrets the process gets in its environment, named not valued: VAR -> "env:NAME" (taken from
-    # the starting process's environment) or "file:/path" (a 0600 file): the record never holds one
-    secret_env: dict[str, str] = field(default_factory=dict)
-
-    def resolved_env(self) -> dict[str, str]:
-        """The environment of the process: inherited, the service's own, and its secrets read now."""
-        env = {**os.environ, **self.env}
-        for var, ref in self.secret_env.items():
-            kind, _, where = ref.partition(":")
-            if kind == "env" and os.environ.get(where) is not None:
-                env[var] = os.environ[where]
-            elif kind == "file":
-                env[var] = Path(where).read_text().strip()
-            else:
-                raise StartFailed(f"{self.name}: secret {var} names {ref!r}, which is not set")
-        return env
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Service:
-        data = dict(data)
-        if data.get("listen"):
-            data["listen"] = tuple(data["listen"])
-        return cls(**data)
-
-
-def check_health(svc: Service, timeout: float = 2.0) -> tuple[bool, str]:
-    """(healthy, detail) from the service's declared check."""
-    kind = svc.health.get("type", "tcp")
-    try:
-        if kind == "http":
-            try:
-                with urllib.request.urlopen(svc.health["url"], timeout=timeout) as resp:
-                    return resp.status < 500, f"HTTP {resp.status}"
-            except urllib.error.HTTPError as err:  # 4xx still proves the server answers
-                return err.code < 500, f"HTTP {err.code}"
-        if kind == "postgres":
-            import psycopg2
-
-            with psycopg2.connect(svc.health["dsn"], connect_timeout=max(1, int(timeout))) as conn:
-                with conn.cursor() as cur:
-                    cur.execute("select pg_is_in_recovery()")
-                    standby = cur.fetchone()[0]
-            conn.close()
-            return True, "standby (in recovery)" if standby else "primary (read-write)"
-        host, port = svc.listen or (svc.health["host"], svc.health["port"])
-        with socket.create_connection((host, port), timeout=timeout):
-            return True, "accepting connections"
-    except Exception as exc:  # a health check reports, it never raises
-        return False, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-
-
-def port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-            return True
-        except OSError:
-            return False
+from .service import (  # noqa: F401 (the supervisor's public API)
+    PortInUse,
+    Service,
+    StartFailed,
+    SupervisorError,
+    check_health,
+    log_tail,
+    port_free,
+)
 
 
 def _reap(pid: int) -> None:
@@ -135,12 +54,6 @@ def _clear_zombie_lock(lock: Path) -> None:
             lock.unlink()
     except (OSError, ValueError, IndexError, psutil.Error):
         pass
-
-
-def log_tail(path: Path, lines: int = 25) -> str:
-    if not path.exists():
-        return "(no log)"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 class Supervisor:
@@ -237,9 +150,14 @@ class Supervisor:
             raise StartFailed(f"{svc.name}: cannot run {svc.argv[0]}: {exc.strerror}") from None
         finally:
             logf.close()
-        proc = psutil.Process(popen.pid)
-        rec = {"pid": popen.pid, "create_time": proc.create_time(), "service": asdict(svc)}
-        self._write_record(svc.name, rec)
+        return self.adopt(svc, popen.pid)
+
+    def adopt(self, svc: Service, pid: int) -> psutil.Process:
+        """Record a process started elsewhere (a client forked by a load generator) as ``svc``, so
+        that ``fault``, ``stop`` and ``status`` reach it like any other service."""
+        proc = psutil.Process(pid)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._write_record(svc.name, {"pid": pid, "create_time": proc.create_time(), "service": asdict(svc)})
         return proc
 
     def _write_record(self, name: str, rec: dict) -> None:
@@ -425,17 +343,22 @@ class Supervisor:
 
     # --- faults --------------------------------------------------------------------------
     def fault(self, action: str, services: list[Service], progress=None) -> list[str]:
-        """kill (SIGKILL) | freeze (SIGSTOP) | thaw (SIGCONT) | restart; each recorded in the event log."""
+        """kill (SIGKILL) | freeze (SIGSTOP) | thaw (SIGCONT) | restart | wipe (stop, delete the
+        service's data directory, start it empty: a lost disk); each recorded in the event log."""
         sigs = {"kill": signal.SIGKILL, "freeze": signal.SIGSTOP, "thaw": signal.SIGCONT}
+        if action == "wipe" and (bad := [s.name for s in services if not s.data_dir]):
+            raise SupervisorError(f"wipe: {', '.join(bad)} keep no data of their own (only S3 stores do)")
         done = []
         for svc in services:
-            if action != "restart" and self.process(svc.name) is None:
+            if action not in ("restart", "wipe") and self.process(svc.name) is None:
                 if progress:
                     progress(f"{svc.name} is not running; nothing to {action}")
                 continue
             events.record(f"fault.{action}", self.home, service=svc.name, region=svc.region, component=svc.component)
-            if action == "restart":
+            if action in ("restart", "wipe"):
                 self.stop(svc.name)
+                if action == "wipe":
+                    shutil.rmtree(svc.data_dir, ignore_errors=True)
                 self.start(svc, progress=progress)
             else:
                 self.signal(svc.name, sigs[action])

@@ -24,14 +24,18 @@ pytestmark = [pytest.mark.stack, pytest.mark.timeout(900)]
 
 def test_every_mlflow_server_refuses_anonymous_and_wrong_passwords(stack):
     for r in stack.cfg.regions:
-        for path in ("/api/2.0/mlflow/experiments/search?max_results=1",
-                     "/api/2.0/mlflow/registered-models/search",
-                     "/api/2.0/mlflow-artifacts/artifacts?path=mlartifacts"):
+        for path in (
+            "/api/2.0/mlflow/experiments/search?max_results=1",
+            "/api/2.0/mlflow/registered-models/search",
+            "/api/2.0/mlflow-artifacts/artifacts?path=mlartifacts",
+        ):
             assert requests.get(r.mlflow_url + path, timeout=30).status_code == 401, (r.name, path)
             bad = requests.get(r.mlflow_url + path, auth=("admin", "not-the-password"), timeout=30)
             assert bad.status_code == 401, (r.name, path)
-        assert mlflow_http().get(r.mlflow_url + "/api/2.0/mlflow/experiments/search?max_results=1",
-                                 timeout=30).status_code == 200
+        assert (
+            mlflow_http().get(r.mlflow_url + "/api/2.0/mlflow/experiments/search?max_results=1", timeout=30).status_code
+            == 200
+        )
 
 
 def test_roles_are_least_privilege(stack):

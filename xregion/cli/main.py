@@ -42,6 +42,7 @@ MOUNTS = [
     ("xregion.cli.registry", "app", None, ("promote", "rollback")),
     ("xregion.cli.dr", "app", "dr", ("dr",)),
     ("xregion.cli.drill", "app", None, ("drill",)),
+    ("xregion.cli.chaos", "app", None, ("chaos",)),
     ("xregion.cli.router", "app", None, ("router",)),
     ("xregion.cli.demo", "app", None, ("demo",)),
 ]

@@ -78,25 +78,31 @@ class FaultAction(StrEnum):
     freeze = "freeze"
     thaw = "thaw"
     restart = "restart"
+    wipe = "wipe"
 
 
 @app.command()
 def fault(
-    action: FaultAction = typer.Argument(..., help="kill (SIGKILL), freeze (SIGSTOP), thaw (SIGCONT), restart"),
-    region: str = typer.Argument(..., help="Region name from the regions file (or the witness)."),
+    action: FaultAction = typer.Argument(
+        ..., help="kill (SIGKILL), freeze (SIGSTOP), thaw (SIGCONT), restart, wipe (an S3 store loses its disk)"
+    ),
+    region: str = typer.Argument(..., help="Region name from the regions file, the witness, or global (front door)."),
     component: str | None = typer.Argument(
         None, help="s3, etcd, patroni (= postgres: Patroni and its Postgres), mlflow, serving, ... (default: all)"
     ),
 ) -> None:
-    """Inject a fault into real processes of one region; recorded in the event log."""
+    """Inject a fault into real processes of one region; recorded in the event log.
+
+    `wipe REGION s3` stops the region's S3 store, deletes its data and starts it empty: every object
+    of the region is gone (`xregion dr verify` reports them, `xregion replicate resync` restores them)."""
     from xregion.infra.embedded import stack
-    from xregion.infra.embedded.supervisor import Supervisor, SupervisorError
+    from xregion.infra.embedded.supervisor import SupervisorError
+    from xregion.store import StoreError
 
     cfg, home = config_or_exit(), xregion_home()
-    sup = Supervisor(home)
     try:
-        done = sup.fault(action.value, stack.select(cfg, home, sup, region, component), progress)
-    except (ConfigError, SupervisorError) as err:
+        done = stack.fault(cfg, home, action.value, region, component, progress)
+    except (ConfigError, SupervisorError, StoreError) as err:
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(2) from None
     console.print(f"{action.value}: {', '.join(done) if done else 'nothing running'}")
@@ -139,3 +145,32 @@ def region_restore(
         )
     if not res["ok"]:
         raise typer.Exit(1)
+
+
+bench_app = typer.Typer()
+
+
+@bench_app.command("s3")
+def bench_s3(
+    as_json: bool = typer.Option(False, "--json"),
+    small: int = typer.Option(400, help="4 KiB objects written then read."),
+    large: int = typer.Option(12, help="8 MiB objects written."),
+) -> None:
+    """The embedded S3 store that keeps objects on disk against plain moto (in memory)."""
+    from xregion.infra.embedded.bench_s3 import as_json as rows
+    from xregion.infra.embedded.bench_s3 import run_bench
+
+    result = rows(run_bench(small=small, large=large, progress=progress))
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table("store", "4 KiB PUT/s", "4 KiB GET/s", "8 MiB PUT MiB/s", "objects kept over kill -9")
+    for r in result:
+        table.add_row(
+            r["store"],
+            str(r["small_put_per_s"]),
+            str(r["small_get_per_s"]),
+            str(r["large_put_mib_per_s"]),
+            "yes" if r["restart_keeps_objects"] else "no",
+        )
+    Console().print(table)
