@@ -8,13 +8,14 @@ passwords in ``XREGION_HOME/secrets`` (0600):
 | account | role | what it may do |
 | --- | --- | --- |
 | ``admin`` | MLflow admin | everything; creates the accounts below |
-| ``scientist`` | scientist | read everything, create experiments and runs, register versions of the served model (EDIT) |
-| ``release-manager`` | release manager | MANAGE on the served model: promote, roll back, delete versions |
+| ``scientist`` | scientist | read everything, log into any experiment (EDIT), register versions of the served model (EDIT) |
+| ``release-manager`` | release manager | MANAGE on the served model: promote, roll back, delete versions; log drill runs |
 | ``xregion-router`` | the serving control plane | MANAGE on the served model: its automatic rollback writes the registry |
 | ``xregion-serving`` | model servers | read only (the default permission) |
 
 Promotion to production additionally needs MANAGE (the registry plugin checks it), so a
-scientist who can register a version cannot put it into production.
+scientist who can register a version cannot put it into production; the administrator creates the
+served model at ``up``, because MLflow gives a registered model's creator MANAGE on it.
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ from .postgres import AUTH_DATABASE
 
 log = logging.getLogger(__name__)
 ADMIN = "admin"
+MODEL = "{model}"  # in a grant's pattern: the regions file's registered model
 
 
 @dataclass(frozen=True)
 class Account:
     username: str
     role: str
-    grants: tuple[tuple[str, str], ...]  # (resource type, permission) on the served model
+    grants: tuple[tuple[str, str, str], ...]  # (resource type, pattern, permission); MODEL = the served model
 
     @property
     def secret_name(self) -> str:
@@ -49,9 +51,13 @@ def accounts(cfg: XRegionConfig) -> dict[str, Account]:
     return {
         a.role: a
         for a in (
-            Account("scientist", "scientist", (("registered_model", "EDIT"),)),
-            Account("release-manager", "release-manager", (("registered_model", "MANAGE"),)),
-            Account("xregion-router", "router", (("registered_model", "MANAGE"),)),
+            Account("scientist", "scientist", (("experiment", "*", "EDIT"), ("registered_model", MODEL, "EDIT"))),
+            Account(
+                "release-manager",
+                "release-manager",
+                (("experiment", "*", "EDIT"), ("registered_model", MODEL, "MANAGE")),
+            ),
+            Account("xregion-router", "router", (("registered_model", MODEL, "MANAGE"),)),
             Account("xregion-serving", "serving", ()),
         )
     }
@@ -152,7 +158,21 @@ def ensure_accounts(cfg: XRegionConfig, home: Path, url: str) -> list[str]:
             if not acc.grants or acc.role in roles:
                 continue
             role = auth.create_role("default", acc.role, description=f"xregion {acc.role}")
-            for resource, permission in acc.grants:
-                auth.add_role_permission(role.id, resource, cfg.registry.model_name, permission)
+            for resource, pattern, permission in acc.grants:
+                auth.add_role_permission(role.id, resource, pattern.format(model=cfg.registry.model_name), permission)
             auth.assign_role(acc.username, role.id)
+        _own_the_model(cfg, url)
     return created
+
+
+def _own_the_model(cfg: XRegionConfig, url: str) -> None:
+    """The served model is created by the administrator: MLflow gives a registered model's creator
+    MANAGE on it, and a scientist registering the first version must not become its manager."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(url, registry_uri=url).create_registered_model(cfg.registry.model_name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise

@@ -54,7 +54,10 @@ def test_up_starts_every_component_healthy(own_stack):
     result = cli(env, "up")
     assert result.returncode == 0, result.stderr
     rows = status(env)
-    assert set(rows) == {f"{r}-{c}" for r in "ab" for c in ("s3", "etcd", "patroni", "mlflow")} | {"witness-etcd"}
+    assert set(rows) == {f"{r}-{c}" for r in "ab" for c in ("s3", "etcd", "patroni", "mlflow")} | {
+        "witness-etcd",
+        "a-replicator",  # pays what the shared ledger owes
+    }
     assert all(r["healthy"] and r["state"] == "running" for r in rows.values()), rows
     assert rows["a-patroni"]["detail"].startswith("primary")
     assert rows["b-patroni"]["detail"].startswith("replica")

@@ -13,7 +13,6 @@ import hashlib
 import uuid
 
 import pytest
-import requests
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
@@ -154,7 +153,8 @@ def test_the_marker_namespace_cannot_be_written_or_deleted_through_the_artifact_
         root.log_artifact(str(f), f"_xregion/protected/{name}")
     assert err.value.error_code == "PERMISSION_DENIED"
     for url in servers(stack):
-        for method in (requests.put, requests.delete):
+        http = mlflow_http()
+        for method in (http.put, http.delete):
             resp = method(url + API + f"_xregion/protected/{name}/{version}", timeout=60)
             assert resp.status_code == 403, resp.text
     for r in stack.cfg.regions:  # every marker is still there, unchanged
