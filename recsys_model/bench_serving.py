@@ -30,7 +30,7 @@ import numpy as np
 
 class ScoringServer(Protocol):
     """What the benchmarks need of a running ``mlflow models serve`` (the CLI passes
-    ``xregion.infra.model_server.ModelServer``; this library starts no process itself)."""
+    ``xregion.infra.serving.model_server.ModelServer``; this library starts no process itself)."""
 
     port: int
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import psutil
 
 from xregion.config import load_config
+from xregion.home import environment
+from xregion.infra.embedded import auth
 from xregion.infra.embedded import stack as embedded
 from xregion.infra.embedded.scratch import make_home
 from xregion.infra.embedded.scratch import scratch_config as write_config
@@ -121,13 +123,15 @@ class ChaosStack:
     def _start(self) -> None:
         self.note(f"starting the campaign's stack in {self.home}")
         embedded.up(self.cfg, self.home, progress=self.note)
-        metrics, clients = free_ports(2)
-        self.services: dict[str, Service] = {s.name: s for s in embedded.services(self.cfg, self.home)}
-        self.services = {n: s for n, s in self.services.items() if s.component in ("s3", "mlflow")}
-        replicator = embedded.replicator_service(self.cfg, self.home, metrics)
-        self.sup.start(replicator, progress=self.note)
-        self.services["replicator"] = replicator
-        env = {**embedded.child_env(self.cfg, self.cfg.primary, self.home), **self.settings.extra_env}
+        (clients,) = free_ports(1)
+        everything = embedded.services(self.cfg, self.home)
+        self.services: dict[str, Service] = {s.name: s for s in everything if s.component in ("s3", "mlflow")}
+        self.services["replicator"] = next(s for s in everything if s.component == "replicator")  # up's own
+        # the campaign's clients and checker act as the administrator of its own stack
+        admin = auth.client_env(self.home, "admin", self.cfg)
+        self._as_admin = environment(**admin)
+        self._as_admin.__enter__()
+        env = {**embedded.child_env(self.cfg, self.cfg.primary, self.home), **admin, **self.settings.extra_env}
         self.forks = ForkServer(self.sup, clients, self.cfg.primary.name, env)
         self.note("starting the client fork server (imports MLflow once)")
         self.forks.start()
@@ -137,7 +141,9 @@ class ChaosStack:
         self.registry = MlflowClient(self.cfg.primary.mlflow_url, registry_uri=self.cfg.primary.mlflow_url)
 
     def __exit__(self, *exc) -> None:
-        embedded.down(self.home, progress=lambda m: None)
+        if getattr(self, "_as_admin", None):
+            self._as_admin.__exit__(None, None, None)
+        embedded.down(self.home, progress=lambda m: None, purge=not self.settings.keep)
         if not self.settings.keep:
             shutil.rmtree(self.home, ignore_errors=True)
 

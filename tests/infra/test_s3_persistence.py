@@ -27,7 +27,7 @@ from xregion.infra.embedded.supervisor import Supervisor
 from xregion.net import free_ports
 from xregion.store import RegionStore
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(900)]
 XREGION = str(Path(sys.executable).parent / "xregion")
 
 

@@ -15,7 +15,7 @@ from xregion.loadtests.chaos.campaign import CampaignResult, ChaosStack, Setting
 from xregion.loadtests.chaos.forkserver import ForkServer
 from xregion.net import free_ports
 
-pytestmark = pytest.mark.timeout(1500)
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(1500)]
 XREGION = str(Path(sys.executable).parent / "xregion")
 COUNTS = ("lost", "resurrected", "stale", "diverged", "gate_violations", "verify_differences", "still_owed")
 SETTINGS = Settings(trials=10, seed=1000, mode="both", duration=2.5)

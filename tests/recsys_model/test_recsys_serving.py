@@ -7,7 +7,7 @@ import os
 import psutil
 import pytest
 
-from xregion.infra.model_server import ModelServer
+from xregion.infra.serving.model_server import ModelServer
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(600)]
 
@@ -111,7 +111,7 @@ def test_malformed_input_is_400_with_a_message(servers, payload, needle):
 
 def test_servers_use_the_local_venv():
     # the serving subprocess must find uvicorn: its PATH starts with the interpreter's bin dir
-    from xregion.infra.model_server import VENV_BIN
+    from xregion.infra.serving.model_server import VENV_BIN
 
     assert os.path.exists(os.path.join(VENV_BIN, "uvicorn"))
 

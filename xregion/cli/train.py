@@ -230,7 +230,7 @@ def serving(
     seed: int = typer.Option(42, "--seed"),
 ) -> None:
     """Serving latency through `mlflow models serve`: stock vs ours, or (--items) ANN vs exact."""
-    from xregion.infra.model_server import ModelServer
+    from xregion.infra.serving.model_server import ModelServer
 
     console = Console(stderr=True)
     _log_to(console, verbose=False)

@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from xregion.infra.supervisor import Service, Supervisor, SupervisorError
+from xregion.infra.embedded.supervisor import Service, Supervisor, SupervisorError
 
 VENV_BIN = str(Path(sys.executable).parent)
 
