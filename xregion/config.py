@@ -275,7 +275,7 @@ class XRegionConfig(_Strict):
         """The primary first, then the other regions in file order."""
         return [self.primary] + [r for r in self.regions if r.role != "primary"]
 
-    def database_uri(self, password: str | None = None) -> str:
+    def database_uri(self, password: str | None = None, database: str | None = None) -> str:
         """SQLAlchemy URI over every region's Postgres node that always finds the read-write one.
 
         libpq tries the hosts in order and keeps the first that accepts writes, so after a
@@ -283,7 +283,7 @@ class XRegionConfig(_Strict):
         Without ``password_env`` the URI carries no password: libpq then reads it from the
         PGPASSFILE of the process (the embedded stack's MLflow servers get one).
         """
-        return self._uri(self.write_order(), "read-write", password)
+        return self._uri(self.write_order(), "read-write", password, database)
 
     def database_read_uri(self, region: str, password: str | None = None) -> str:
         """URI for MLflow's read replica (``--read-replica-backend-store-uri``): ``region``'s own node
@@ -291,14 +291,15 @@ class XRegionConfig(_Strict):
         local = self.region(region)
         return self._uri([local] + [r for r in self.regions if r.name != region], "any", password)
 
-    def _uri(self, nodes: list[RegionConfig], attrs: str, password: str | None) -> str:
+    def _uri(self, nodes: list[RegionConfig], attrs: str, password: str | None, database: str | None = None) -> str:
         pg = self.postgres
         if password is None and pg.password_env:
             password = os.environ.get(pg.password_env)
         # a password holds any character: '@', ':', '/' or '%' would break the URI unencoded
         auth = quote(pg.user, safe="") + (f":{quote(password, safe='')}" if password else "")
         hosts = "&".join(f"host={r.postgres}" for r in nodes)
-        return f"postgresql+psycopg2://{auth}@/{pg.database}?{hosts}&target_session_attrs={attrs}&connect_timeout=3"
+        db = database or pg.database
+        return f"postgresql+psycopg2://{auth}@/{db}?{hosts}&target_session_attrs={attrs}&connect_timeout=3"
 
     def dsn(self, region: str, database: str | None = None) -> str:
         """A libpq DSN for one region's node only, without a password (libpq reads it from the

@@ -21,15 +21,20 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from xregion.config import XRegionConfig
 from xregion.secrets import secret, secret_path
 
+from .postgres import AUTH_DATABASE  # noqa: F401 (the auth app's database, named where the others are)
+
 log = logging.getLogger(__name__)
 ADMIN = "admin"
-AUTH_DATABASE = "mlflow_auth"
+# what an MLflow server running the auth app needs in its environment, by name: the administrator's
+# password (MLflow creates the admin account with it on first start) and the Flask session secret
+SERVER_SECRET_ENV = ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY")
 
 
 @dataclass(frozen=True)
@@ -72,12 +77,10 @@ def client_env(home: Path, role: str, cfg: XRegionConfig) -> dict[str, str]:
     return {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": pw}
 
 
-def server_config(cfg: XRegionConfig, home: Path, database_uri: str) -> tuple[dict[str, str], dict[str, str]]:
-    """(env, secret_env) of an MLflow server running the auth app: its config file (0600) and
-    the admin password and Flask secret by reference, never in argv or a pid file."""
-    ini = Path(home) / "auth" / "basic_auth.ini"
-    ini.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    text = (
+def server_ini(database_uri: str) -> str:
+    """The auth app's configuration file: no secret in it (the database password comes from the
+    server's PGPASSFILE or PGPASSWORD, the admin password from MLFLOW_AUTH_ADMIN_PASSWORD)."""
+    return (
         "[mlflow]\n"
         "default_permission = READ\n"
         f"database_uri = {database_uri}\n"
@@ -85,43 +88,65 @@ def server_config(cfg: XRegionConfig, home: Path, database_uri: str) -> tuple[di
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         "grant_default_workspace_access = false\n"
     )
+
+
+def server_env(ini_path: str) -> dict[str, str]:
+    """The non-secret environment of an MLflow server running the auth app."""
+    return {"MLFLOW_AUTH_CONFIG_PATH": ini_path, "XREGION_AUTH": "1"}
+
+
+def server_config(cfg: XRegionConfig, home: Path, database_uri: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(env, secret_env) of an MLflow server running the auth app: its config file (0600) and
+    the admin password and Flask secret by reference, never in argv or a pid file."""
+    ini = Path(home) / "auth" / "basic_auth.ini"
+    ini.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(ini.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(text)
+        f.write(server_ini(database_uri))
     ini.with_suffix(".tmp").replace(ini)
     password(home, ADMIN)
     secret(home, "mlflow-flask-secret")
-    env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "XREGION_AUTH": "1"}
+    admin_env, flask_env = SERVER_SECRET_ENV
     secret_env = {
-        "MLFLOW_AUTH_ADMIN_PASSWORD": f"file:{secret_path(home, f'mlflow-{ADMIN}')}",
-        "MLFLOW_FLASK_SERVER_SECRET_KEY": f"file:{secret_path(home, 'mlflow-flask-secret')}",
+        admin_env: f"file:{secret_path(home, f'mlflow-{ADMIN}')}",
+        flask_env: f"file:{secret_path(home, 'mlflow-flask-secret')}",
     }
-    return env, secret_env
+    return server_env(str(ini)), secret_env
 
 
 def ensure_accounts(cfg: XRegionConfig, home: Path, url: str) -> list[str]:
     """Create the accounts and their role grants through the auth app (idempotent); returns what was
     created. Runs as the administrator against one region's server."""
+    from xregion.home import environment
+
+    usernames = [ADMIN, *(a.username for a in accounts(cfg).values())]
+    with environment(**client_env(home, ADMIN, cfg)):
+        return create_accounts(cfg, url, {u: password(home, u) for u in usernames if u != ADMIN})
+
+
+def create_accounts(cfg: XRegionConfig, url: str, passwords: Mapping[str, str]) -> list[str]:
+    """The accounts of ``accounts(cfg)`` with ``passwords`` (username -> password), and their role
+    grants, through the auth app of the server at ``url``, as the administrator whose credentials
+    are in this process's environment (MLFLOW_TRACKING_USERNAME/PASSWORD). Idempotent; returns the
+    accounts created. The embedded stack and a deployment's one-shot job
+    (``python -m xregion.infra.deploy accounts``) both run this."""
     from mlflow.exceptions import MlflowException
     from mlflow.server.auth.client import AuthServiceClient
 
-    from xregion.home import environment
-
     created = []
-    with environment(**client_env(home, ADMIN, cfg)):
-        auth = AuthServiceClient(url)
-        roles = {r.name: r for r in auth.list_roles("default")}
-        for acc in accounts(cfg).values():
-            try:
-                auth.create_user(acc.username, password(home, acc.username))
-                created.append(acc.username)
-            except MlflowException as err:
-                if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code) and "exists" not in err.message:
-                    raise
-            if not acc.grants or acc.role in roles:
-                continue
-            role = auth.create_role("default", acc.role, description=f"xregion {acc.role}")
-            for resource, permission in acc.grants:
-                auth.add_role_permission(role.id, resource, cfg.registry.model_name, permission)
-            auth.assign_role(acc.username, role.id)
+    auth = AuthServiceClient(url)
+    roles = {r.name: r for r in auth.list_roles("default")}
+    for acc in accounts(cfg).values():
+        try:
+            auth.create_user(acc.username, passwords[acc.username])
+            created.append(acc.username)
+        except MlflowException as err:
+            if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code) and "exists" not in err.message:
+                raise
+        if not acc.grants or acc.role in roles:
+            continue
+        role = auth.create_role("default", acc.role, description=f"xregion {acc.role}")
+        for resource, permission in acc.grants:
+            auth.add_role_permission(role.id, resource, cfg.registry.model_name, permission)
+        auth.assign_role(acc.username, role.id)
     return created

@@ -41,6 +41,7 @@ import psycopg2.extensions
 from xregion.config import RegionConfig, XRegionConfig
 
 PG_BIN = Path(os.environ.get("XREGION_PG_BIN", "/usr/lib/postgresql/15/bin"))
+AUTH_DATABASE = "mlflow_auth"  # MLflow's auth app keeps its users there (replicated like the registry)
 SUPERUSER = "postgres"
 REPLICATION_USER = "replicator"
 REWIND_USER = "rewind"
@@ -241,27 +242,37 @@ def _set_password(cur, conn, role: str, password: str) -> None:
 
 def bootstrap_roles(cfg: XRegionConfig, home: Path, leader: RegionConfig) -> list[str]:
     """The MLflow and DR roles and the MLflow database on the leader (idempotent); returns what was created."""
-    pw = load_secrets(home)
+    with connection(cfg, home, leader, role="superuser") as conn:
+        return create_roles(conn, cfg, load_secrets(home))
+
+
+def create_roles(conn: psycopg2.extensions.connection, cfg: XRegionConfig, passwords: dict[str, str]) -> list[str]:
+    """On a superuser connection to the leader (autocommit): the MLflow and DR roles with the
+    passwords of ``passwords`` (logical role -> password: ``mlflow``, ``dr``), the MLflow and
+    auth databases, CONNECT revoked from PUBLIC. Idempotent; returns what was created. The
+    embedded stack and a deployment's one-shot job (``python -m xregion.infra.deploy database``)
+    both run this."""
     names = role_names(cfg)
     created = []
-    with connection(cfg, home, leader, role="superuser") as conn, conn.cursor() as cur:
+    with conn.cursor() as cur:
         for logical, attrs in (("mlflow", "login"), ("dr", "login createdb")):
             role = names[logical]
             cur.execute("select 1 from pg_roles where rolname = %s", (role,))
             if not cur.fetchone():
                 cur.execute(f'create role "{role}" {attrs}')
                 created.append(f"role {role}")
-            _set_password(cur, conn, role, pw[logical])
+            _set_password(cur, conn, role, passwords[logical])
         db, owner, dr = cfg.postgres.database, names["mlflow"], names["dr"]
         # DR restores the database (drop, create owned by the MLflow role, pg_restore --role) and
         # reads replication status; it is no superuser
         cur.execute(f'grant "{owner}" to "{dr}"')
         cur.execute(f'grant pg_monitor, pg_signal_backend to "{dr}"')
-        cur.execute("select 1 from pg_database where datname = %s", (db,))
-        if not cur.fetchone():
-            cur.execute(f'create database "{db}" owner "{owner}"')
-            created.append(f"database {db}")
-        cur.execute(f'revoke connect on database "{db}" from public')
+        for name in (db, AUTH_DATABASE):  # MLflow's, and its auth app's (users, roles, grants)
+            cur.execute("select 1 from pg_database where datname = %s", (name,))
+            if not cur.fetchone():
+                cur.execute(f'create database "{name}" owner "{owner}"')
+                created.append(f"database {name}")
+            cur.execute(f'revoke connect on database "{name}" from public')
         # pg_rewind reads the source through the postgres database; DR drops and re-creates the
         # MLflow database from there
         cur.execute("revoke connect on database postgres from public")
@@ -279,7 +290,7 @@ def hba(cfg: XRegionConfig, networks: tuple[str, ...] = ("127.0.0.1/32", "::1/12
         ("replication", names["replication"]),
         ("postgres", f"{names['superuser']},{names['rewind']}"),
         ("all", names["superuser"]),
-        (db, names["mlflow"]),
+        (f"{db},{AUTH_DATABASE}", names["mlflow"]),  # the registry and MLflow's auth app's users
         ("all", names["dr"]),
     ]
     lines = []
