@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -258,6 +259,8 @@ def test_the_router_runs_the_embedded_control_loop_beside_haproxy(compose, cfg):
     script = haproxy["entrypoint"][-1]  # HAProxy refuses to start without its map file
     assert 'test -s "/var/lib/xregion/haproxy/active.map" || echo "active bk_blue"' in script
     assert script.endswith("exec haproxy -W -db -f /usr/local/etc/haproxy/haproxy.cfg")
+    assert subprocess.run(["sh", "-n", "-c", script], capture_output=True).returncode == 0
+    assert subprocess.run(["sh", "-n", "-c", script + " ("], capture_output=True).returncode != 0  # the check bites
     assert "/haproxy-health" in haproxy["healthcheck"]["test"][-1]
 
 
