@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,9 @@ from .postgres import AUTH_DATABASE
 log = logging.getLogger(__name__)
 ADMIN = "admin"
 MODEL = "{model}"  # in a grant's pattern: the regions file's registered model
+# what an MLflow server running the auth app needs in its environment, by name: the administrator's
+# password (MLflow creates the admin account with it on first start) and the Flask session secret
+SERVER_SECRET_ENV = ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY")
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,24 @@ def service_env(home: Path, role: str, cfg: XRegionConfig) -> tuple[dict[str, st
     )
 
 
+def server_ini(database_uri: str) -> str:
+    """The auth app's configuration file: no secret in it (the database password comes from the
+    server's PGPASSFILE or PGPASSWORD, the admin password from MLFLOW_AUTH_ADMIN_PASSWORD)."""
+    return (
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = {database_uri}\n"
+        f"admin_username = {ADMIN}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "grant_default_workspace_access = false\n"
+    )
+
+
+def server_env(ini_path: str) -> dict[str, str]:
+    """The non-secret environment of an MLflow server running the auth app."""
+    return {"MLFLOW_AUTH_CONFIG_PATH": ini_path, "XREGION_AUTH": "1"}
+
+
 def ini_path(home: Path) -> Path:
     return Path(home) / "auth" / "basic_auth.ini"
 
@@ -105,14 +127,7 @@ def prepare(cfg: XRegionConfig, home: Path) -> None:
     """Write the auth app's config file (0600) and generate every account's password (once)."""
     ini = ini_path(home)
     ini.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    text = (
-        "[mlflow]\n"
-        "default_permission = READ\n"
-        f"database_uri = {cfg.database_uri(database=AUTH_DATABASE)}\n"
-        f"admin_username = {ADMIN}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-        "grant_default_workspace_access = false\n"
-    )
+    text = server_ini(cfg.database_uri(database=AUTH_DATABASE))
     tmp = ini.with_name(f".{ini.name}.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -128,40 +143,49 @@ def server_config(cfg: XRegionConfig, home: Path) -> tuple[dict[str, str], dict[
     password and Flask secret by reference, never in argv or a pid file. Its user database is
     ``mlflow_auth`` through the same multi-host URI as the registry (the password from the
     server's PGPASSFILE)."""
-    env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini_path(home)), "XREGION_AUTH": "1"}
+    admin_env, flask_env = SERVER_SECRET_ENV
     secret_env = {
-        "MLFLOW_AUTH_ADMIN_PASSWORD": f"file:{secret_path(home, f'mlflow-{ADMIN}')}",
-        "MLFLOW_FLASK_SERVER_SECRET_KEY": f"file:{secret_path(home, 'mlflow-flask-secret')}",
+        admin_env: f"file:{secret_path(home, f'mlflow-{ADMIN}')}",
+        flask_env: f"file:{secret_path(home, 'mlflow-flask-secret')}",
     }
-    return env, secret_env
+    return server_env(str(ini_path(home))), secret_env
 
 
 def ensure_accounts(cfg: XRegionConfig, home: Path, url: str) -> list[str]:
-    """Create the accounts and their role grants through the auth app (idempotent); returns what was
-    created. Runs as the administrator against one region's server."""
+    """Create the accounts and their role grants (idempotent); returns what was created. Runs as the
+    administrator against one region's server."""
+    from xregion.home import environment
+
+    with environment(**client_env(home, ADMIN, cfg)):
+        return create_accounts(cfg, url, {a.username: password(home, a.username) for a in accounts(cfg).values()})
+
+
+def create_accounts(cfg: XRegionConfig, url: str, passwords: Mapping[str, str]) -> list[str]:
+    """The accounts of ``accounts(cfg)`` with ``passwords`` (username -> password), their role grants,
+    and the served model (created by the administrator), through the auth app of the server at
+    ``url``, as the administrator whose credentials are in this process's environment. Idempotent;
+    returns the accounts created. The embedded stack and a deployment's one-shot job
+    (``python -m xregion.infra.deploy accounts``) both run this."""
     from mlflow.exceptions import MlflowException
     from mlflow.server.auth.client import AuthServiceClient
 
-    from xregion.home import environment
-
     created = []
-    with environment(**client_env(home, ADMIN, cfg)):
-        auth = AuthServiceClient(url)
-        roles = {r.name: r for r in auth.list_roles("default")}
-        for acc in accounts(cfg).values():
-            try:
-                auth.create_user(acc.username, password(home, acc.username))
-                created.append(acc.username)
-            except MlflowException as err:
-                if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code) and "exists" not in err.message:
-                    raise
-            if not acc.grants or acc.role in roles:
-                continue
-            role = auth.create_role("default", acc.role, description=f"xregion {acc.role}")
-            for resource, pattern, permission in acc.grants:
-                auth.add_role_permission(role.id, resource, pattern.format(model=cfg.registry.model_name), permission)
-            auth.assign_role(acc.username, role.id)
-        _own_the_model(cfg, url)
+    auth = AuthServiceClient(url)
+    roles = {r.name: r for r in auth.list_roles("default")}
+    for acc in accounts(cfg).values():
+        try:
+            auth.create_user(acc.username, passwords[acc.username])
+            created.append(acc.username)
+        except MlflowException as err:
+            if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code) and "exists" not in err.message:
+                raise
+        if not acc.grants or acc.role in roles:
+            continue
+        role = auth.create_role("default", acc.role, description=f"xregion {acc.role}")
+        for resource, pattern, permission in acc.grants:
+            auth.add_role_permission(role.id, resource, pattern.format(model=cfg.registry.model_name), permission)
+        auth.assign_role(acc.username, role.id)
+    _own_the_model(cfg, url)
     return created
 
 

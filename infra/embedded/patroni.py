@@ -66,23 +66,30 @@ def dynamic_config(cfg: XRegionConfig) -> dict:
         "postgresql": {
             "use_pg_rewind": True,  # an old primary rejoins as a standby without a full copy
             "use_slots": True,
-            "parameters": {
-                "wal_level": "replica",
-                "hot_standby": "on",
-                "hot_standby_feedback": "on",
-                "wal_log_hints": "on",  # pg_rewind needs it
-                "max_wal_senders": 10,
-                "max_replication_slots": 10,
-                "wal_keep_size": "256MB",
-                "wal_receiver_status_interval": "1s",
-                # a frozen (partitioned) standby still looks "streaming" until its walsender times out,
-                # and in sync mode commits wait for it meanwhile: 10 s instead of 60 s bounds that wait
-                "wal_sender_timeout": "10s",
-                "password_encryption": "scram-sha-256",
-                # read replicas show every acknowledged write in sync mode
-                "synchronous_commit": "remote_apply" if sync else "on",
-            },
+            "parameters": postgres_parameters(cfg),
         },
+    }
+
+
+def postgres_parameters(cfg: XRegionConfig) -> dict:
+    """The Postgres settings of every node (Patroni's dynamic configuration; the deployments'
+    Patroni and CloudNativePG clusters take theirs from here too)."""
+    sync = cfg.postgres.replication == "sync"
+    return {
+        "wal_level": "replica",
+        "hot_standby": "on",
+        "hot_standby_feedback": "on",
+        "wal_log_hints": "on",  # pg_rewind needs it
+        "max_wal_senders": 10,
+        "max_replication_slots": 10,
+        "wal_keep_size": "256MB",
+        "wal_receiver_status_interval": "1s",
+        # a frozen (partitioned) standby still looks "streaming" until its walsender times out,
+        # and in sync mode commits wait for it meanwhile: 10 s instead of 60 s bounds that wait
+        "wal_sender_timeout": "10s",
+        "password_encryption": "scram-sha-256",
+        # read replicas show every acknowledged write in sync mode
+        "synchronous_commit": "remote_apply" if sync else "on",
     }
 
 
@@ -91,18 +98,49 @@ def config_path(home: Path, region: str) -> Path:
 
 
 def local_config(cfg: XRegionConfig, region: RegionConfig, home: Path) -> dict:
-    pw, names = load_secrets(home), role_names(cfg)
-    rest_host, _, rest_port = region.patroni.rpartition(":")
+    return node_config(
+        cfg,
+        region,
+        data_dir=str(node_dir(home, region.name)),
+        pgpass=str(data_root(home) / "patroni" / f"{region.name}.pgpass"),
+        passwords=load_secrets(home),
+    )
+
+
+def node_config(
+    cfg: XRegionConfig,
+    region: RegionConfig,
+    *,
+    data_dir: str,
+    pgpass: str,
+    bin_dir: str = str(PG_BIN),
+    listen: str | None = None,
+    rest_listen: str | None = None,
+    networks: tuple[str, ...] | None = None,
+    passwords: dict[str, str] | None = None,
+) -> dict:
+    """One node's Patroni configuration: the embedded stack's (``local_config``) and a deployment's.
+
+    ``listen``/``rest_listen`` default to the regions file's addresses (a container listens on
+    0.0.0.0 and is reached by its name); ``networks`` are pg_hba's client networks. Without
+    ``passwords`` the authentication sections name the users only, and Patroni reads the
+    passwords from its environment (PATRONI_SUPERUSER_PASSWORD, PATRONI_REPLICATION_PASSWORD,
+    PATRONI_REWIND_PASSWORD, PATRONI_RESTAPI_PASSWORD): a deployment's file holds no secret."""
+    names = role_names(cfg)
+
+    def user(logical: str) -> dict:
+        return {"username": names[logical], **({"password": passwords[logical]} if passwords else {})}
+
     return {
         "scope": cfg.patroni.scope,
         "namespace": "/xregion/",
         "name": region.name,
         "log": {"level": "INFO", "format": "%(asctime)s %(levelname)s: %(message)s"},
         "restapi": {
-            "listen": region.patroni,
+            "listen": rest_listen or region.patroni,
             "connect_address": region.patroni,
             # failover, switchover, restart and reinitialize need these; health checks do not
-            "authentication": {"username": names["patroni_api"], "password": pw["patroni_api"]},
+            "authentication": user("patroni_api"),
         },
         "etcd3": {"hosts": cfg.etcd_hosts(first=region.name), "protocol": "http"},
         "bootstrap": {
@@ -110,23 +148,19 @@ def local_config(cfg: XRegionConfig, region: RegionConfig, home: Path) -> dict:
             "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}, {"auth": "scram-sha-256"}],
         },
         "postgresql": {
-            "listen": region.postgres,
+            "listen": listen or region.postgres,
             "connect_address": region.postgres,
-            "data_dir": str(node_dir(home, region.name)),
-            "bin_dir": str(PG_BIN),
-            "pgpass": str(data_root(home) / "patroni" / f"{region.name}.pgpass"),
-            "authentication": {
-                "superuser": {"username": names["superuser"], "password": pw["superuser"]},
-                "replication": {"username": names["replication"], "password": pw["replication"]},
-                "rewind": {"username": names["rewind"], "password": pw["rewind"]},
-            },
+            "data_dir": data_dir,
+            "bin_dir": bin_dir,
+            "pgpass": pgpass,
+            "authentication": {logical: user(logical) for logical in ("superuser", "replication", "rewind")},
             "parameters": {
                 "unix_socket_directories": "",  # TCP only: no socket path shared between stacks
                 "shared_buffers": "64MB",
                 "max_connections": 100,
                 "log_line_prefix": "%m [%p] ",
             },
-            "pg_hba": hba(cfg),
+            "pg_hba": hba(cfg) if networks is None else hba(cfg, networks),
             "basebackup": [{"checkpoint": "fast"}],
             # rewind first; when it is impossible, a fresh copy from the leader (never a manual step)
             "remove_data_directory_on_rewind_failure": True,

@@ -242,17 +242,26 @@ def _set_password(cur, conn, role: str, password: str) -> None:
 
 def bootstrap_roles(cfg: XRegionConfig, home: Path, leader: RegionConfig) -> list[str]:
     """The MLflow and DR roles and the MLflow database on the leader (idempotent); returns what was created."""
-    pw = load_secrets(home)
+    with connection(cfg, home, leader, role="superuser") as conn:
+        return create_roles(conn, cfg, load_secrets(home))
+
+
+def create_roles(conn: psycopg2.extensions.connection, cfg: XRegionConfig, passwords: dict[str, str]) -> list[str]:
+    """On a superuser connection to the leader (autocommit): the MLflow and DR roles with the
+    passwords of ``passwords`` (logical role -> password: ``mlflow``, ``dr``), the MLflow and
+    auth databases, CONNECT revoked from PUBLIC. Idempotent; returns what was created. The
+    embedded stack and a deployment's one-shot job (``python -m xregion.infra.deploy database``)
+    both run this."""
     names = role_names(cfg)
     created = []
-    with connection(cfg, home, leader, role="superuser") as conn, conn.cursor() as cur:
+    with conn.cursor() as cur:
         for logical, attrs in (("mlflow", "login"), ("dr", "login createdb")):
             role = names[logical]
             cur.execute("select 1 from pg_roles where rolname = %s", (role,))
             if not cur.fetchone():
                 cur.execute(f'create role "{role}" {attrs}')
                 created.append(f"role {role}")
-            _set_password(cur, conn, role, pw[logical])
+            _set_password(cur, conn, role, passwords[logical])
         db, owner, dr = cfg.postgres.database, names["mlflow"], names["dr"]
         # DR restores the database (drop, create owned by the MLflow role, pg_restore --role) and
         # reads replication status; it is no superuser

@@ -83,6 +83,10 @@ class FrontDoor:
     servers: dict[str, dict[str, str | None]]
     tuning: Tuning = field(default_factory=Tuning)
     dns: bool = False  # server addresses are DNS names (compose, Kubernetes): resolve at run time
+    # a regional front door (Kubernetes): the other regions' front doors, name -> host:port of their
+    # peer frontend, are backup servers of both colours; ``peer_bind`` is where this one's listens
+    peers: dict[str, str] = field(default_factory=dict)
+    peer_bind: str | None = None
 
 
 def paths(home: Path) -> dict[str, Path]:
@@ -137,14 +141,11 @@ def _global_and_defaults(fd: FrontDoor) -> list[str]:
     ]
 
 
-def _frontends(fd: FrontDoor) -> list[str]:
+def _scoring_rules(fd: FrontDoor) -> list[str]:
     t = fd.tuning
     too_big = f'"request body over {t.max_body_bytes} bytes: send fewer rows per request\\n"'
     no_type = f'"scoring requests need a Content-Type: one of {", ".join(CONTENT_TYPES)}\\n"'
     return [
-        "frontend fe_serving",
-        f"    bind {fd.bind}",
-        f"    monitor-uri {MONITOR_URI}",
         "    option http-buffer-request",
         f"    acl too_big req.hdr_val(content-length) gt {t.max_body_bytes}",
         f"    acl too_big req.body_size gt {t.max_body_bytes}",
@@ -154,8 +155,36 @@ def _frontends(fd: FrontDoor) -> list[str]:
         "    http-request deny deny_status 405 if { path /invocations } !METH_POST",
         f"    acl typed req.hdr(content-type) -m beg -i {' '.join(CONTENT_TYPES)}",
         f"    http-request return status 415 content-type text/plain string {no_type} if {{ path /invocations }} !typed",
+    ]
+
+
+def _peer_frontend(fd: FrontDoor) -> list[str]:
+    """What other regions' front doors reach: this region's servers only. When none of the serving
+    colour's is up it answers 503 itself and never hands the request to its own backups, so two
+    front doors never send a request back and forth (their health checks see the 503 too)."""
+    use = f"str(active),map({fd.map_file},{fd.active})"
+    lines = ["frontend fe_peer", f"    bind {fd.peer_bind}", *_scoring_rules(fd)]
+    for slot in SLOTS:
+        down = " ".join(f"!{{ srv_is_up({slot}/{region}) }}" for region in fd.servers.get(slot, {}))
+        lines.append(
+            f'    http-request return status 503 content-type text/plain string "no model server up here\\n" '
+            f"if {{ {use} -m str {slot} }} {down}"
+        )
+    return [*lines, f"    use_backend %[{use}]", ""]
+
+
+def _frontends(fd: FrontDoor) -> list[str]:
+    lines = [
+        "frontend fe_serving",
+        f"    bind {fd.bind}",
+        f"    monitor-uri {MONITOR_URI}",
+        *_scoring_rules(fd),
         f"    use_backend %[str(active),map({fd.map_file},{fd.active})]",
         "",
+    ]
+    if fd.peer_bind:
+        lines += _peer_frontend(fd)
+    return lines + [
         "userlist stats_users",
         f'    user {STATS_USER} insecure-password "${{{STATS_PASSWORD_ENV}}}"',
         "",
@@ -187,6 +216,7 @@ def _backends(fd: FrontDoor, regions: list[str]) -> list[str]:
         for region in [r for r in regions if r in fd.servers.get(slot, {})]:
             addr = fd.servers[slot][region]
             lines.append(f"    server {region} 127.0.0.1:1 disabled" if addr is None else f"    server {region} {addr}")
+        lines += [f"    server peer-{name} {addr} backup" for name, addr in fd.peers.items()]
         lines.append("")
     return lines
 

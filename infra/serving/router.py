@@ -167,20 +167,25 @@ class Router(Rollout):
         return faults[-1] if faults else None
 
     def _check_restarted(self) -> None:
-        """HAProxy restarted since we last looked: put our state back into it."""
+        """HAProxy restarted since we last looked: put our state back into it. A deployment's router
+        also does so the first time it sees HAProxy: the two restart independently (a pod, a
+        volume), and HAProxy's map file may name another colour than the router's state."""
         current = self.api.process_id()
-        if self.haproxy_id is not None and current != self.haproxy_id and self.managed:
+        first_look = self.haproxy_id is None and self.managed and self.state.mode == "external"
+        if self.managed and current != self.haproxy_id and (self.haproxy_id is not None or first_look):
             self.reapply()
         self.haproxy_id = current
 
     def reapply(self) -> None:
-        """Make HAProxy say what the state says: the serving colour and every server we placed."""
+        """Make HAProxy say what the state says: the serving colour and every server we placed (a
+        deployment's servers have fixed DNS addresses in the configuration, which HAProxy's
+        ``set server addr`` would refuse: only the colour is put back there)."""
         with self.lock:
             self.api.switch(self.map_file, self.state.active)
             placed = {}
             for slot, servers in self.state.haproxy_servers().items():
                 for region, addr in servers.items():
-                    if addr:
+                    if addr and self.state.mode == "embedded":
                         host, port = addr.rsplit(":", 1)
                         self.api.set_server(slot, region, host, int(port))
                         placed[f"{slot}/{region}"] = addr

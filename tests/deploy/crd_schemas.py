@@ -80,6 +80,7 @@ CNPG_CLUSTER = _resource(
                                 "required": ["name"],
                                 "properties": {"name": _NAME},
                             },
+                            "postInitSQL": {"type": "array", "items": {"type": "string"}},
                         },
                     },
                     "pg_basebackup": {

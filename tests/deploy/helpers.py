@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import jsonschema
@@ -41,6 +43,29 @@ rules:
 
 def compose_config():
     return load_config(COMPOSE_REGIONS)
+
+
+def compose_file(path: Path = COMPOSE_DIR / "docker-compose.yml") -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def referenced(value) -> set[str]:
+    """The env-file variables a compose value refers to (``${VAR...}``), anywhere inside it."""
+    return set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", yaml.safe_dump(value)))
+
+
+def haproxy_check(text: str, runtime_dir: str) -> subprocess.CompletedProcess | None:
+    """``haproxy -c`` on a rendered configuration, its runtime directory moved to a temporary one
+    holding the map file (HAProxy refuses to start without it). None when haproxy is missing."""
+    exe = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
+    if not exe:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "haproxy.cfg"
+        cfg.write_text(text.replace(runtime_dir, tmp))
+        (Path(tmp) / "active.map").write_text("active bk_blue\n")
+        env = {**os.environ, "XREGION_HAPROXY_STATS_PASSWORD": "check-only"}
+        return subprocess.run([exe, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30, env=env)
 
 
 def k8s_config():

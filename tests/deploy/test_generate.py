@@ -54,6 +54,9 @@ def test_every_regions_file_loads_and_agrees_with_the_embedded_one():
         )
         assert cfg.artifacts == embedded.artifacts and cfg.registry == embedded.registry
         assert cfg.postgres.password_env
+    compose = load_config(COMPOSE_REGIONS)  # the compose database runs under Patroni, timed alike
+    assert compose.ha and compose.patroni == embedded.patroni
+    assert [n for n, _ in compose.etcd_members()] == [n for n, _ in embedded.etcd_members()]
 
 
 def test_cli_writes_and_checks(tmp_path):
@@ -63,53 +66,81 @@ def test_cli_writes_and_checks(tmp_path):
     assert first.returncode == 0, first.stderr
     assert (out / "docker-compose.yml").read_text() == (COMPOSE_DIR / "docker-compose.yml").read_text()
     assert deploy.main(["compose", "--config", str(COMPOSE_REGIONS), "--out", str(out), "--check"]) == 0
-    (out / "haproxy.cfg").write_text((out / "haproxy.cfg").read_text().replace("backup", ""))
+    (out / "haproxy.cfg").write_text((out / "haproxy.cfg").read_text().replace("bk_green", "bk_blue"))
     assert deploy.main(["compose", "--config", str(COMPOSE_REGIONS), "--out", str(out), "--check"]) == 1
     assert deploy.main(["compose", "--config", str(COMPOSE_REGIONS), "--out", str(out)]) == 0
     assert deploy.main(["compose", "--config", str(COMPOSE_REGIONS), "--out", str(out), "--check"]) == 0
 
 
+def test_the_generator_is_split_by_responsibility():
+    sizes = {p.name: len(p.read_text().splitlines()) for p in (ROOT / "infra" / "deploy").glob("*.py")}
+    assert {"common.py", "compose.py", "k8s_base.py", "k8s_overlay.py", "generate.py"} <= set(sizes)
+    assert max(sizes.values()) < 400, sizes
+    assert not hasattr(deploy, "haproxy_cfg")  # one HAProxy renderer: infra/serving/haproxy.py
+
+
 def test_a_changed_regions_file_changes_the_compose_deployment():
     data = _data(COMPOSE_REGIONS)
     data["regions"][1]["mlflow_url"] = "http://mlflow-b:6002"
+    data["regions"][1]["serving_url"] = "http://model-server-b:6202"
     data["serving"]["frontend_url"] = "http://haproxy:7300"
     before = deploy.render_compose(load_config(COMPOSE_REGIONS))
     after = deploy.render_compose(parse_config(data))
     compose = yaml.safe_load(after["docker-compose.yml"])["services"]
     assert compose["mlflow-b"]["command"][compose["mlflow-b"]["command"].index("--port") + 1] == "6002"
-    assert compose["mlflow-b"]["ports"] == ["6002:6002"]
+    assert compose["mlflow-b"]["ports"] == ["127.0.0.1:6002:6002"]
     assert "6002/health" in compose["mlflow-b"]["healthcheck"]["test"][-1]
-    assert compose["model-server-b"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow-b:6002"
+    assert compose["model-server-b-green"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow-b:6002"
+    assert compose["model-server-b-green"]["command"][-1] == "6202"
+    assert "server b model-server-b-green:6202" in after["haproxy.cfg"]
     assert "7300:7300" in compose["haproxy"]["ports"] and "bind :7300" in after["haproxy.cfg"]
     assert before["docker-compose.yml"] != after["docker-compose.yml"]
 
 
-def test_a_third_region_and_sync_replication():
+def _region_c(region: dict, name_fix) -> dict:
+    c = yaml.safe_load(
+        yaml.safe_dump(region).replace("-b", "-c").replace("_B_", "_C_").replace("xregion-b", "xregion-c")
+    )
+    c["name"] = "c"
+    return name_fix(c)
+
+
+def test_a_third_region():
     data = _data(COMPOSE_REGIONS)
-    c = yaml.safe_load(yaml.safe_dump(data["regions"][1]).replace("-b", "-c").replace("_B_", "_C_"))
-    c.update(name="c", mlflow_url="http://mlflow-c:5003", serving_url="http://model-server-c:5203")
-    data["regions"].append(c)
-    data["postgres"]["replication"] = "sync"
+    data["regions"].append(
+        _region_c(
+            data["regions"][1],
+            lambda c: {**c, "mlflow_url": "http://mlflow-c:5003", "serving_url": "http://model-server-c:5203"},
+        )
+    )
     files = deploy.render_compose(parse_config(data))
     services = yaml.safe_load(files["docker-compose.yml"])["services"]
-    for svc in ("minio-c", "postgres-c", "mlflow-c", "model-server-c"):
+    for svc in (
+        "minio-c",
+        "minio-init-c",
+        "etcd-c",
+        "postgres-c",
+        "mlflow-c",
+        "model-server-c-blue",
+        "model-server-c-green",
+    ):
         assert svc in services
-    assert services["postgres-c"]["environment"]["XREGION_PRIMARY_HOST"] == "postgres-a"
+    assert "c=http://etcd-c:2380" in services["etcd-witness"]["environment"]["ETCD_INITIAL_CLUSTER"]
     assert "XREGION_C_SECRET_KEY" in services["mlflow-a"]["environment"]
-    assert "synchronous_standby_names=*" in services["postgres-a"]["command"]
-    assert "server c model-server-c:5203 backup" in files["haproxy.cfg"]
+    assert "XREGION_C_READER_SECRET_KEY" in files[".env.example"]
+    assert "server c model-server-c-blue:5203" in files["haproxy.cfg"] and "a,b,c" in services["router"]["command"]
+    node = yaml.safe_load(files["patroni/c.yml"])
+    assert node["etcd3"]["hosts"] == ["etcd-c:2379", "etcd-a:2379", "etcd-b:2379", "etcd-witness:2379"]
+    assert "minio/c/xregion-platform.json" in files
 
     k8s = _data(K8S_REGIONS)
-    c = yaml.safe_load(yaml.safe_dump(k8s["regions"][1]).replace("-b", "-c").replace("_B_", "_C_"))
-    c["name"] = "c"
-    k8s["regions"].append(c)
-    k8s["postgres"]["replication"] = "sync"
+    k8s["regions"].append(_region_c(k8s["regions"][1], lambda c: c))
     files = deploy.render_k8s(parse_config(k8s))
-    assert {"overlays/c/kustomization.yaml", "overlays/c/postgres.yaml", "overlays/c/minio.yaml"} <= set(files)
+    assert {"overlays/c/kustomization.yaml", "overlays/c/postgres.yaml", "overlays/c/model-server.yaml"} <= set(files)
     cluster = yaml.safe_load(files["overlays/c/postgres.yaml"])
-    assert cluster["spec"]["replica"] == {"enabled": True, "source": "pg-a"}
-    assert cluster["spec"]["minSyncReplicas"] == 1
+    assert cluster["spec"]["replica"] == {"enabled": True, "source": "pg-a"} and cluster["spec"]["minSyncReplicas"] == 1
     assert "XREGION_C_ACCESS_KEY" in files["base/mlflow.yaml"]
+    assert "server peer-c frontdoor-peer.xregion-c.svc.clusterset.local:8090 backup" in files["overlays/a/haproxy.cfg"]
 
 
 def test_a_changed_regions_file_changes_the_k8s_deployment():
@@ -117,50 +148,56 @@ def test_a_changed_regions_file_changes_the_k8s_deployment():
     for r in data["regions"]:
         r["serving_url"] = r["serving_url"].replace(":8080", ":9090")
     files = deploy.render_k8s(parse_config(data))
-    serving = list(yaml.safe_load_all(files["base/model-server.yaml"]))
-    deployment, service = serving[0], serving[1]
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    docs = {
+        d["metadata"]["name"]: d
+        for d in yaml.safe_load_all(files["overlays/b/model-server.yaml"])
+        if d["kind"] == "Deployment"
+    }
+    container = docs["model-server-green"]["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][-1] == "9090" and container["ports"][0]["containerPort"] == 9090
-    assert service["spec"]["ports"][0]["port"] == 9090
-    assert "model-server.xregion-b.svc.clusterset.local:9090 backup" in files["overlays/a/haproxy.cfg"]
+    assert "server b model-server-green.xregion-b.svc.clusterset.local:9090" in files["overlays/b/haproxy.cfg"]
 
 
-@pytest.mark.parametrize(
-    "kind,path,mutate,key",
-    [
-        (
-            "compose",
-            COMPOSE_REGIONS,
-            lambda d: d["regions"][0].update(mlflow_url="http://tracking:5001"),
-            "regions[a].mlflow_url",
-        ),
-        (
-            "compose",
-            COMPOSE_REGIONS,
-            lambda d: d["serving"].update(frontend_url="http://lb:5300"),
-            "serving.frontend_url",
-        ),
-        ("compose", COMPOSE_REGIONS, lambda d: d["postgres"].pop("password_env"), "postgres.password_env"),
-        (
-            "k8s",
-            K8S_REGIONS,
-            lambda d: d["regions"][1].update(mlflow_url="http://mlflow.xregion-b.svc.clusterset.local:5001"),
-            "mlflow port 5001",
-        ),
-        (
-            "k8s",
-            K8S_REGIONS,
-            lambda d: d["regions"][0].update(postgres="pg-a-rw.xregion-a.svc.clusterset.local:6432"),
-            "regions[a].postgres",
-        ),
-        (
-            "k8s",
-            K8S_REGIONS,
-            lambda d: d["regions"][0]["s3"].update(endpoint_url="http://minio.example.com:9000"),
-            "regions[a].s3.endpoint_url",
-        ),
-    ],
-)
+REFUSED = [
+    (
+        "compose",
+        COMPOSE_REGIONS,
+        lambda d: d["regions"][0].update(mlflow_url="http://tracking:5001"),
+        "regions[a].mlflow_url",
+    ),
+    ("compose", COMPOSE_REGIONS, lambda d: d["serving"].update(frontend_url="http://lb:5300"), "serving.frontend_url"),
+    ("compose", COMPOSE_REGIONS, lambda d: d["postgres"].pop("password_env"), "postgres.password_env"),
+    ("compose", COMPOSE_REGIONS, lambda d: d["regions"][1].update(patroni="pg-b:8008"), "regions[b].patroni"),
+    ("compose", COMPOSE_REGIONS, lambda d: d["witness"]["etcd"].update(client="etcd-w:2379"), "witness.etcd.client"),
+    (
+        "compose",
+        COMPOSE_REGIONS,
+        lambda d: [r.pop(k) for r in d["regions"] for k in ("patroni", "etcd")] and d.pop("witness"),
+        "regions[a].patroni/etcd",
+    ),
+    (
+        "k8s",
+        K8S_REGIONS,
+        lambda d: d["regions"][1].update(mlflow_url="http://mlflow.xregion-b.svc.clusterset.local:5001"),
+        "mlflow port 5001",
+    ),
+    (
+        "k8s",
+        K8S_REGIONS,
+        lambda d: d["regions"][0].update(postgres="pg-a-rw.xregion-a.svc.clusterset.local:6432"),
+        "regions[a].postgres",
+    ),
+    (
+        "k8s",
+        K8S_REGIONS,
+        lambda d: d["regions"][0]["s3"].update(endpoint_url="http://minio.example.com:9000"),
+        "regions[a].s3.endpoint_url",
+    ),
+    ("k8s", K8S_REGIONS, lambda d: d["serving"].update(frontend_url="http://serving.example.com:8090"), "peer port"),
+]
+
+
+@pytest.mark.parametrize("kind,path,mutate,key", REFUSED)
 def test_a_regions_file_the_deployment_cannot_honour_is_refused(kind, path, mutate, key):
     data = _data(path)
     mutate(data)

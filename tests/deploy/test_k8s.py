@@ -1,6 +1,6 @@
 """The Kubernetes deployment: YAML lint, `kustomize build` of every overlay, every rendered object
 validated against the Kubernetes schemas (core kinds, offline, strict) or the minimal CRD schemas,
-and the rendered objects checked against the regions file."""
+and the rendered objects checked against the regions file and the embedded platform."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import pytest
 import yaml
 
 from xregion.config import parse_config
-from xregion.infra.deploy import generate as deploy
+from xregion.infra.embedded import auth, patroni
+from xregion.infra.serving.haproxy import SLOTS
 
 from .helpers import K8S_DIR, K8S_REGIONS, k8s_config, kustomize_build, lint, validate_manifest
 
 CFG = k8s_config()
 REGIONS = [r.name for r in CFG.regions]
+COLOURS = {"bk_blue": "model-server-blue", "bk_green": "model-server-green"}
 
 
 @pytest.fixture(scope="module")
@@ -27,17 +29,25 @@ def objects(docs: list[dict], kind: str) -> dict[str, dict]:
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
 
 
-def containers(deployment: dict) -> dict[str, dict]:
-    return {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
+def pod(doc: dict) -> dict:
+    return doc["spec"]["template"]["spec"]
+
+
+def containers(doc: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in pod(doc)["containers"]}
 
 
 def arg(args: list[str], flag: str) -> str:
     return args[args.index(flag) + 1]
 
 
+def env_of(c: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in c["env"]}
+
+
 def test_yaml_lint():
     files = sorted(K8S_DIR.rglob("*.yaml"))
-    assert len(files) >= 5 + 5 * len(REGIONS) + 1
+    assert len(files) >= 6 + 6 * len(REGIONS)
     assert [p for f in files for p in lint(f)] == []
 
 
@@ -49,7 +59,7 @@ def test_an_overlay_per_region_and_nothing_else():
 def test_every_object_is_schema_valid(rendered, region):
     docs = rendered[region]
     how = [validate_manifest(d) for d in docs]
-    assert how.count("kubernetes") >= 15 and how.count("crd-schema") >= 3
+    assert how.count("kubernetes") >= 25 and how.count("crd-schema") >= 3
     for d in docs:
         if d["kind"] != "Namespace":
             assert d["metadata"]["namespace"] == f"xregion-{region}"
@@ -63,7 +73,7 @@ def test_the_validators_refuse_a_broken_object(rendered):
     bad["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "5000"
     with pytest.raises(AssertionError, match="containerPort|5000"):
         validate_manifest(bad)
-    bad = copy.deepcopy(objects(docs, "HorizontalPodAutoscaler")["model-server"])
+    bad = copy.deepcopy(objects(docs, "HorizontalPodAutoscaler")["model-server-blue"])
     bad["spec"]["maxReplica"] = 3
     with pytest.raises(AssertionError, match="maxReplica"):
         validate_manifest(bad)
@@ -76,7 +86,7 @@ def test_the_validators_refuse_a_broken_object(rendered):
 
 
 @pytest.mark.parametrize("region", REGIONS)
-def test_configmaps_carry_the_regions_file_and_the_region(rendered, region):
+def test_configmaps_carry_the_regions_file_the_region_and_the_auth_settings(rendered, region):
     docs = rendered[region]
     r = CFG.region(region)
     maps = objects(docs, "ConfigMap")
@@ -84,164 +94,162 @@ def test_configmaps_carry_the_regions_file_and_the_region(rendered, region):
     assert regions_map["data"]["regions.yaml"] == K8S_REGIONS.read_text()  # mounted, not copied
     assert parse_config(yaml.safe_load(regions_map["data"]["regions.yaml"])).model_dump() == CFG.model_dump()
     local = next(m for n, m in maps.items() if n.startswith("xregion-local-"))
-    assert local["data"] == {"XREGION_LOCAL_REGION": region, "MLFLOW_TRACKING_URI": r.mlflow_url}
-    # every ConfigMap a pod uses exists in the build (kustomize rewrote the hashed names)
-    for dep in objects(docs, "Deployment").values():
-        pod = dep["spec"]["template"]["spec"]
-        used = {v["configMap"]["name"] for v in pod.get("volumes", []) if "configMap" in v}
-        used |= {e["configMapRef"]["name"] for c in pod["containers"] for e in c.get("envFrom", [])}
-        assert used <= set(maps), f"{dep['metadata']['name']} uses missing ConfigMaps {used - set(maps)}"
+    assert local["data"] == {
+        "XREGION_LOCAL_REGION": region,
+        "MLFLOW_TRACKING_URI": r.mlflow_url,
+        "XREGION_READ_REPLICA_URI": CFG.database_read_uri(region, password=""),
+    }
+    ini = next(m for n, m in maps.items() if n.startswith("xregion-auth-"))["data"]["basic_auth.ini"]
+    assert ini.endswith(auth.server_ini(CFG.database_uri(password="", database="mlflow_auth")))
+    for doc in [*objects(docs, "Deployment").values(), *objects(docs, "Job").values()]:
+        spec = pod(doc)
+        used = {v["configMap"]["name"] for v in spec.get("volumes", []) if "configMap" in v}
+        used |= {e["configMapRef"]["name"] for c in spec["containers"] for e in c.get("envFrom", [])}
+        assert used <= set(maps), f"{doc['metadata']['name']} uses missing ConfigMaps {used - set(maps)}"
 
 
 @pytest.mark.parametrize("region", REGIONS)
-def test_mlflow_servers(rendered, region):
+def test_mlflow_servers_share_the_ledger_with_the_replicator(rendered, region):
     docs = rendered[region]
-    r = CFG.region(region)
-    host, port = deploy.host_port(r.mlflow_url)
     dep = objects(docs, "Deployment")["mlflow"]
-    assert dep["spec"]["replicas"] >= 2
     c = containers(dep)["mlflow"]
-    assert c["args"][:15] == [
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        CFG.database_uri(password=""),
-        "--registry-store-uri",
-        "xregion+" + CFG.database_uri(password=""),  # the promotion gate
-        "--artifacts-destination",
-        f"xregion:///{CFG.artifacts.prefix}",
-        "--serve-artifacts",
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(port),
-        "--workers",
-        "2",
-    ]
-    assert f"{host}:{port}" in arg(c["args"], "--allowed-hosts").split(",")
+    args = c["args"]
+    assert args[:2] == ["mlflow", "server"]
+    assert arg(args, "--backend-store-uri") == CFG.database_uri(password="")
+    assert arg(args, "--read-replica-backend-store-uri") == "$(XREGION_READ_REPLICA_URI)"  # the region's own node
+    assert arg(args, "--app-name") == "basic-auth"
+    port = int(CFG.region(region).mlflow_url.rsplit(":", 1)[1])
     assert c["ports"] == [{"name": "http", "containerPort": port}]
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert c[probe]["httpGet"] == {"path": "/health", "port": "http"}
-    _platform_container(c, dep)
-    svc = objects(docs, "Service")["mlflow"]
-    assert svc["spec"]["ports"][0]["port"] == port
-    pdb = objects(docs, "PodDisruptionBudget")["mlflow"]
-    assert pdb["spec"]["minAvailable"] >= 1
-    assert pdb["spec"]["selector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
-    assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
-
-
-def _platform_container(c: dict, dep: dict) -> None:
-    env = {e["name"]: e for e in c["env"]}
-    assert env["XREGION_CONFIG"]["value"] == deploy.CONFIG_MOUNT
-    for var in deploy.credential_vars(CFG):
-        assert "secretKeyRef" in env[var]["valueFrom"], f"{var} must come from a Secret"
-    assert {"name": "regions", "mountPath": "/etc/xregion", "readOnly": True} in c["volumeMounts"]
-    assert c["image"] == deploy.IMAGE
+    env = env_of(c)
+    assert env["XREGION_LEDGER"]["value"] == "/ledger/outbox.sqlite"
+    assert env["MLFLOW_AUTH_CONFIG_PATH"]["value"] == "/etc/xregion-auth/basic_auth.ini"
+    assert {"name": "ledger", "mountPath": "/ledger"} in c["volumeMounts"]
+    claim = {"name": "ledger", "persistentVolumeClaim": {"claimName": "ledger"}}
+    assert claim in pod(dep)["volumes"]
+    rep = objects(docs, "Deployment")["replicate"]
+    assert rep["spec"]["replicas"] == 1 and rep["spec"]["strategy"] == {"type": "Recreate"}
+    assert claim in pod(rep)["volumes"]
+    assert containers(rep)["replicate"]["args"][:3] == ["xregion", "replicate", "run"]
+    assert objects(docs, "PersistentVolumeClaim")["ledger"]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    # SQLite on a ReadWriteOnce volume: the MLflow pods run on the replicator's node
+    term = pod(dep)["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == rep["spec"]["template"]["metadata"]["labels"] | {}
+    assert objects(docs, "PodDisruptionBudget")["mlflow"]["spec"]["minAvailable"] >= 1
 
 
 @pytest.mark.parametrize("region", REGIONS)
-def test_model_servers_scale_with_an_hpa(rendered, region):
+def test_model_servers_run_the_agent_of_their_colour(rendered, region):
     docs = rendered[region]
     r = CFG.region(region)
-    _, port = deploy.host_port(r.serving_url)
-    dep = objects(docs, "Deployment")["model-server"]
-    c = containers(dep)["model-server"]
-    assert c["args"] == [
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        f"models:/{CFG.registry.model_name}@{CFG.registry.production_alias}",
-        "--env-manager",
-        "local",
-        "-h",
-        "0.0.0.0",
-        "-p",
-        str(port),
-    ]
-    assert c["ports"][0]["containerPort"] == port and c["resources"]["requests"]["cpu"]
-    assert c["readinessProbe"]["httpGet"]["path"] == "/ping"
-    _platform_container(c, dep)
-    assert objects(docs, "Service")["model-server"]["spec"]["ports"][0]["port"] == port
-    hpa = objects(docs, "HorizontalPodAutoscaler")["model-server"]
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "model-server"}
-    assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    port = int(r.serving_url.rsplit(":", 1)[1])
+    for slot, name in COLOURS.items():
+        dep = objects(docs, "Deployment")[name]
+        c = containers(dep)["model-server"]
+        assert c["args"] == ["xregion", "router", "agent", "--region", region, "--slot", slot, "--port", str(port)]
+        assert env_of(c)["XREGION_ROUTER_URL"]["value"] == "http://router:5310"
+        assert c["readinessProbe"]["httpGet"] == {"path": "/ping", "port": "http"}
+        assert "livenessProbe" not in c and "startupProbe" not in c  # an idle colour serves nothing by design
+        assert objects(docs, "Service")[name]["spec"]["ports"][0]["port"] == port
+        hpa = objects(docs, "HorizontalPodAutoscaler")[name]
+        assert (
+            hpa["spec"]["scaleTargetRef"]["name"] == name
+            and 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+        )
+    for doc in docs:  # nothing serves a floating alias
+        assert "@" + CFG.registry.production_alias not in yaml.safe_dump(doc)
+        if doc["kind"] == "Deployment":
+            assert all("models" not in c.get("args", [])[:3] for c in pod(doc)["containers"])
 
 
 @pytest.mark.parametrize("region", REGIONS)
-def test_front_door_and_control_plane(rendered, region):
+def test_front_door_and_router_in_one_pod(rendered, region):
     docs = rendered[region]
-    _, front = deploy.host_port(CFG.serving.frontend_url)
-    _, stats = deploy.host_port(CFG.serving.haproxy_stats_url)
+    _, front = CFG.serving.frontend_url.rsplit(":", 1)
     dep = objects(docs, "Deployment")["frontdoor"]
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
     cs = containers(dep)
-    assert [p["containerPort"] for p in cs["haproxy"]["ports"]] == [front, stats]
-    assert cs["control-plane"]["args"] == ["xregion", "router", "run"]
-    _platform_container(cs["control-plane"], dep)
-    svc = objects(docs, "Service")["frontdoor"]
-    assert [p["port"] for p in svc["spec"]["ports"]] == [front, stats]
-    cfg_map = next(m for n, m in objects(docs, "ConfigMap").items() if n.startswith("frontdoor-config-"))
-    haproxy = cfg_map["data"]["haproxy.cfg"]
-    assert f"bind :{front}\n" in haproxy and f"bind :{stats}\n" in haproxy
-    runtime = {e["name"]: e.get("value") for e in cs["control-plane"]["env"]}["XREGION_HAPROXY_RUNTIME_API"]
-    assert f"stats socket ipv4@{runtime} level admin" in haproxy
-    servers = [line.split() for line in haproxy.splitlines() if line.strip().startswith("server ")]
-    # the local region's model servers first, every other region's as backups, at their regions-file address
-    assert [s[1] for s in servers] == [region] + [r.name for r in CFG.write_order() if r.name != region]
-    for s in servers:
-        r = CFG.region(s[1])
-        assert s[2] == "{}:{}".format(*deploy.host_port(r.serving_url))
-        assert (s[-1] == "backup") == (r.name != region)
+    assert cs["router"]["args"] == [
+        "xregion",
+        "router",
+        "run",
+        "--external",
+        "--regions",
+        "$(XREGION_LOCAL_REGION)",  # each region's router drives its own region's colours
+        "--api-host",
+        "0.0.0.0",
+        "--api-port",
+        "5310",
+    ]
+    assert {"name": "router-state", "mountPath": "/var/lib/xregion"} in cs["router"]["volumeMounts"]
+    assert objects(docs, "PersistentVolumeClaim")["router-state"]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert cs["haproxy"]["command"][-1].endswith("exec haproxy -W -db -f /usr/local/etc/haproxy/haproxy.cfg")
+    assert pod(dep)["securityContext"]["runAsUser"] == 10001  # both containers: the sockets are 0600
+    services = objects(docs, "Service")
+    assert services["frontdoor"]["spec"]["type"] == "LoadBalancer"
+    assert [p["port"] for p in services["frontdoor"]["spec"]["ports"]] == [int(front)]  # the one public port
+    assert services["router"]["spec"]["selector"] == {"app.kubernetes.io/name": "frontdoor"}
+    assert "frontdoor-peer" in objects(docs, "ServiceExport")
 
 
 @pytest.mark.parametrize("region", REGIONS)
-def test_distributed_locust(rendered, region):
+def test_distributed_locust_sends_serving_traffic_only(rendered, region):
     deps = objects(rendered[region], "Deployment")
     master, worker = containers(deps["locust-master"])["locust"], containers(deps["locust-worker"])["locust"]
-    assert master["args"][:4] == ["locust", "-f", deploy.LOCUSTFILE, "--master"]
+    assert master["args"][:4] == ["locust", "-f", "/app/loadtests/locustfile.py", "--master"]
     assert arg(master["args"], "--host") == CFG.serving.frontend_url
-    assert worker["args"][:4] == ["locust", "-f", deploy.LOCUSTFILE, "--worker"]
+    assert master["args"][-1] == worker["args"][-1] == "ServingUser"
     svc = objects(rendered[region], "Service")["locust-master"]
     assert arg(worker["args"], "--master-host") == svc["metadata"]["name"]
     assert int(arg(worker["args"], "--master-port")) in [p["port"] for p in svc["spec"]["ports"]]
-    assert deps["locust-worker"]["spec"]["replicas"] >= 2
 
 
 @pytest.mark.parametrize("region", REGIONS)
-def test_postgres_minio_and_cross_region_names(rendered, region):
+def test_postgres_is_synchronous_with_the_embedded_parameters(rendered, region):
     docs = rendered[region]
     r = CFG.region(region)
-    cluster = objects(docs, "Cluster")[f"pg-{region}"]
-    assert r.pg_host == f"pg-{region}-rw.xregion-{region}.{deploy.CLUSTERSET}" and r.pg_port == 5432
+    spec = objects(docs, "Cluster")[f"pg-{region}"]["spec"]
+    assert CFG.postgres.replication == "sync" and spec["minSyncReplicas"] == spec["maxSyncReplicas"] == 1
+    params = spec["postgresql"]["parameters"]
+    shared = {k: str(v) for k, v in patroni.postgres_parameters(CFG).items()}
+    assert params.items() <= shared.items() and params["synchronous_commit"] == "remote_apply"
+    assert set(shared) - set(params) == {"wal_level", "hot_standby", "wal_log_hints"}  # CloudNativePG's own
     if r.role == "primary":
-        assert cluster["spec"]["bootstrap"]["initdb"] == {
-            "database": CFG.postgres.database,
-            "owner": CFG.postgres.user,
-            "secret": {"name": "xregion-pg-app"},
-        }
-        assert "replica" not in cluster["spec"]
+        initdb = spec["bootstrap"]["initdb"]
+        assert (initdb["database"], initdb["owner"], initdb["secret"]) == (
+            "mlflow",
+            "mlflow",
+            {"name": "xregion-pg-app"},
+        )
+        assert 'CREATE DATABASE "mlflow_auth" OWNER "mlflow"' in initdb["postInitSQL"]
+        assert "replica" not in spec
     else:  # a CloudNativePG replica cluster streaming from the primary region
         source = f"pg-{CFG.primary.name}"
-        assert cluster["spec"]["replica"] == {"enabled": True, "source": source}
-        assert cluster["spec"]["bootstrap"] == {"pg_basebackup": {"source": source}}
-        ext = {e["name"]: e for e in cluster["spec"]["externalClusters"]}[source]
+        assert spec["replica"] == {"enabled": True, "source": source}
+        assert spec["bootstrap"] == {"pg_basebackup": {"source": source}}
+        ext = {e["name"]: e for e in spec["externalClusters"]}[source]
         assert ext["connectionParameters"]["host"] == CFG.primary.pg_host
-        assert ext["connectionParameters"]["port"] == str(CFG.primary.pg_port)
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_minio_and_cross_region_names(rendered, region):
+    docs = rendered[region]
+    r = CFG.region(region)
     tenant = objects(docs, "Tenant")["minio"]
-    assert tenant["spec"]["buckets"] == [{"name": r.s3.bucket}]
+    assert tenant["spec"]["configuration"] == {"name": "minio-config"}
+    assert "buckets" not in tenant["spec"]  # the init Job creates it, with object lock
     s3 = objects(docs, "Service")["s3"]
-    assert s3["spec"]["ports"][0]["port"] == deploy.host_port(r.s3.endpoint_url)[1]
-    assert s3["spec"]["selector"] == {"v1.min.io/tenant": tenant["metadata"]["name"]}
-    # every address of this region in the regions file is an exported service of this overlay
+    assert s3["spec"]["ports"][0]["port"] == int(r.s3.endpoint_url.rsplit(":", 1)[1])
+    init = env_of(containers(objects(docs, "Job")["minio-init"])["minio-init"])
+    assert (
+        init["BUCKET"]["value"] == r.s3.bucket
+        and init["MINIO_URL"]["value"] == f"http://s3:{s3['spec']['ports'][0]['port']}"
+    )
     exported = set(objects(docs, "ServiceExport"))
-    services = set(objects(docs, "Service")) | {f"{cluster['metadata']['name']}-rw"}  # made by CloudNativePG
-    for url_host in (
-        deploy.host_port(r.s3.endpoint_url)[0],
-        r.pg_host,
-        deploy.host_port(r.mlflow_url)[0],
-        deploy.host_port(r.serving_url)[0],
-    ):
-        svc, ns, rest = url_host.split(".", 2)
-        assert ns == f"xregion-{region}" and rest == deploy.CLUSTERSET
-        assert svc in exported and svc in services
+    assert exported == {"s3", f"pg-{region}-rw", "mlflow", "frontdoor-peer", *COLOURS.values()}
+    services = set(objects(docs, "Service")) | {f"pg-{region}-rw"}  # made by CloudNativePG
+    assert exported <= services
+    for host in (r.s3.endpoint_url.split("//")[1].split(":")[0], r.pg_host, r.mlflow_url.split("//")[1].split(":")[0]):
+        svc, ns, rest = host.split(".", 2)
+        assert ns == f"xregion-{region}" and rest == "svc.clusterset.local" and svc in exported
+    assert all(s in SLOTS for s in COLOURS)

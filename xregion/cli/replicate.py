@@ -149,13 +149,16 @@ def resync(
 def run(
     metrics_port: int = typer.Option(0, help="Serve Prometheus metrics on this port (0: off)."),
     seconds: float = typer.Option(0, help="Stop after this many seconds (0: run until stopped)."),
+    metrics_host: str = typer.Option(
+        "127.0.0.1", help="Where the metrics listen (a container: 0.0.0.0, for a scraper outside it)."
+    ),
 ) -> None:
     """Run the replicator: pay what regions are owed, as it is owed (a long-running service)."""
     from prometheus_client import start_http_server
 
     rep = _replicator()
     if metrics_port:
-        start_http_server(metrics_port, addr="127.0.0.1")
+        start_http_server(metrics_port, addr=metrics_host)
     console.print(f"replicating ({rep.mode}); ledger {rep.outbox.path}")
     rep.start()
     try:
