@@ -146,8 +146,15 @@ def test_the_accounts_job_creates_them_once_as_the_administrator(monkeypatch, no
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     monkeypatch.setattr(client, "AuthServiceClient", FakeAuthClient)
+    from xregion.infra.embedded import auth
+
+    owned = []  # the served model is created by the administrator (its creator would manage it)
+    monkeypatch.setattr(
+        auth, "_own_the_model", lambda cfg, url: owned.append((os.environ.get("MLFLOW_TRACKING_USERNAME"), url))
+    )
     FakeAuthClient.users, FakeAuthClient.roles, FakeAuthClient.seen_as = {}, {}, set()
     created = jobs.create_accounts(CFG)
+    assert owned and {who for who, _ in owned} == {"admin"}
     assert sorted(created) == ["release-manager", "scientist", "xregion-router", "xregion-serving"]
     assert FakeAuthClient.users == {
         "scientist": "sci-pw",
