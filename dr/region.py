@@ -71,15 +71,9 @@ def resync_all(cfg: XRegionConfig) -> dict:
 
     rep = Replicator(cfg)
     try:
-        res = resync(rep)
+        return resync(rep).summary()
     finally:
-        pool = getattr(rep, "pool", None)
-        if pool is not None:
-            pool.shutdown(wait=False)
-    return {k: res[k] for k in ("objects", "differences", "repaired", "still_owed")} | {
-        "unreachable": res["unreachable"],
-        "unrepairable": len(res["unrepairable"]),
-    }
+        rep.close()
 
 
 def _services(cfg: XRegionConfig, home: Path, sup: Supervisor, region: str) -> list[Service]:

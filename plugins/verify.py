@@ -208,6 +208,11 @@ class ResyncResult:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def summary(self) -> dict:
+        """The counts a drill or a region restore reports (unrepairable keys counted, not listed)."""
+        out = {k: getattr(self, k) for k in ("objects", "differences", "repaired", "still_owed", "unreachable")}
+        return out | {"unrepairable": len(self.unrepairable)}
+
 
 def owe_repairs(rep: Replicator, report: Report) -> None:
     """Owe every difference a converge to the newest write (which a repair re-reads itself)."""

@@ -118,14 +118,7 @@ def resync(ctx: Ctx) -> dict:
         res = run_resync(rep)
     finally:
         rep.close()
-    return {
-        "objects": res.objects,
-        "differences": res.differences,
-        "repaired": res.repaired,
-        "still_owed": res.still_owed,
-        "unreachable": res.unreachable,
-        "unrepairable": len(res.unrepairable),
-    }
+    return res.summary()
 
 
 def primary_region(ctx: Ctx) -> str:
