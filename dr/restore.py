@@ -118,7 +118,10 @@ def verify_backup(cfg: XRegionConfig, home: Path, ref: str, progress: Progress =
 
 # --- restore ---------------------------------------------------------------------------------
 def holds_data(cfg: XRegionConfig, home: Path, primary: RegionConfig, database: str) -> bool:
-    """True when the MLflow database exists and holds runs or registered models."""
+    """True when the MLflow database exists and holds runs or model versions.
+
+    An empty registered model does not count: ``xregion up`` creates the served model (with no
+    versions) as the administrator on every fresh stack, so that no scientist becomes its manager."""
     with pg.connection(cfg, home, primary, "dr", "postgres") as conn, conn.cursor() as cur:
         cur.execute("select 1 from pg_database where datname = %s", (database,))
         if cur.fetchone() is None:
@@ -127,7 +130,7 @@ def holds_data(cfg: XRegionConfig, home: Path, primary: RegionConfig, database: 
         cur.execute("select to_regclass('public.runs') is not null")
         if not cur.fetchone()[0]:
             return False
-        cur.execute("select (select count(*) from runs) + (select count(*) from registered_models)")
+        cur.execute("select (select count(*) from runs) + (select count(*) from model_versions)")
         return cur.fetchone()[0] > 0
 
 
@@ -140,7 +143,7 @@ def restore(cfg: XRegionConfig, home: Path, ref: str, force: bool = False, progr
     progress(f"restore {src.id} into database {database} on {primary.name}")
     if not force and holds_data(cfg, home, primary, database):
         raise DRError(
-            f"database {database} on {primary.name} already holds runs or registered models; "
+            f"database {database} on {primary.name} already holds runs or model versions; "
             f"restore is for a fresh stack (pass --force to replace them)"
         )
     with tempfile.TemporaryDirectory(prefix="xregion-restore-") as tmp:

@@ -232,7 +232,7 @@ def backups(as_json: bool = typer.Option(False, "--json")) -> None:
 @app.command()
 def restore(
     backup_ref: str = typer.Argument(..., metavar="BACKUP", help="Backup id, 'latest', or a local backup dir."),
-    force: bool = typer.Option(False, "--force", help="Replace a database that already holds runs."),
+    force: bool = typer.Option(False, "--force", help="Replace a database that already holds runs or model versions."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Restore a backup into a fresh stack, keeping every id; put back and verify every artifact."""
