@@ -11,11 +11,10 @@ import hashlib
 import sqlite3
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 from xregion.config import XRegionConfig
 from xregion.plugins.outbox import Outbox
-from xregion.plugins.verify import Difference, verify
+from xregion.plugins.verify import Difference, check
 from xregion.store import ObjectNotFound, RegionStore
 from xregion.uris import key_prefix
 
@@ -61,8 +60,7 @@ def observe(regions: dict[str, RegionStore], ctx: TrialContext, keys: list[str])
 
 def verify_prefix(regions: dict[str, RegionStore], prefix: str) -> list[Difference]:
     """``xregion replicate verify --deep`` on a prefix: every copy hashed."""
-    _, diffs = verify(SimpleNamespace(stores=regions), prefix.rstrip("/") + "/", deep=True)
-    return diffs
+    return check(regions, prefix.rstrip("/") + "/", deep=True).differences
 
 
 def gate_violations(cfg: XRegionConfig, regions: dict[str, RegionStore], client, ctx: TrialContext) -> list[dict]:
