@@ -19,6 +19,7 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
+from tests.stacks import Stack, acting_as
 from xregion.config import load_config
 from xregion.infra.embedded.bench_s3 import _service
 from xregion.infra.embedded.scratch import make_home
@@ -173,7 +174,8 @@ def own_stack():
     env = {**os.environ, "XREGION_CONFIG": str(path), "XREGION_HOME": str(home)}
     up = cli(env, "up")
     assert up.returncode == 0, up.stderr
-    yield home, load_config(path), env
+    with acting_as(Stack(home, path), "scientist"):  # this process logs runs as a scientist would
+        yield home, load_config(path), env
     cli(env, "down")
     shutil.rmtree(home, ignore_errors=True)
 

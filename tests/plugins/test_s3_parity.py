@@ -109,6 +109,16 @@ def regions_file(stack, path: Path, buckets: dict[str, str], endpoint: str | Non
     return path
 
 
+def only_region_a(data: dict) -> None:
+    """Keep region a alone (two regions on the one IAM endpoint would clash on its port): an artifact-only
+    regions file, without the database HA keys, whose quorum rule needs three etcd members."""
+    data["regions"] = data["regions"][:1]
+    data.pop("witness", None)
+    for r in data["regions"]:
+        r.pop("etcd", None)
+        r.pop("patroni", None)
+
+
 def test_missing_bucket_is_resource_does_not_exist_not_an_outage(stack, tmp_path, monkeypatch):
     cfg = regions_file(stack, tmp_path / "regions.yaml", {"a": "no-such-bucket-a", "b": "no-such-bucket-b"})
     monkeypatch.setenv("XREGION_CONFIG", str(cfg))
@@ -173,7 +183,7 @@ def test_refusals_map_like_mlflows_s3_repository(stack, tmp_path, monkeypatch, i
     monkeypatch.setenv("IAMT_SECRET", creds[which][1])
     cfg = regions_file(stack, tmp_path / f"{which}.yaml", {"a": "iam-a", "b": "iam-b"}, endpoint=url, env="IAMT")
     data = yaml.safe_load(cfg.read_text())
-    data["regions"] = data["regions"][:1]  # one region on the IAM endpoint (two would clash on its port)
+    only_region_a(data)
     cfg.write_text(yaml.safe_dump(data, sort_keys=False))
     monkeypatch.setenv("XREGION_CONFIG", str(cfg))
     repo = get_artifact_repository(f"xregion:///parity/{which}")
@@ -194,7 +204,7 @@ def test_uploads_signed_with_the_known_body_hash_pass_a_store_that_checks_signat
     monkeypatch.setenv("IAMW_SECRET", WRITER["secret"])
     cfg = regions_file(stack, tmp_path / "writer.yaml", {"a": "iam-a", "b": "iam-b"}, endpoint=url, env="IAMW")
     data = yaml.safe_load(cfg.read_text())
-    data["regions"] = data["regions"][:1]  # one region on the IAM endpoint (two would clash on its port)
+    only_region_a(data)
     cfg.write_text(yaml.safe_dump(data, sort_keys=False))
     store = RegionStore(load_config(cfg).region("a"))
     f = tmp_path / "signed.bin"
