@@ -186,7 +186,10 @@ def run_demo(cfg, home: Path, o: DemoOptions | None = None) -> dict:
         s["replication_lag_s"] = round(wait_replicated(cfg, location), 2)
     with steps(f"a release manager promotes version {res.version} through the replication gate"):
         s["promotion"] = _promote(cfg, home, res.version)
-    with steps("serve it in every region behind the HAProxy front door"):
+    with (
+        steps("serve it in every region behind the HAProxy front door"),
+        environment(**auth.client_env(home, "serving", cfg)),  # it reads which version is in production
+    ):
         serving.stop_serving(home)  # a previous demo's servers follow an older version
         serving.start_serving(cfg, home, progress)
         s["serving_latency"] = serving_latency(cfg.serving.frontend_url, list(range(1, 51)))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 
 import typer
 
@@ -42,7 +44,10 @@ def demo(
         verbose=verbose,
     )
     try:
-        s = run_demo(cfg, home, opts)
+        # stdout carries the summary alone (JSON with --json): what libraries print there on the way,
+        # MLflow's "View run ... at" lines among them, goes to the log
+        with open(log, "a") as sink, contextlib.redirect_stdout(sys.stdout if verbose else sink):
+            s = run_demo(cfg, home, opts)
     except SupervisorError as err:
         console.print(f"[red]demo stopped:[/red] {err}")
         raise typer.Exit(1) from None
