@@ -285,11 +285,11 @@ class XRegionConfig(_Strict):
         """
         return self._uri(self.write_order(), "read-write", password, database)
 
-    def database_read_uri(self, region: str, password: str | None = None) -> str:
+    def database_read_uri(self, region: str, password: str | None = None, database: str | None = None) -> str:
         """URI for MLflow's read replica (``--read-replica-backend-store-uri``): ``region``'s own node
         first, whatever its role, then the others: reads go on while no node accepts writes."""
         local = self.region(region)
-        return self._uri([local] + [r for r in self.regions if r.name != region], "any", password)
+        return self._uri([local] + [r for r in self.regions if r.name != region], "any", password, database)
 
     def _uri(self, nodes: list[RegionConfig], attrs: str, password: str | None, database: str | None = None) -> str:
         pg = self.postgres

@@ -101,14 +101,19 @@ def service_env(home: Path, role: str, cfg: XRegionConfig) -> tuple[dict[str, st
     )
 
 
-def server_ini(database_uri: str) -> str:
+def server_ini(database_uri: str, read_database_uri: str | None = None) -> str:
     """The auth app's configuration file: no secret in it (the database password comes from the
-    server's PGPASSFILE or PGPASSWORD, the admin password from MLFLOW_AUTH_ADMIN_PASSWORD)."""
+    server's PGPASSFILE or PGPASSWORD, the admin password from MLFLOW_AUTH_ADMIN_PASSWORD).
+
+    ``read_database_uri`` is MLflow's read replica for the user database: every request's password
+    and permission check reads there, so a region's server keeps authenticating from its own node
+    while no node accepts writes (a failover), as its tracking reads do."""
     return (
         "[mlflow]\n"
         "default_permission = READ\n"
         f"database_uri = {database_uri}\n"
-        f"admin_username = {ADMIN}\n"
+        + (f"read_database_uri = {read_database_uri}\n" if read_database_uri else "")
+        + f"admin_username = {ADMIN}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         "grant_default_workspace_access = false\n"
     )
@@ -119,36 +124,38 @@ def server_env(ini_path: str) -> dict[str, str]:
     return {"MLFLOW_AUTH_CONFIG_PATH": ini_path, "XREGION_AUTH": "1"}
 
 
-def ini_path(home: Path) -> Path:
-    return Path(home) / "auth" / "basic_auth.ini"
+def ini_path(home: Path, region: str) -> Path:
+    return Path(home) / "auth" / f"basic_auth-{region}.ini"
 
 
 def prepare(cfg: XRegionConfig, home: Path) -> None:
     """Write the auth app's config file (0600) and generate every account's password (once)."""
-    ini = ini_path(home)
-    ini.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    text = server_ini(cfg.database_uri(database=AUTH_DATABASE))
-    tmp = ini.with_name(f".{ini.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    tmp.replace(ini)
+    for region in cfg.regions:
+        ini = ini_path(home, region.name)
+        ini.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        read_uri = cfg.database_read_uri(region.name, database=AUTH_DATABASE)
+        text = server_ini(cfg.database_uri(database=AUTH_DATABASE), read_uri)
+        tmp = ini.with_name(f".{ini.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        tmp.replace(ini)
     for username in [ADMIN, *(a.username for a in accounts(cfg).values())]:
         password(home, username)
     secret(home, "mlflow-flask-secret")
 
 
-def server_config(cfg: XRegionConfig, home: Path) -> tuple[dict[str, str], dict[str, str]]:
+def server_config(cfg: XRegionConfig, home: Path, region: str) -> tuple[dict[str, str], dict[str, str]]:
     """(env, secret_env) of an MLflow server running the auth app: its config file, and the admin
     password and Flask secret by reference, never in argv or a pid file. Its user database is
     ``mlflow_auth`` through the same multi-host URI as the registry (the password from the
-    server's PGPASSFILE)."""
+    server's PGPASSFILE), read from the region's own node first."""
     admin_env, flask_env = SERVER_SECRET_ENV
     secret_env = {
         admin_env: f"file:{secret_path(home, f'mlflow-{ADMIN}')}",
         flask_env: f"file:{secret_path(home, 'mlflow-flask-secret')}",
     }
-    return server_env(str(ini_path(home))), secret_env
+    return server_env(str(ini_path(home, region))), secret_env
 
 
 def ensure_accounts(cfg: XRegionConfig, home: Path, url: str) -> list[str]:

@@ -126,7 +126,7 @@ def mlflow_service(cfg: XRegionConfig, region: RegionConfig, home: Path) -> Serv
         "--app-name",
         "basic-auth",  # MLflow's own auth: every request needs a user (infra/embedded/auth.py)
     ]
-    auth_env, auth_secrets = auth.server_config(cfg, home)
+    auth_env, auth_secrets = auth.server_config(cfg, home, region.name)
     env = {
         **child_env(cfg, region, home),
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
