@@ -1,12 +1,19 @@
-"""A running embedded stack for tests: its config, home, supervisor and MLflow accounts."""
+"""Running embedded stacks for tests: the session one (its config, home, supervisor and MLflow accounts) and own stacks started through the CLI."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from xregion.config import load_config
+from xregion.infra.embedded.scratch import make_home
+from xregion.infra.embedded.scratch import scratch_config as write_config
 
 
 class Stack:
@@ -69,3 +76,44 @@ def grant(st: Stack, role: str, model: str, permission: str = "MANAGE") -> None:
     user, _ = st.credentials(role)
     with environment(**st.client_env("admin")):
         AuthServiceClient(st.cfg.primary.mlflow_url).grant_user_permission(user, "registered_model", model, permission)
+
+
+# --- own stacks, started through the CLI (the destructive DR and drill tests) ---
+XREGION = str(Path(sys.executable).parent / "xregion")
+
+
+def start_stack(prefix: str, **overrides) -> Stack:
+    from xregion.infra.embedded import stack as embedded
+
+    home = make_home(prefix)
+    path = write_config(home, **overrides)
+    st = Stack(home, path)
+    # through the CLI, as an operator would: the processes are then not children of the test
+    # process (a kill -9 leaves no zombie behind for the test to reap)
+    res = xr(st, "up")
+    if res.returncode != 0:
+        embedded.down(home, progress=lambda m: None, purge=True)
+        shutil.rmtree(home, ignore_errors=True)
+        raise RuntimeError(f"xregion up failed:\n{res.stderr}")
+    return st
+
+
+def stop_stack(st: Stack) -> None:
+    from xregion.infra.embedded import stack as embedded
+
+    embedded.down(st.home, progress=lambda m: None, purge=True)  # the data root too (/var/lib/xregion/<hash>)
+    shutil.rmtree(st.home, ignore_errors=True)
+
+
+def xr(st: Stack, *args, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the xregion CLI against a stack."""
+    return subprocess.run(
+        [XREGION, *args], env={**os.environ, **st.env()}, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def xr_json(st: Stack, *args, ok: bool = True):
+    res = xr(st, *args, "--json")
+    if ok:
+        assert res.returncode == 0, f"xregion {' '.join(args)} exit {res.returncode}:\n{res.stdout}\n{res.stderr}"
+    return json.loads(res.stdout), res

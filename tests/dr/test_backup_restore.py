@@ -8,9 +8,8 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from tests.dr.conftest import start_stack, stop_stack, xr, xr_json
 from tests.dr.helpers import populate
-from tests.stacks import acting_as
+from tests.stacks import acting_as, start_stack, stop_stack, xr, xr_json
 from xregion.store import RegionStore
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(900)]

@@ -15,9 +15,8 @@ import psutil
 import psycopg2
 import pytest
 
-from tests.dr.conftest import xr, xr_json
 from tests.dr.helpers import MetricLogger, quick_http
-from tests.stacks import mlflow_http
+from tests.stacks import mlflow_http, xr, xr_json
 from xregion.dr.nodes import view
 from xregion.infra.embedded import patroni, postgres
 from xregion.infra.embedded.supervisor import Supervisor

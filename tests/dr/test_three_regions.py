@@ -14,9 +14,8 @@ import pytest
 import requests
 import yaml
 
-from tests.dr.conftest import stop_stack, xr, xr_json
 from tests.dr.helpers import MetricLogger, quick_http
-from tests.stacks import Stack, acting_as
+from tests.stacks import Stack, acting_as, stop_stack, xr, xr_json
 from xregion.config import EMBEDDED_CONFIG
 from xregion.dr.nodes import view
 from xregion.infra.embedded.scratch import make_home

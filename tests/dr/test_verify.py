@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from tests.dr.conftest import XREGION
 from tests.dr.helpers import populate
+from tests.stacks import XREGION
 from xregion.dr import nodes
 from xregion.dr.verify import _under
 from xregion.infra.embedded.scratch import make_home

@@ -16,8 +16,7 @@ import os
 import pytest
 import yaml
 
-from tests.dr.conftest import start_stack, stop_stack
-from tests.stacks import acting_as
+from tests.stacks import acting_as, start_stack, stop_stack
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(1800)]
 SMALL_DATA = dict(n_users=150, n_items=80, mean_interactions=20)
