@@ -129,3 +129,18 @@ def test_xregion_config_env_var_selects_file(tmp_path, monkeypatch, data):
 def test_read_order_prefers_local_region(data, monkeypatch):
     monkeypatch.setenv("XREGION_LOCAL_REGION", "b")
     assert [r.name for r in parse_config(data).read_order()] == ["b", "a"]
+
+
+def test_a_scratch_stack_has_one_ledger_whoever_reads_its_regions_file(tmp_path, monkeypatch):
+    """A process that has only XREGION_CONFIG (a test, a tool) shares the ledger of the stack's
+    servers (which have XREGION_HOME): not the user's global one, where other stacks' keys live."""
+    from xregion.home import ledger_path
+    from xregion.infra.embedded.scratch import scratch_config
+
+    path = scratch_config(tmp_path)
+    for var in ("XREGION_HOME", "XREGION_LEDGER"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    assert ledger_path(load_config(path)) == (tmp_path / "outbox.sqlite").resolve()
+    monkeypatch.setenv("XREGION_HOME", str(tmp_path))
+    assert ledger_path(load_config(path)) == ledger_path(None)

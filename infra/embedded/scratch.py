@@ -42,6 +42,9 @@ def scratch_config(home: Path, **overrides) -> Path:
         "frontend_url": f"http://127.0.0.1:{next(ports)}",
         "haproxy_stats_url": f"http://127.0.0.1:{next(ports)}",
     }
+    # the stack's one ledger beside its regions file, whoever reads the file: the servers (which
+    # have XREGION_HOME) and a test or tool that has only XREGION_CONFIG must share it
+    data.setdefault("artifacts", {})["ledger"] = "outbox.sqlite"
     for section, values in overrides.items():
         data.setdefault(section, {}).update(values)
     data["env_file"] = str(EMBEDDED_CONFIG.parent / "embedded.env")
