@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from xregion.config import RegionConfig, XRegionConfig
+from xregion.errors import XRegionError
 from xregion.infra.embedded import etcd, patroni
 
 
-class DRError(RuntimeError):
+class DRError(XRegionError, RuntimeError):
     """A DR operation cannot proceed; the message says why and what to do."""
 
 

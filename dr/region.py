@@ -79,7 +79,7 @@ def resync_all(cfg: XRegionConfig) -> dict:
 def _services(cfg: XRegionConfig, home: Path, sup: Supervisor, region: str) -> list[Service]:
     try:
         pool = stack.select(cfg, home, sup, region, None)
-    except SystemExit as err:
+    except SupervisorError as err:  # an unknown region or component
         raise DRError(str(err)) from None
     return sorted(pool, key=lambda s: (ORDER.index(s.component) if s.component in ORDER else len(ORDER), s.name))
 

@@ -14,13 +14,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xregion.errors import XRegionError
 from xregion.infra.embedded.supervisor import Service, Supervisor, log_tail
 from xregion.net import free_port
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
 
-class LoadError(RuntimeError):
+class LoadError(XRegionError, RuntimeError):
     """Locust did not start or run as asked; the message points at its logs."""
 
 

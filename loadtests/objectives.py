@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from xregion.errors import XRegionError
+
 DEFAULT_FILE = Path(__file__).with_name("objectives.yaml")
 DEFAULTS = {"availability": 0.999, "rto_s": 5.0, "rpo_artifacts": 0, "rpo_metrics": None}
 # objectives a scenario opts into (checked only when set): summary path, and whether the target is a minimum
@@ -19,7 +21,7 @@ EXTRA = {
 KEYS = set(DEFAULTS) | set(EXTRA)
 
 
-class ObjectivesError(ValueError):
+class ObjectivesError(XRegionError, ValueError):
     pass
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import boto3
 
 from xregion.config import ConfigError, load_config
+from xregion.errors import XRegionError
 from xregion.store import RegionStore
 
 from .replication import Replicator
@@ -41,7 +42,7 @@ def make_set(root: Path, max_mib: int) -> list[Path]:
     return files
 
 
-class BenchError(RuntimeError):
+class BenchError(XRegionError, RuntimeError):
     """The benchmark cannot run (no stack); the message is one line saying what to do."""
 
 

@@ -20,6 +20,7 @@ from mlflow.exceptions import MlflowException
 
 from xregion import events
 from xregion.config import XRegionConfig
+from xregion.errors import XRegionError
 
 from .registry_store import ACTOR_TAG, ARCHIVED, HISTORY_TAG, REASON_TAG
 
@@ -27,7 +28,7 @@ from .registry_store import ACTOR_TAG, ARCHIVED, HISTORY_TAG, REASON_TAG
 warnings.filterwarnings("ignore", message=r".*transition_model_version_stage.*", category=FutureWarning)
 
 
-class RegistryError(RuntimeError):
+class RegistryError(XRegionError, RuntimeError):
     pass
 
 

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from xregion.errors import XRegionError
+
 COLUMNS = ["user_id", "item_id", "timestamp"]
 
 # File name -> format name, in the order we look for them inside a directory.
@@ -38,7 +40,7 @@ INTER_SUFFIX = ".inter"
 CSV_HEADER = ["userId", "movieId", "rating", "timestamp"]
 
 
-class DataFormatError(ValueError):
+class DataFormatError(XRegionError, ValueError):
     """A data file is missing, unreadable, empty or not in the expected format."""
 
 

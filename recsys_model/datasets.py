@@ -20,6 +20,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from xregion.errors import XRegionError
+
 from .data import DataFormatError
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ DATASETS = {
 }
 
 
-class FetchError(RuntimeError):
+class FetchError(XRegionError, RuntimeError):
     """The package registry could not be reached, or the package lacks the expected file."""
 
 

@@ -16,13 +16,15 @@ from urllib.parse import quote, urlsplit
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from xregion.errors import XRegionError
+
 from .ha_config import EtcdMember, PatroniConfig, Strict, WitnessConfig, check_host_port, split_host_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_CONFIG = REPO_ROOT / "infra" / "embedded" / "regions.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(XRegionError, ValueError):
     """The regions file is missing, unreadable or invalid; the message says where and what to fix."""
 
 

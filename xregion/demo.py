@@ -19,13 +19,14 @@ from rich.console import Console
 from rich.table import Table
 
 from xregion.cli.output import native_output_to
+from xregion.errors import XRegionError
 from xregion.home import environment
 
 console = Console(stderr=True)
 out = Console()  # a step that loads TensorFlow sends file descriptor 2 to its log meanwhile
 
 
-class DemoFailed(RuntimeError):
+class DemoFailed(XRegionError, RuntimeError):
     pass
 
 

@@ -12,13 +12,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from xregion.errors import XRegionError
+
 HASH_META = "sha256"  # user metadata key (x-amz-meta-sha256) holding the content hash recorded at write
 GEN_META = "xregion-gen"  # user metadata key holding the generation of the write (plugins/ARTIFACTS.md)
 CHUNK = 1024 * 1024
 PART = 8 * CHUNK  # the part size of a multipart upload (boto3's default); the threshold is payload.py's
 
 
-class StoreError(Exception):
+class StoreError(XRegionError):
     """Base for region store failures."""
 
 

@@ -24,6 +24,8 @@ import hashlib
 import os
 from dataclasses import dataclass
 
+from xregion.errors import XRegionError
+
 from .objects import PART
 from .workers import shared_pool
 
@@ -35,7 +37,7 @@ def multipart_threshold() -> int:
     return max(PART, int(float(os.environ.get("XREGION_MULTIPART_THRESHOLD_MIB", 64)) * 2**20))
 
 
-class SourceChanged(ValueError):
+class SourceChanged(XRegionError, ValueError):
     """The file's bytes are no longer those hashed when it was written."""
 
 

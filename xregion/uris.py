@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from xregion.errors import XRegionError
+
 from .config import XRegionConfig
 
 SCHEME = "xregion"
 
 
-class NotReplicatedURI(ValueError):
+class NotReplicatedURI(XRegionError, ValueError):
     pass
 
 

@@ -26,6 +26,7 @@ import requests
 import yaml
 
 from xregion.config import RegionConfig, XRegionConfig
+from xregion.errors import XRegionError
 
 from . import patroni_runtime
 from .postgres import (
@@ -45,7 +46,7 @@ from .supervisor import Service
 log = logging.getLogger(__name__)
 
 
-class PatroniError(RuntimeError):
+class PatroniError(XRegionError, RuntimeError):
     """Patroni refused or did not answer; the message says which node and why."""
 
 

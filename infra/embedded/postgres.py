@@ -39,6 +39,7 @@ import psycopg2
 import psycopg2.extensions
 
 from xregion.config import RegionConfig, XRegionConfig
+from xregion.errors import XRegionError
 
 PG_BIN = Path(os.environ.get("XREGION_PG_BIN", "/usr/lib/postgresql/15/bin"))
 AUTH_DATABASE = "mlflow_auth"  # MLflow's auth app keeps its users there (replicated like the registry)
@@ -51,7 +52,7 @@ SECRETS_DIR = "secrets"
 PASSWORDS = "passwords.json"
 
 
-class PostgresError(RuntimeError):
+class PostgresError(XRegionError, RuntimeError):
     """A database set-up step failed; the message says which and why."""
 
 

@@ -11,8 +11,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xregion.errors import XRegionError
 
-class SupervisorError(RuntimeError):
+
+class SupervisorError(XRegionError, RuntimeError):
     pass
 
 

@@ -29,6 +29,8 @@ import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from xregion.errors import XRegionError
+
 SLOTS = ("bk_blue", "bk_green")
 SCORING_PATHS = ("/invocations", "/ping", "/health", "/version")
 CONTENT_TYPES = ("application/json", "text/csv", "application/vnd.apache.parquet")  # what MLflow scores
@@ -276,7 +278,7 @@ def check_config(path: Path) -> None:
         raise ValueError(f"haproxy rejects {path}:\n{out.stdout}{out.stderr}")
 
 
-class RuntimeAPIError(RuntimeError):
+class RuntimeAPIError(XRegionError, RuntimeError):
     pass
 
 

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xregion.config import XRegionConfig
+from xregion.errors import XRegionError
 
 BAD_MODEL_TAG = "xregion.drill"  # = "bad-model" on the version registered by bad-model-promotion
 
 
-class DrillError(RuntimeError):
+class DrillError(XRegionError, RuntimeError):
     """The drill cannot run (the platform is not in a state to be measured); the message says why."""
 
 

@@ -8,6 +8,7 @@ import sys
 import typer
 
 from xregion.config import ConfigError, config_path
+from xregion.errors import XRegionError
 
 from .common import console
 
@@ -76,3 +77,6 @@ def main() -> None:
     except ConfigError as err:
         console.print(f"[red]{err}[/red]")
         sys.exit(2)
+    except XRegionError as err:  # a concern's error: its message says what is wrong and what to do
+        console.print(f"[red]{type(err).__name__}: {err}[/red]")
+        sys.exit(1)
