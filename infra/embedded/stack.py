@@ -94,14 +94,18 @@ def artifact_destination(cfg: XRegionConfig, region: RegionConfig) -> str:
 
 
 def registry_store_uri(cfg: XRegionConfig) -> list[str]:
-    """``--registry-store-uri`` for the gated registry (plugins/registry_store.py) when installed."""
+    """``--registry-store-uri`` for the gated registry (plugins/registry_store.py); refuses when it is not installed."""
     from importlib.metadata import entry_points
 
     uri = "xregion+" + cfg.database_uri()
     scheme = uri.split(":", 1)[0]
     if any(ep.name == scheme for ep in entry_points(group="mlflow.model_registry_store")):
         return ["--registry-store-uri", uri]
-    return []
+    # never start a registry without its gate: anything could then reach Production unreplicated
+    raise SupervisorError(
+        f"the gated registry store ({scheme}) is not installed in this Python environment: "
+        f"reinstall the project (pip install -e .) so that MLflow finds its entry point"
+    )
 
 
 def mlflow_service(cfg: XRegionConfig, region: RegionConfig, home: Path) -> Service:
