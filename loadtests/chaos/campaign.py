@@ -111,7 +111,9 @@ class ChaosStack:
 
     def __enter__(self) -> ChaosStack:
         self.home = make_home("xregion-chaos-")
-        self.cfg = load_config(write_config(self.home, artifacts={"mode": self.mode}))
+        # no ledger named in the regions file: with `--client-ledger own` each direct client keeps
+        # its own (the README's client on another host); the platform's services use XREGION_HOME's
+        self.cfg = load_config(write_config(self.home, artifacts={"mode": self.mode, "ledger": None}))
         self.sup = Supervisor(self.home)
         try:
             self._start()

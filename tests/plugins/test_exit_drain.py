@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from xregion.infra.embedded import stack as embedded
 from xregion.plugins.outbox import Outbox
@@ -58,9 +59,19 @@ def run_client(stack, tmp_path: Path, root: str, env: dict, script: str = CLIENT
     )
 
 
+def without_a_named_ledger(stack, tmp_path: Path) -> str:
+    """The stack's regions file as a user's own copy would be: no ``artifacts.ledger`` key."""
+    data = yaml.safe_load(stack.config_path.read_text())
+    data.get("artifacts", {}).pop("ledger", None)
+    path = tmp_path / "regions.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
 def test_a_direct_client_pays_what_it_owes_before_it_exits(stack, tmp_path):
     root = f"exit/{uuid.uuid4().hex}"
-    done = run_client(stack, tmp_path, root, client_env(stack, tmp_path))
+    env = client_env(stack, tmp_path, XREGION_CONFIG=without_a_named_ledger(stack, tmp_path))
+    done = run_client(stack, tmp_path, root, env)
     assert done.returncode == 0 and "logged" in done.stdout, done.stderr
     assert RegionStore(stack.cfg.region("b")).stat(f"{root}/model.bin") is not None
     assert not (tmp_path / "cwd" / ".xregion").exists()  # never a ledger in whatever cwd the client had
