@@ -64,7 +64,9 @@ OWED_COLUMNS = {
 }
 ROW = "id, op, key, region, source, sha256, size, created, attempts, reason, gen, seq, tree"
 LEASE_SECONDS = 20.0  # renewed every few seconds while a worker holds it; a killed worker's expires
-WRITE_SECONDS = 60.0  # a write in progress, renewed likewise
+# a write in progress, renewed likewise (every LEASE_SECONDS / 4): a killed writer's mark holds the
+# converges of its key back for at most this long
+WRITE_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
