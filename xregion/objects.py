@@ -58,12 +58,19 @@ class ObjectInfo:
     recorded: str | None = None  # get_file: the hash the copy's metadata records
     content_type: str | None = None
     content_encoding: str | None = None
+    # how the store encrypts this copy (SSE-S3 "AES256" or "aws:kms" with its key), as S3's own
+    # replication keeps it: a copy made by any replicator is encrypted as its source was
+    encryption: tuple[str, str | None] | None = None
 
     @property
     def upload_args(self) -> dict:
         """The headers a copy of this object must carry again."""
         args = {"ContentType": self.content_type} if self.content_type else {}
-        return args | ({"ContentEncoding": self.content_encoding} if self.content_encoding else {})
+        args |= {"ContentEncoding": self.content_encoding} if self.content_encoding else {}
+        if self.encryption:
+            sse, kms_key = self.encryption
+            args |= {"ServerSideEncryption": sse} | ({"SSEKMSKeyId": kms_key} if kms_key else {})
+        return args
 
 
 class Store(Protocol):

@@ -247,6 +247,7 @@ class RegionStore:
             None,
             head.get("ContentType"),
             head.get("ContentEncoding"),
+            (head["ServerSideEncryption"], head.get("SSEKMSKeyId")) if head.get("ServerSideEncryption") else None,
         )
 
     def stat(self, key: str) -> ObjectInfo | None:
