@@ -281,6 +281,13 @@ def _at_exit(fn) -> None:
         atexit.register(fn)
 
 
+def drain_before_exit() -> None:
+    """The exit work a normal interpreter exit runs (registered with threading's exit hooks), for a
+    process that leaves through ``os._exit``: a forked worker."""
+    for rep in list(_replicators.values()):
+        rep.drain_at_exit()
+
+
 def shared_replicator(cfg: XRegionConfig) -> Replicator:
     """One replicator per process, regions file and ledger (MLflow builds a repository per
     request). It pays what a previous, perhaps killed, process left owed, and before this

@@ -30,13 +30,14 @@ from xregion.infra.embedded.scratch import make_home
 from xregion.infra.embedded.scratch import scratch_config as write_config
 from xregion.infra.embedded.supervisor import Service, Supervisor
 from xregion.net import free_ports
+from xregion.plugins.replication import Replicator
 from xregion.store import stores
 
 from . import checker, workload
 from .faults import Injector, heal, plan_faults
 from .forkserver import ForkServer
 from .history import Op, read_history
-from .invariants import drain, gate_violations, log_mentions, observe, stranded, verify_prefix
+from .invariants import client_ledger, drain, gate_violations, log_mentions, observe, stranded, verify_prefix
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]  # (trial number from 1, trials, phase)
@@ -187,7 +188,8 @@ class ChaosStack:
         if any(i.applied and i.fault.target.endswith("-s3") for i in injector.injected):
             self.stores = stores(self.cfg)  # pooled connections to a restarted store would cost a retry each
         clock("drain")
-        still_owed = drain(self.home, f"{ctx.artifacts_prefix}/{ctx.prefix}/", s.drain_timeout)
+        prefix = f"{ctx.artifacts_prefix}/{ctx.prefix}/"
+        still_owed = self._pay_client_host(prefix) + drain(self.home, prefix, s.drain_timeout)
         clock("check")
         ops = [anchor, *read_history([h for _, h in clients], start_ns)]
         keys = sorted({o.key for p in plans for o in p.ops if o.f in ("put", "delete", "read")} | {anchor.key})
@@ -199,6 +201,32 @@ class ChaosStack:
         result.healed, result.seconds, result.phases = healed, clock.total(), clock.phases
         return result
 
+    @property
+    def client_state(self) -> Path:
+        return self.home / "client-host"
+
+    def _pay_client_host(self, prefix: str) -> list[str]:
+        """With ``own`` client ledgers: what killed clients left owed in the client host's ledger is
+        paid as the next xregion process on that host pays it (``shared_replicator``); returns what
+        is still owed there under ``prefix``."""
+        if self.settings.client_ledger == "platform":
+            return []
+        path = client_ledger(self.client_state)
+        if not path.exists():
+            return []
+        rep = Replicator(self.cfg, path)
+        try:
+            rep.reset_health()
+            rep.outbox.release()
+            rep.wait_drained(self.settings.drain_timeout)
+            return [
+                f"{i.op} {i.key} to {i.region} (client host's ledger)"
+                for i in rep.outbox.items()
+                if i.key.startswith(prefix)
+            ]
+        finally:
+            rep.close()
+
     def _check(
         self, ctx, ops: list[Op], keys: list[str], still_owed: list[str], tdir: Path, since: float
     ) -> TrialResult:
@@ -206,7 +234,7 @@ class ChaosStack:
         anomalies = checker.check(ops, observe(self.stores, ctx, keys))
         diffs = verify_prefix(self.stores, f"{ctx.artifacts_prefix}/{ctx.prefix}")
         gate = gate_violations(self.cfg, self.stores, self.registry, ctx)
-        owed_by_clients = stranded(tdir)
+        owed_by_clients = stranded(client_ledger(self.client_state))
         for a in anomalies:  # for a post-mortem: who still owes the key, what the logs say of it
             full = f"{ctx.artifacts_prefix}/{ctx.prefix}/{a.key}"
             a.evidence = owed_by_clients.get(full, []) + log_mentions(self.home, full, since)
@@ -257,6 +285,8 @@ class ChaosStack:
         }
         if self.settings.client_ledger == "platform":
             env["XREGION_HOME"] = str(self.home)
+        else:  # one client host: its user's state directory holds the clients' own ledger
+            env["XDG_STATE_HOME"] = str(self.client_state)
         clients: list[tuple[Service, Path]] = []
         start_ns, t0 = time.monotonic_ns(), time.monotonic()
         for plan in plans:

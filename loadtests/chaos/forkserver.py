@@ -44,6 +44,9 @@ def _child(conn: socket.socket, listener: socket.socket, req: dict) -> None:
         from .workload import run_client
 
         run_client(req["plan"], req["ctx"], req["history"], req["workdir"])
+        from xregion.plugins.replication import drain_before_exit
+
+        drain_before_exit()  # a client that ends (not one killed) exits as any process does: paid up
     except BaseException:
         traceback.print_exc()
         code = 1

@@ -88,20 +88,24 @@ def gate_violations(cfg: XRegionConfig, regions: dict[str, RegionStore], client,
     return out
 
 
-def stranded(trial_dir: Path) -> dict[str, list[str]]:
-    """Work still owed in the client processes' own ledgers, by full key: direct clients have no
-    XREGION_HOME, so what they owe lives in their working directory, where no platform replicator
-    looks once they are gone."""
+def client_ledger(state_home: Path) -> Path:
+    """The ledger of direct clients on one host: their user's state directory (``ledger_path``)."""
+    return state_home / "xregion" / "outbox.sqlite"
+
+
+def stranded(ledger: Path) -> dict[str, list[str]]:
+    """Work still owed in the direct clients' own ledger (no XREGION_HOME: their host's state
+    directory, where no platform replicator looks), by full key: evidence for a post-mortem."""
     out: dict[str, list[str]] = {}
-    for path in sorted(trial_dir.glob("*/.xregion/outbox.sqlite")):
-        client = path.parent.parent.name
-        try:
-            with sqlite3.connect(path) as conn:
-                rows = conn.execute("select op, key, region, reason from owed").fetchall()
-        except sqlite3.Error:  # the client was killed while it created its ledger: nothing owed in it
-            continue
-        for op, key, region, reason in rows:
-            out.setdefault(key, []).append(f"{client}'s own ledger owes {op} to {region} ({reason})")
+    if not ledger.exists():
+        return out
+    try:
+        with sqlite3.connect(ledger) as conn:
+            rows = conn.execute("select op, key, region, reason from owed").fetchall()
+    except sqlite3.Error:  # a client was killed while it created the ledger: nothing owed in it
+        return out
+    for op, key, region, reason in rows:
+        out.setdefault(key, []).append(f"the client host's ledger owes {op} to {region} ({reason})")
     return out
 
 
