@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from xregion import events
 from xregion.config import XRegionConfig, load_config
 from xregion.home import environment
-from xregion.infra.embedded import stack
+from xregion.infra.embedded import auth, stack
 from xregion.infra.embedded.scratch import make_home, scratch_config
 from xregion.infra.embedded.supervisor import Supervisor
 from xregion.stats import percentile
@@ -211,9 +211,10 @@ def run_bench(requests: int = 1000, keep: bool = False, progress=log.info) -> Ro
         try:
             progress(f"bench platform in {home}")
             stack.up(cfg, home, progress=lambda m: None)
-            register_bench_model(cfg, home)
-            progress("starting serving")
-            start_serving(cfg, home, progress=lambda m: None, policy=policy, tuning=tuning)
+            with environment(**auth.client_env(home, "admin", cfg)):  # its own platform, as its administrator
+                register_bench_model(cfg, home)
+                progress("starting serving")
+                start_serving(cfg, home, progress=lambda m: None, policy=policy, tuning=tuning)
             progress(f"latency: {requests} requests each way, interleaved")
             added_latency(cfg, requests, out)
             for action in ("kill", "freeze"):
