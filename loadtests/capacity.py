@@ -35,6 +35,10 @@ KEEP_UP = 0.85  # achieved / offered below this: the platform no longer keeps up
 CPU_COMPONENTS = ("serving", "haproxy", "router", "locust", "mlflow")
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 @dataclass
 class Step:
     offered_rps: float
@@ -185,7 +189,7 @@ def measure(
         step = run_step(cfg, home, out_dir / f"ramp-{i:02d}", rps, step_s, workers)
         ramp.append(step)
         progress(
-            f"offered {step.offered_rps:.0f}/s: achieved {step.achieved_rps:.0f}/s, p99 {step.p99_ms} ms, "
+            f"offered {step.offered_rps:.0f}/s: achieved {step.achieved_rps:.0f}/s, p99 {_ms(step.p99_ms)} ms, "
             f"{step.failed} failed"
         )
         if not step.passes(p99_ms):
@@ -201,7 +205,9 @@ def measure(
     for share in (0.25, 0.5, 0.75, 1.0):
         step = run_step(cfg, home, out_dir / f"share-{int(share * 100)}", share * cap.max_rps, step_s, workers)
         cap.at_share[f"{int(share * 100)}%"] = step
-        progress(f"{share:.0%} of capacity ({step.offered_rps:.0f}/s): p50 {step.p50_ms} ms, p99 {step.p99_ms} ms")
+        progress(
+            f"{share:.0%} of capacity ({step.offered_rps:.0f}/s): p50 {_ms(step.p50_ms)} ms, p99 {_ms(step.p99_ms)} ms"
+        )
     cap.plot = str(plot(cap, out_dir / "capacity.png"))
     (out_dir / "capacity.json").write_text(json.dumps(cap.as_dict(), indent=2))
     cache_path(home).write_text(json.dumps(cap.as_dict(), indent=2))
