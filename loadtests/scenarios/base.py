@@ -110,16 +110,10 @@ def bring_back(ctx: Ctx, svcs: list) -> dict:
 
 
 def resync(ctx: Ctx) -> dict:
-    """Repair every region's bucket from good copies (a killed moto S3 endpoint comes back empty)."""
-    from xregion.plugins.replication import Replicator
-    from xregion.plugins.verify import resync as run_resync
+    """Repair every region's bucket from good copies (``xregion replicate resync``, as a region restore runs it)."""
+    from xregion.dr.region import resync_all
 
-    rep = Replicator(ctx.cfg)
-    try:
-        res = run_resync(rep)
-    finally:
-        rep.close()
-    return res.summary()
+    return resync_all(ctx.cfg)
 
 
 def primary_region(ctx: Ctx) -> str:
