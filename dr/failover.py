@@ -29,7 +29,7 @@ from xregion.infra.embedded import patroni
 from xregion.infra.embedded.supervisor import Supervisor, SupervisorError
 from xregion.mlflow_rest import MlflowRest, Unavailable
 
-from .nodes import ClusterView, DRError, view
+from .nodes import ClusterView, DRError, streams_by_its_own_word, view
 
 CANARY_EXPERIMENT = "xregion-dr-canary"
 
@@ -154,7 +154,8 @@ def wait_role(
     while time.monotonic() < deadline:
         v = view(cfg, prefer=name)
         m = v.member(name)
-        if m and m.role in roles and m.state in states:
+        own_word = "streaming" not in states or streams_by_its_own_word(cfg.region(name))
+        if m and m.role in roles and m.state in states and own_word:
             return v
         time.sleep(0.1)
     m = v.member(name)
@@ -290,8 +291,7 @@ def rejoin(
     sup = Supervisor(home)
     svc = pt.service(cfg, cfg.region(region), home)
     offset = sup.log(svc.name).stat().st_size if sup.log(svc.name).exists() else 0
-    m = v.member(region)
-    if m and m.state == "streaming":
+    if sup.state(svc.name) == "running" and streams_by_its_own_word(cfg.region(region)):
         return RejoinResult(region, v.leader, "already streaming", round(time.time() - t0, 3), steps)
     if sup.state(svc.name) == "frozen":
         sup.fault("thaw", [svc])

@@ -81,6 +81,14 @@ def view(cfg: XRegionConfig, prefer: str | None = None, with_etcd: bool = False)
     return out
 
 
+def streams_by_its_own_word(region: RegionConfig) -> bool:
+    """Whether ``region``'s own Patroni answers and says its Postgres streams from the leader.
+    /cluster is read from etcd, where a killed node's member key (and its last state, "streaming")
+    outlives it until the ttl expires: only the node itself can say it is alive and streaming."""
+    status, body = patroni.get(region, "/patroni")
+    return status == 200 and (body or {}).get("replication_state") == "streaming"
+
+
 def current_primary(cfg: XRegionConfig) -> str:
     """The region whose node holds Patroni's leader lock; DRError while nobody does."""
     v = view(cfg)

@@ -26,7 +26,7 @@ from xregion.plugins.verify import check
 from xregion.store import stores
 from xregion.uris import NotReplicatedURI, key_prefix
 
-from .nodes import ClusterView, DRError, view
+from .nodes import ClusterView, DRError, streams_by_its_own_word, view
 
 
 def references(cfg: XRegionConfig, conn) -> list[dict]:
@@ -104,6 +104,9 @@ def standby_replication(cfg: XRegionConfig, v: ClusterView) -> tuple[list[dict],
         )
         if not m or m.state != "streaming":
             problems.append(f"standby {r.name} is not streaming from {v.leader}")
+        elif not streams_by_its_own_word(r):  # its member key outlives a killed node until the ttl
+            rows[-1]["state"] = "not answering"
+            problems.append(f"standby {r.name} is listed as streaming but its Patroni does not say so")
     return rows, problems
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from tests.dr.helpers import MetricLogger, quick_http
 from tests.stacks import mlflow_http, xr, xr_json
-from xregion.dr.nodes import view
+from xregion.dr.nodes import streams_by_its_own_word, view
 from xregion.infra.embedded import patroni, postgres
 from xregion.infra.embedded.supervisor import Supervisor
 
@@ -157,4 +157,22 @@ def test_losing_the_only_standby_does_not_stop_writes(sync_stack, monkeypatch):
         assert view(st.cfg).sync_standbys == []
     finally:
         sup.start(node)
+    wait_for(lambda: view(st.cfg).sync_standbys == [standby], 120, f"{standby} back as the synchronous standby")
+
+
+def test_rejoin_right_after_a_kill_starts_the_node_instead_of_trusting_its_stale_state(sync_stack):
+    """A killed node's member key in etcd (its last state: "streaming") outlives it until the ttl
+    expires; `dr rejoin` (and `region restore`) must start the node, not report it already streaming."""
+    st = sync_stack
+    sup = Supervisor(st.home)
+    leader = view(st.cfg).leader
+    standby = next(r.name for r in st.cfg.regions if r.name != leader)
+    node = next(s for s in sup.known() if s.name == f"{standby}-patroni")
+    sup.fault("kill", [node])
+    assert view(st.cfg).member(standby).state == "streaming"  # the stale key: the trap is set
+    report, _ = xr_json(st, "dr", "verify", ok=False)
+    assert not report["ok"] and any(f"standby {standby}" in p for p in report["problems"]), report["problems"]
+    rejoined, res = xr_json(st, "dr", "rejoin", standby)
+    assert rejoined["method"] != "already streaming", (rejoined, res.stderr[-2000:])
+    assert sup.state(node.name) == "running" and streams_by_its_own_word(st.cfg.region(standby))
     wait_for(lambda: view(st.cfg).sync_standbys == [standby], 120, f"{standby} back as the synchronous standby")
