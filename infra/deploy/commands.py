@@ -4,7 +4,7 @@ with a deployment's addresses. Compose and Kubernetes both render these."""
 from __future__ import annotations
 
 from xregion.config import RegionConfig, XRegionConfig
-from xregion.infra.embedded.auth import server_env
+from xregion.infra.embedded.auth import AUTH_DATABASE, server_env, server_ini
 from xregion.infra.serving.haproxy import SLOTS
 
 from .common import (
@@ -20,6 +20,21 @@ from .common import (
     host_port,
 )
 from .credentials import account_username
+
+
+def auth_ini_name(region: str) -> str:
+    return f"basic_auth-{region}.ini"
+
+
+def auth_ini(cfg: XRegionConfig, region: str) -> str:
+    """A region's MLflow auth settings, as the embedded platform writes them: user writes through
+    the leader, password and permission reads from the region's own node first, so logins go on
+    while no node accepts writes (a failover)."""
+    return server_ini(
+        cfg.database_uri(password="", database=AUTH_DATABASE),
+        cfg.database_read_uri(region, password="", database=AUTH_DATABASE),
+    )
+
 
 SERVING_USERS = "ServingUser"  # Locust runs serving traffic only: the other personas need accounts
 

@@ -11,11 +11,11 @@ front door's.
 from __future__ import annotations
 
 from xregion.config import XRegionConfig
-from xregion.infra.embedded.auth import AUTH_DATABASE, server_ini
 from xregion.infra.serving.haproxy import MONITOR_URI, SLOTS
 from xregion.infra.serving.servers import colour_address
 
 from . import commands, credentials, frontdoor, minio
+from .commands import auth_ini, auth_ini_name
 from .common import (
     AUTH_INI,
     CONFIG_MOUNT,
@@ -133,7 +133,7 @@ def _mlflow(cfg: XRegionConfig) -> dict[str, dict]:
             commands.mlflow_argv(cfg, r, [f"{host}:{port}", host, "localhost:*", "127.0.0.1:*"]),
             commands.mlflow_plain_env(r.name),
             credentials.mlflow_env(cfg, r),
-            volumes=[f"./basic_auth.ini:{AUTH_INI}:ro", f"ledger:{LEDGER_DIR}"],
+            volumes=[f"./{auth_ini_name(r.name)}:{AUTH_INI}:ro", f"ledger:{LEDGER_DIR}"],
             ports=[f"127.0.0.1:{port}:{port}"],
             depends_on=deps,
             healthcheck=_healthcheck(py_http_check(f"http://127.0.0.1:{port}/health"), 12, "30s"),
@@ -262,7 +262,7 @@ def render_compose(cfg: XRegionConfig, src: str = "regions.yaml") -> dict[str, s
     files = {
         "docker-compose.yml": header + dump(compose),
         "haproxy.cfg": frontdoor.render(fd, cfg.regions, header),
-        "basic_auth.ini": header + server_ini(cfg.database_uri(password="", database=AUTH_DATABASE)),
+        **{auth_ini_name(r.name): header + auth_ini(cfg, r.name) for r in cfg.regions},
         ".env.example": credentials.env_example(credentials.compose_variables(cfg), header + ENV_HEADER),
         **patroni_files(cfg, src),
     }

@@ -20,6 +20,7 @@ from xregion.infra.embedded.patroni import postgres_parameters
 from xregion.infra.serving.haproxy import SLOTS
 
 from . import commands, credentials, frontdoor, minio
+from .commands import auth_ini
 from .common import CNPG_IMAGE, GENERATED, IMAGE, MINIO_IMAGE, ROUTER_API_PORT, dump, host_port
 from .k8s_common import (
     CLUSTERSET,
@@ -207,6 +208,7 @@ def render_k8s_overlay(cfg: XRegionConfig, r: RegionConfig, ports: dict[str, int
         ],
         "configMapGenerator": [
             {"name": "xregion-local", "behavior": "replace", "literals": local},
+            {"name": "xregion-auth", "behavior": "replace", "files": ["basic_auth.ini"]},
             {"name": "frontdoor-config", "files": ["haproxy.cfg"]},
             {"name": "minio-init", "files": [f"minio/{n}" for n in minio.init_files(r)]},
         ],
@@ -223,5 +225,6 @@ def render_k8s_overlay(cfg: XRegionConfig, r: RegionConfig, ports: dict[str, int
         d + "model-server.yaml": header + dump(*_model_servers(cfg, r, ports["serving"])),
         d + "service-exports.yaml": header + dump(*_exports(r)),
         d + "haproxy.cfg": frontdoor.render(fd, [r], header),
+        d + "basic_auth.ini": header + auth_ini(cfg, r.name),
     }
     return files | {d + f"minio/{n}": text for n, text in minio.init_files(r).items()}

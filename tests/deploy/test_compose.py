@@ -179,9 +179,12 @@ def test_the_patroni_image_pins_what_the_project_pins():
 
 
 def test_mlflow_servers_run_the_embedded_command_with_auth_and_the_ledger(compose, cfg):
-    ini = (COMPOSE_DIR / "basic_auth.ini").read_text()
-    assert ini.endswith(auth.server_ini(cfg.database_uri(password="", database="mlflow_auth")))
     for r in cfg.regions:
+        # logins read the region's own node first (MLflow's read_database_uri), as tracking reads do
+        ini = (COMPOSE_DIR / f"basic_auth-{r.name}.ini").read_text()
+        read = cfg.database_read_uri(r.name, password="", database="mlflow_auth")
+        assert ini.endswith(auth.server_ini(cfg.database_uri(password="", database="mlflow_auth"), read))
+        assert read.index(f"host={r.postgres}") < 50
         svc = compose["services"][f"mlflow-{r.name}"]
         cmd = svc["command"]
         assert cmd[:2] == ["mlflow", "server"]
@@ -193,7 +196,7 @@ def test_mlflow_servers_run_the_embedded_command_with_auth_and_the_ledger(compos
         assert arg(cmd, "--app-name") == "basic-auth" and arg(cmd, "--port") == r.mlflow_url.rsplit(":", 1)[1]
         env = svc["environment"]
         assert env["MLFLOW_AUTH_CONFIG_PATH"] == "/etc/xregion-auth/basic_auth.ini" and env["XREGION_AUTH"] == "1"
-        assert "./basic_auth.ini:/etc/xregion-auth/basic_auth.ini:ro" in svc["volumes"]
+        assert f"./basic_auth-{r.name}.ini:/etc/xregion-auth/basic_auth.ini:ro" in svc["volumes"]
         assert env["XREGION_LEDGER"] == "/ledger/outbox.sqlite" and "ledger:/ledger" in svc["volumes"]
         assert env["XREGION_LOCAL_REGION"] == r.name and CONFIG_VOLUME in svc["volumes"]
         assert svc["depends_on"]["database"] == {"condition": "service_completed_successfully"}

@@ -100,7 +100,8 @@ def test_configmaps_carry_the_regions_file_the_region_and_the_auth_settings(rend
         "XREGION_READ_REPLICA_URI": CFG.database_read_uri(region, password=""),
     }
     ini = next(m for n, m in maps.items() if n.startswith("xregion-auth-"))["data"]["basic_auth.ini"]
-    assert ini.endswith(auth.server_ini(CFG.database_uri(password="", database="mlflow_auth")))
+    read = CFG.database_read_uri(region, password="", database="mlflow_auth")  # logins read the region's node first
+    assert ini.endswith(auth.server_ini(CFG.database_uri(password="", database="mlflow_auth"), read))
     for doc in [*objects(docs, "Deployment").values(), *objects(docs, "Job").values()]:
         spec = pod(doc)
         used = {v["configMap"]["name"] for v in spec.get("volumes", []) if "configMap" in v}
