@@ -45,7 +45,7 @@ from xregion.store import AccessError, ObjectNotFound, StoreError
 from xregion.uris import NotReplicatedURI, key_prefix
 from xregion.workers import shared_pool
 
-from .gate import RESERVED, MarkersUnreadable, announce_delete, is_protected, protected_now, withdraw_delete
+from .gate import RESERVED, MarkersUnreadable, is_protected, protected_now
 from .replication import NoRegionAvailable, shared_replicator
 
 # as MLflow's S3 artifact repository maps S3's refusals: a permissions mistake is not an outage
@@ -181,14 +181,8 @@ class XRegionArtifactRepository(ArtifactRepository):
                 "deleted whole; delete the paths under it that you mean",
                 error_code=INVALID_PARAMETER_VALUE,
             )
-        try:  # announced before the markers are read (plugins/gate.py, "Delete intents")
-            intent, holding = announce_delete(self.replicator.marker_stores(), base, self.replicator.health)
-        except StoreError as err:
-            raise self._error(err, "Failed to delete artifacts in") from None
+        self._check([base], "delete")
         try:
-            self._check([base], "delete")
             self.replicator.delete_tree(base)
         except StoreError as err:
             raise self._error(err, "Failed to delete artifacts in") from None
-        finally:
-            withdraw_delete(holding, intent)

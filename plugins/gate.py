@@ -11,22 +11,13 @@ commit, the source rule, and the protection markers that make promoted artifacts
   ``_xregion/protected/<model>/<version>`` in every region's bucket names its prefix; the artifact
   repository refuses deletes and overwrites under a protected prefix (HTTP 409), in every region's
   MLflow server and in direct clients alike, since the markers live with the objects.
-* Delete intents: a delete announces itself (``_xregion/deleting/<id>``, naming its prefix)
-  *before* it reads the protection markers, and a promotion reads the intents *after* it wrote
-  its marker. With S3's read-after-write consistency one of the two sees the other (the delete
-  sees the marker and refuses, or the promotion sees the intent and refuses), so a delete that
-  passed its check can no longer land under a version promoted meanwhile. Direct clients have no
-  database, so the gate's advisory lock cannot be what orders them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
 import threading
 import time
-import uuid
 from concurrent.futures import FIRST_COMPLETED, wait
 from contextlib import contextmanager
 
@@ -39,11 +30,6 @@ from xregion.uris import NotReplicatedURI, key_prefix
 
 RESERVED = "_xregion"  # xregion's own objects in every bucket; never written through the artifact API
 PROTECTED = f"{RESERVED}/protected/"
-DELETING = f"{RESERVED}/deleting/"
-# an intent older than this is a deleter that died between its announcement and its withdrawal;
-# it stops blocking promotions (a deleter frozen for longer is outside the guarantee)
-INTENT_SECONDS = 300.0
-log = logging.getLogger(__name__)
 MARKER_GRACE = 0.5  # seconds to wait for the other regions once one region has answered
 
 
@@ -216,72 +202,3 @@ def protected_now(markers: dict, pool, health) -> set[str]:
     if deadline is None:
         raise MarkersUnreadable("; ".join(errors) or "no region to ask")
     return found
-
-
-# --- delete intents --------------------------------------------------------------------------------
-def announce_delete(region_stores: dict, prefix: str, health=None) -> tuple[str, dict]:
-    """Announce a delete of ``prefix`` in the regions whose breaker (``health``) is closed, else in
-    any that takes it: one region is enough, since the gate reads every region. Returns the
-    intent's key and the stores that hold it. StoreError when no region takes it: nothing may be
-    deleted then."""
-    key = f"{DELETING}{uuid.uuid4().hex}"
-    body = json.dumps({"prefix": prefix.strip("/"), "at": time.time()}).encode()
-    up = [n for n in region_stores if health is None or health.up(n)]
-    order = up + [n for n in region_stores if n not in up]
-    errors: list[StoreError] = []
-    holding: dict = {}
-    for name in order:
-        if holding and name not in up:
-            break  # held by a healthy region: a region behind an open breaker would only add its timeout
-        try:
-            region_stores[name].put_bytes(key, body)
-            holding[name] = region_stores[name]
-        except StoreError as err:
-            errors.append(err)
-    if not holding:
-        denied = next((e for e in errors if isinstance(e, AccessError)), None)
-        if denied is not None:
-            raise denied  # a permissions mistake, mapped as MLflow maps S3's refusals
-        raise StoreError(f"no region took the announcement of a delete of {prefix!r}: {'; '.join(map(str, errors))}")
-    return key, holding
-
-
-def withdraw_delete(region_stores: dict, key: str) -> None:
-    """The delete is over (done or refused): remove its intent from the regions that hold it. One
-    that misses this keeps a stale intent, which blocks promotions under its prefix for at most
-    INTENT_SECONDS."""
-    for name, store in region_stores.items():
-        try:
-            store.delete(key)
-        except StoreError as err:
-            log.warning("delete intent %s stays in region %s until it expires: %s", key, name, err)
-
-
-def deletes_under(cfg: XRegionConfig, prefix: str) -> list[dict]:
-    """Every live delete intent, in any region, whose prefix overlaps ``prefix`` ({prefix, age_s});
-    expired ones are removed on the way. Raises StoreError when a region cannot be read (the
-    promotion that asks needs every region anyway)."""
-    now, found, seen = time.time(), [], set()
-    for store in stores(cfg).values():
-        for obj in list(store.list(DELETING)):
-            if obj.key in seen:
-                continue
-            try:
-                intent = json.loads(store.get_bytes(obj.key))
-            except (StoreError, ValueError):
-                continue  # withdrawn between the listing and the read, or not ours
-            seen.add(obj.key)
-            age = now - float(intent.get("at", 0))
-            if age > INTENT_SECONDS:
-                _drop_quietly(store, obj.key)
-                continue
-            if is_protected(str(intent.get("prefix", "")), {prefix.strip("/")}) is not None:
-                found.append({"prefix": intent.get("prefix"), "age_s": round(age, 1)})
-    return found
-
-
-def _drop_quietly(store, key: str) -> None:
-    try:
-        store.delete(key)
-    except StoreError:
-        pass  # another reader removes it next time

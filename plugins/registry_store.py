@@ -47,7 +47,6 @@ from .gate import (
     GateLock,
     ReplicationGateError,
     check_replicated,
-    deletes_under,
     protect,
     refusal_message,
     unprotect,
@@ -182,19 +181,6 @@ class XRegionRegistryStore(SqlAlchemyStore):
                 [],
                 prefix,
             ) from None
-        try:  # after the marker: a delete that read no marker has announced itself by now
-            busy = deletes_under(self.cfg, prefix)
-        except StoreError as err:
-            busy = [{"prefix": prefix, "error": str(err)}]
-        if busy:
-            self._release_if_idle(name, str(version))
-            raise ReplicationGateError(
-                f"promotion of {name} version {version} to {target} refused: a delete under its artifacts "
-                f"is in progress or could not be ruled out ({busy[0]}); promote again once it has "
-                "finished, and check the version's artifacts with `xregion replicate verify`",
-                [],
-                prefix,
-            )
         try:
             prefix, total, problems = check_replicated(self.cfg, location)
         except NotReplicatedURI as err:

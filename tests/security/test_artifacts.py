@@ -10,7 +10,6 @@ written or deleted through the artifact API at all."""
 from __future__ import annotations
 
 import hashlib
-import threading
 import uuid
 
 import pytest
@@ -116,48 +115,6 @@ def test_markers_are_read_at_every_call_never_cached(stack, tmp_path):
     finally:
         gate.unprotect(stack.cfg, model, "1")
     assert mlflow_http().delete(url + API + path, timeout=60).status_code == 200
-
-
-def test_a_delete_that_passed_its_check_cannot_land_under_a_version_promoted_meanwhile(stack, monkeypatch):
-    """The race of a delete's marker check and a promotion: the delete (a direct xregion:// client)
-    reads no marker, a promotion of the version under it then runs to its commit, and only then
-    does the delete go on. The delete announced itself before its check, so the promotion sees it
-    and is refused: the version never reaches production with its artifacts deleted."""
-    from xregion.plugins.artifact_repo import XRegionArtifactRepository
-
-    cfg = stack.cfg
-    url = cfg.region("a").mlflow_url
-    cl = client(url)
-    name = unique("race-delete")
-    version = log_tiny(url, name, label="v1")
-    prefix = version_prefix(cl, cfg, name, version)
-    assert contents(stack, prefix)["a"]
-    checked, go = threading.Event(), threading.Event()
-    original = XRegionArtifactRepository._check
-
-    def check_then_pause(self, keys, action):
-        original(self, keys, action)
-        if action == "delete":
-            checked.set()
-            go.wait(120)
-
-    monkeypatch.setattr(XRegionArtifactRepository, "_check", check_then_pause)
-    parent, last = prefix.rsplit("/", 1)
-    deleter = threading.Thread(target=get_artifact_repository(f"xregion:///{parent}").delete_artifacts, args=(last,))
-    deleter.start()
-    try:
-        assert checked.wait(60), "the delete never reached its check"
-        with pytest.raises(MlflowException) as refused:
-            registry_client.promote(cl, cfg, name, version, reason="racing a delete")
-    finally:
-        go.set()
-        deleter.join(120)
-    assert "delete under its artifacts" in str(refused.value), refused.value
-    mv = cl.get_model_version(name, version)
-    assert mv.current_stage != "Production" and cfg.registry.production_alias not in (mv.aliases or [])
-    assert contents(stack, prefix) == {r.name: {} for r in cfg.regions}  # the delete went on
-    for r in cfg.regions:  # and withdrew its intent: nothing blocks later promotions
-        assert not [o.key for o in RegionStore(r).list(gate.DELETING)]
 
 
 def test_roots_are_never_deleted_whole(stack):
