@@ -241,7 +241,7 @@ class Replicator(ReconcileLoop):
             self.stores[region].delete_many(sorted(keys))
             return True
         except StoreError as err:
-            log.warning("delete under %s in region %s failed: %s", keys[:1], region, err)
+            log.warning("delete under %s in region %s failed: %s", sorted(keys)[:1], region, err)
             FAILURES.labels(region, "delete").inc()
             self.health.failed(region)
             return False
