@@ -56,7 +56,15 @@ def newest_in_stores(stores: dict[str, Store], key: str, skip: str | None = None
 
 
 def newest(rep: Replicator, key: str) -> KeyState | None:
-    return rep.outbox.newest(key) or newest_in_stores(rep.stores, key)
+    """The ledger's newest write of ``key``, unless a region holds a newer generation: a write
+    whose writer was killed after it reached a region but before it was acknowledged. Converging
+    to the ledger's older write would then look for a generation no region holds any more, and
+    the row could never be paid; reads already take such a copy as the newest."""
+    known = rep.outbox.newest(key)
+    held = newest_in_stores(rep.stores, key)
+    if known is None or (held is not None and held.gen > known.gen):
+        return held
+    return known
 
 
 def converge(rep: Replicator, item: Owed) -> Outcome:

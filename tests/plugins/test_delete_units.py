@@ -5,10 +5,15 @@ delete (the chaos campaign's seed 1001, async: region b kept a deleted object)."
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 from xregion.config import EMBEDDED_CONFIG, load_config
 from xregion.objects import ObjectInfo
+from xregion.plugins.outbox import KeyState
+from xregion.plugins.reconcile import Outcome, converge
 from xregion.plugins.replication import Replicator
-from xregion.store import StoreError
+from xregion.store import ObjectNotFound, StoreError
 
 
 class ListedStore:
@@ -38,3 +43,49 @@ def test_a_region_whose_delete_fails_is_owed_the_delete_of_every_key_and_the_tre
     owed = {(o.op, o.key, o.region, bool(o.tree)) for o in rep.outbox.items()}
     assert owed == {("delete", k, b, False) for k in keys} | {("delete", "mlartifacts/1/run", b, True)}
     assert all(rep.outbox.newest(k).deleted for k in keys)  # reads and listings see the delete at once
+
+
+class HeldStore:
+    """A region holding whole objects (bytes, generation, hash), as the converge path reads them."""
+
+    def __init__(self, objects: dict | None = None):
+        self.objects = dict(objects or {})
+
+    def stat(self, key):
+        if key not in self.objects:
+            return None
+        data, gen = self.objects[key]
+        return ObjectInfo(key, len(data), sha256=hashlib.sha256(data).hexdigest(), etag=str(gen), gen=gen)
+
+    def get_file(self, key, local):
+        if key not in self.objects:
+            raise ObjectNotFound(key)
+        data, gen = self.objects[key]
+        Path(local).write_bytes(data)
+        digest = hashlib.sha256(data).hexdigest()
+        return ObjectInfo(key, len(data), sha256=digest, gen=gen, recorded=digest)
+
+    def put_file(self, key, local, sha256=None, gen=None, **_):
+        self.objects[key] = (Path(local).read_bytes(), gen)
+
+
+def test_a_write_that_landed_but_was_never_acknowledged_is_converged_not_owed_forever(tmp_path):
+    """A writer killed after its put reached region a but before it was acknowledged: the ledger's
+    newest is the older write, which no region holds any more. The converge takes the newer copy
+    (as reads do) instead of looking forever for a generation that is gone (the chaos campaign's
+    still_owed, seed 1004)."""
+    cfg = load_config(EMBEDDED_CONFIG)
+    a, b = (r.name for r in cfg.regions[:2])
+    key = "mlartifacts/1/run/artifacts/model.bin"
+    stores = {a: HeldStore(), b: HeldStore()}
+    rep = Replicator(cfg, tmp_path / "ledger.sqlite", mode="sync", region_stores=stores)
+    rep.kick = lambda: None
+    old = rep.outbox.begin_write(key)
+    v1 = b"v1"
+    rep.outbox.end_write(key, old, KeyState(key, old, "put", hashlib.sha256(v1).hexdigest(), 2), regions=[a, b])
+    new = old + 1  # the killed write: it reached a, replacing v1 there, and was never acknowledged
+    stores[a].objects[key] = (b"v2", new)
+    rep.outbox.owe("put", key, b, reason="region-down", gen=new)
+    item = next(i for i in rep.outbox.items() if i.region == b)
+    assert converge(rep, item) is Outcome.DONE
+    assert stores[b].objects[key] == (b"v2", new)
