@@ -56,15 +56,7 @@ def newest_in_stores(stores: dict[str, Store], key: str, skip: str | None = None
 
 
 def newest(rep: Replicator, key: str) -> KeyState | None:
-    """The ledger's newest write of ``key``, unless a region holds a newer generation: a write
-    whose writer was killed after it reached a region but before it was acknowledged. Converging
-    to the ledger's older write would then look for a generation no region holds any more, and
-    the row could never be paid; reads already take such a copy as the newest."""
-    known = rep.outbox.newest(key)
-    held = newest_in_stores(rep.stores, key)
-    if known is None or (held is not None and held.gen > known.gen):
-        return held
-    return known
+    return rep.outbox.newest(key) or newest_in_stores(rep.stores, key)
 
 
 def converge(rep: Replicator, item: Owed) -> Outcome:
@@ -145,10 +137,14 @@ def _copy(rep: Replicator, item: Owed, state: KeyState, target: Store, have: Obj
             except StoreError as err:
                 last = err
                 continue
-            if (got.gen or 0) != state.gen:
+            gen = got.gen or 0
+            if gen < state.gen:
                 last = NoGoodCopy(f"region {name} holds generation {got.gen} of {item.key}, not {state.gen}")
                 continue
-            expected = state.sha256 or got.recorded
+            # a newer generation than the ledger knows is a write that reached this region but was
+            # never acknowledged (its writer was killed): the ledger's write is gone from here, so
+            # the newer copy, checked against its own recorded hash as reads take it, is what to spread
+            expected = (state.sha256 if gen == state.gen else None) or got.recorded
             if expected and got.sha256 != expected:
                 last = NoGoodCopy(f"region {name} holds a corrupt copy of {item.key} (sha256 {got.sha256[:12]})")
                 continue
@@ -156,7 +152,7 @@ def _copy(rep: Replicator, item: Owed, state: KeyState, target: Store, have: Obj
                 item.key,
                 local,
                 sha256=got.sha256,
-                gen=state.gen or None,
+                gen=gen or None,
                 extra=got.upload_args | rep.extra_upload_args(),
                 if_match=have.etag if have else None,
                 if_none_match=have is None,

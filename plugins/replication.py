@@ -222,7 +222,7 @@ class Replicator(ReconcileLoop):
         finally:
             with self._lock:
                 self._writes.discard((base, gen))
-        futures = {r: self.pool.submit(self._delete_in, r, keys) for r in self.stores if r not in unlisted}
+        futures = {r: self.pool.submit(self._delete_in, r, sorted(keys)) for r in self.stores if r not in unlisted}
         failed = set(unlisted) | {r for r, f in futures.items() if not f.result()}
         for region in failed:
             self.outbox.owe("delete", base, region, reason="region-down", gen=gen, tree=True)
@@ -238,10 +238,10 @@ class Replicator(ReconcileLoop):
 
     def _delete_in(self, region: str, keys: list[str]) -> bool:
         try:
-            self.stores[region].delete_many(sorted(keys))
+            self.stores[region].delete_many(keys)
             return True
         except StoreError as err:
-            log.warning("delete under %s in region %s failed: %s", sorted(keys)[:1], region, err)
+            log.warning("delete under %s in region %s failed: %s", keys[:1], region, err)
             FAILURES.labels(region, "delete").inc()
             self.health.failed(region)
             return False
