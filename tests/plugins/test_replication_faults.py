@@ -147,11 +147,11 @@ from xregion.config import load_config
 from xregion.plugins.replication import Replicator
 rep = Replicator(load_config(), Path(sys.argv[1]), mode="async")
 rep.drain_once = lambda limit=16, _orig=rep.drain_once: _orig(limit=1)  # one copy at a time
-kick, rep.kick = rep.kick, lambda: None  # acknowledge every write first, then replicate
+rep.kick = lambda: None  # no background worker: acknowledge every write, then pay in this thread
 for p in sys.argv[3:]:
     rep.put_file(sys.argv[2] + "/" + Path(p).name, p)
 print("written", flush=True)
-kick()
+sys.stdin.readline()  # the test watches the ledger before the copies start
 rep.wait_replicated(timeout=600)
 """
 
@@ -161,13 +161,16 @@ def test_replicator_killed_mid_upload_then_resync(stack, tmp_path, prefix):
     outbox = stack.home / f"outbox-{uuid.uuid4().hex}.sqlite"
     proc = subprocess.Popen(
         [sys.executable, "-c", REPLICATOR_SCRIPT, str(outbox), prefix, *map(str, data)],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, **stack.env()},
     )
     assert proc.stdout.readline().strip() == "written"
-    deadline = time.time() + 120
     rep = Replicator(stack.cfg, outbox)
+    proc.stdin.write("go\n")  # only now may copies start, so none can finish before we watch
+    proc.stdin.flush()
+    deadline = time.time() + 120
     in_flight = False
     while time.time() < deadline and proc.poll() is None and not in_flight:
         # a copy to b is leased, i.e. in flight: kill the replicator in the middle of it

@@ -74,8 +74,10 @@ def test_sigstop_is_detected_within_the_health_check_budget(serving):
             restore(serving, svc, t_freeze)
     assert ev["fault"] == "fault.freeze" and ev["check_status"] in ("L7TOUT", "L4TOUT"), ev
     assert ev["detection_s"] <= budget + slack, (ev["detection_s"], budget)
-    # only what was on the frozen server when it froze fails (a 504 after the server timeout); every
-    # request after HAProxy took it out of rotation succeeds on region b
+    # only what was on the frozen server when it froze fails, at most one request per client, at
+    # the server timeout: a 504 if the server froze before its answer began, or a response cut
+    # mid-stream (IncompleteRead) if it froze between the headers and the body, which HAProxy
+    # can neither finish nor replay. Every request after HAProxy took it out of rotation succeeds.
     failed = load.failures()
-    assert len(failed) <= 2 and all(f[1] == 504 for f in failed), failed
+    assert len(failed) <= 2 and all(f[1] in (504, "IncompleteRead") for f in failed), failed
     assert all(f[0] <= ev["detected_at"] + TUNING.server_timeout_ms / 1000 + 1 for f in failed), (failed, ev)
