@@ -1,7 +1,8 @@
 """A tree delete whose delete fails in one region (a region that dies between the listing and the
 delete) owes that region the delete, per key and for the tree: nothing may be left behind there.
 Regression: the failure's log line subscripted the key set, and the TypeError dropped the owed
-delete (the chaos campaign's seed 1001, async: region b kept a deleted object)."""
+delete (the chaos campaign's seed 1001, async: region b kept a deleted object). And a converge
+whose ledger's newest write no region holds any more (seed 1004). No stack: regions in memory."""
 
 from __future__ import annotations
 
