@@ -19,8 +19,9 @@ demo: $(STAMP) system-deps
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/xregion demo
 
 # the fast inner loop: lint plus every test that needs no running stack (under 90 s)
-check: $(STAMP) lint
-	$(VENV)/bin/pytest -m "not stack" -q
+# (system-deps: the front-door tests run `haproxy -c` on every rendered config, and need no stack)
+check: $(STAMP) system-deps lint
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/pytest -m "not stack" -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -52,13 +52,16 @@ class MlflowRest:
     def raw(self, method: str, path: str, *, json_body=None, data=None, params=None) -> tuple[requests.Response, str]:
         deadline = time.monotonic() + self.timeout
         errors = []
-        for ep in self.endpoints:
+        for i, ep in enumerate(self.endpoints):
             left = deadline - time.monotonic()
             if left <= 0.05:
                 break
+            # a frozen server accepts and never answers: every endpoint but the last gets only its
+            # share, so that the next region still has time to answer
+            read = left if self.per_endpoint is None or i == len(self.endpoints) - 1 else min(self.per_endpoint, left)
             try:
                 resp = self.session.request(
-                    method, ep + path, json=json_body, data=data, params=params, timeout=(min(1.0, left), left)
+                    method, ep + path, json=json_body, data=data, params=params, timeout=(min(1.0, left), read)
                 )
             except requests.RequestException as exc:
                 errors.append(f"{ep}: {type(exc).__name__}")
