@@ -41,11 +41,14 @@ from mlflow.store.artifact.artifact_repo import ArtifactRepository
 from mlflow.utils.file_utils import relative_path_to_artifact_path
 
 from xregion.config import ConfigError, load_config
+from xregion.objects import RESERVED
 from xregion.store import AccessError, ObjectNotFound, StoreError
 from xregion.uris import NotReplicatedURI, key_prefix
 from xregion.workers import shared_pool
 
-from .gate import RESERVED, MarkersUnreadable, is_protected, protected_now
+# the module, not its names: gate imports mlflow, whose first import loads this entry point, so a
+# process that imports gate first would find it half-initialised and leave xregion:// unregistered
+from . import gate
 from .replication import NoRegionAvailable, shared_replicator
 
 # as MLflow's S3 artifact repository maps S3's refusals: a permissions mistake is not an outage
@@ -85,8 +88,8 @@ class XRegionArtifactRepository(ArtifactRepository):
         rep = self.replicator
         try:
             # not the replicator's pool: its workers may all wait on a frozen region
-            return protected_now(rep.marker_stores(), shared_pool(), rep.health)
-        except MarkersUnreadable as err:
+            return gate.protected_now(rep.marker_stores(), shared_pool(), rep.health)
+        except gate.MarkersUnreadable as err:
             raise MlflowException(
                 f"cannot read the protection markers of promoted models in any region, so nothing is changed: {err}",
                 error_code=TEMPORARILY_UNAVAILABLE,
@@ -105,7 +108,7 @@ class XRegionArtifactRepository(ArtifactRepository):
                 )
         prefixes = self._protected()
         for key in keys:
-            if (prefix := is_protected(key, prefixes)) is not None:
+            if (prefix := gate.is_protected(key, prefixes)) is not None:
                 raise MlflowException(
                     f"refusing to {action} {key!r}: the artifacts under {prefix!r} belong to a model version "
                     "in production and are immutable; move production to another version first",
@@ -186,3 +189,15 @@ class XRegionArtifactRepository(ArtifactRepository):
             self.replicator.delete_tree(base)
         except StoreError as err:
             raise self._error(err, "Failed to delete artifacts in") from None
+
+
+def _register_when_imported_first() -> None:
+    """MLflow loads its artifact-repository entry points on its own first import. When that import
+    began inside this module (a process whose first import is this module), the class did not exist
+    yet, MLflow warned and left xregion:// unknown: register it now, as the entry point would have."""
+    from mlflow.store.artifact.artifact_repository_registry import _artifact_repository_registry
+
+    _artifact_repository_registry.register("xregion", XRegionArtifactRepository)
+
+
+_register_when_imported_first()

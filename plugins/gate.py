@@ -25,10 +25,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_CONFLICT
 
 from xregion.config import XRegionConfig
+from xregion.objects import RESERVED
 from xregion.store import AccessError, StoreError, stores
 from xregion.uris import NotReplicatedURI, key_prefix
 
-RESERVED = "_xregion"  # xregion's own objects in every bucket; never written through the artifact API
 PROTECTED = f"{RESERVED}/protected/"
 MARKER_GRACE = 0.5  # seconds to wait for the other regions once one region has answered
 

@@ -15,6 +15,7 @@ from typing import Protocol
 from xregion.errors import XRegionError
 
 HASH_META = "sha256"  # user metadata key (x-amz-meta-sha256) holding the content hash recorded at write
+RESERVED = "_xregion"  # xregion's own objects in every bucket; never written through the artifact API
 GEN_META = "xregion-gen"  # user metadata key holding the generation of the write (plugins/ARTIFACTS.md)
 CHUNK = 1024 * 1024
 PART = 8 * CHUNK  # the part size of a multipart upload (boto3's default); the threshold is payload.py's
