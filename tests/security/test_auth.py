@@ -38,6 +38,32 @@ def test_every_mlflow_server_refuses_anonymous_and_wrong_passwords(stack):
         )
 
 
+def test_cached_logins_refuse_a_wrong_password_and_a_deleted_account_ends_in_every_region(stack):
+    """MLflow's login cache (auth.AUTH_CACHE_TTL_S) spares the password hash per request. A cached
+    login must not let a wrong password in, and a deleted account ends at once where it was deleted
+    and within the cache's lifetime everywhere else."""
+    import time
+
+    from xregion.infra.embedded.auth import AUTH_CACHE_TTL_S
+
+    admin, (a, b) = mlflow_http(), (r.mlflow_url for r in stack.cfg.regions[:2])
+    user, password = unique("cached"), "a-long-enough-password-1"
+    search = "/api/2.0/mlflow/experiments/search?max_results=1"
+    created = admin.post(a + "/api/2.0/mlflow/users/create", json={"username": user, "password": password}, timeout=30)
+    assert created.status_code == 200, created.text
+    for url in (a, b):
+        assert requests.get(url + search, auth=(user, password), timeout=30).status_code == 200  # now cached
+        assert requests.get(url + search, auth=(user, password + "x"), timeout=30).status_code == 401
+    gone = admin.delete(a + "/api/2.0/mlflow/users/delete", json={"username": user}, timeout=30)
+    assert gone.status_code == 200, gone.text
+    assert requests.get(a + search, auth=(user, password), timeout=30).status_code == 401
+    deadline = time.monotonic() + AUTH_CACHE_TTL_S + 30  # the cache's lifetime, and room for a busy machine
+    while (status := requests.get(b + search, auth=(user, password), timeout=30).status_code) == 200:
+        assert time.monotonic() < deadline, f"region b still accepts a deleted account after {AUTH_CACHE_TTL_S + 30} s"
+        time.sleep(0.5)
+    assert status == 401
+
+
 def test_roles_are_least_privilege(stack):
     """A scientist registers versions but cannot put one into production; the model servers' account
     only reads; a release manager promotes."""
