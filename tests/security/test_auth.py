@@ -61,7 +61,9 @@ def test_cached_logins_refuse_a_wrong_password_and_a_deleted_account_ends_in_eve
     while (status := requests.get(b + search, auth=(user, password), timeout=30).status_code) == 200:
         assert time.monotonic() < deadline, f"region b still accepts a deleted account after {AUTH_CACHE_TTL_S + 30} s"
         time.sleep(0.5)
-    assert status == 401
+    # 401 once the cache forgot the login; 404 while it remembers it, because MLflow then looks up
+    # the deleted account's permissions and finds no such user: refused either way
+    assert status in (401, 404), status
 
 
 def test_roles_are_least_privilege(stack):
