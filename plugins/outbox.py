@@ -237,6 +237,15 @@ class Outbox:
             .fetchone()
         )
 
+    def others_writing(self, key: str, gen: int) -> bool:
+        """Is a write of ``key`` (or of a tree above it) other than ``gen`` in progress?"""
+        marks = ",".join("?" * len(ancestors(key)))
+        row = self._conn().execute(
+            f"select 1 from writing where until > ? and gen != ? and key in ({marks}) limit 1",
+            (time.time(), gen, *ancestors(key)),
+        )
+        return row.fetchone() is not None
+
     def live_keys(self, prefix: str) -> dict[str, KeyState]:
         """Keys under ``prefix`` (a key, a directory, or '' for all) whose newest write is a put."""
         rows = self._conn().execute(
@@ -371,6 +380,11 @@ class Outbox:
         if owner:
             return self._conn().execute("select count(*) from owed where owner = ?", (owner,)).fetchone()[0]
         return self._conn().execute("select count(*) from owed").fetchone()[0]
+
+    def owed_regions(self, key: str) -> set[str]:
+        """The regions owed a converge of ``key`` itself (not of a tree above it)."""
+        rows = self._conn().execute("select region from owed where key = ? and tree = 0", (key,))
+        return {r[0] for r in rows}
 
     def items(self) -> list[Owed]:
         return [Owed(*r) for r in self._conn().execute(f"select {ROW} from owed order by created")]

@@ -91,9 +91,47 @@ def _apply(rep: Replicator, item: Owed, state: KeyState) -> None:
         current = have is not None and have.gen == state.gen and have.sha256 == state.sha256
         if current and item.reason != "corrupt":
             return
+        if have is None and _deleted_by_another_ledger(rep, item, state):
+            return
         _copy(rep, item, state, target, have)
     except PreconditionFailed:
         log.info("%s changed in region %s while it was converged; looking again", item.key, item.region)
+
+
+def _deleted_by_another_ledger(rep: Replicator, item: Owed, state: KeyState) -> bool:
+    """Every region that acknowledged this put (those this ledger does not owe it) answers, and
+    none holds the key: a writer with a ledger of its own (a client on another host) deleted it.
+    Copying the writer's bytes now would resurrect it (the chaos campaign's seed 1008), so the
+    delete is recorded here, newer than the put. A region that cannot be asked, or a put raced
+    by this ledger's own delete (``concurrent-write``: its copies may be gone), is copied as before.
+    The price: a region that lost its storage after acknowledging, while the other was down, has
+    that key recorded as deleted (the acknowledged copy existed nowhere else but the writer's file)."""
+    if item.reason in ("concurrent-write", "corrupt"):
+        return False
+    holders = [r for r in rep.stores if r != item.region and r not in rep.outbox.owed_regions(item.key)]
+    if not holders:
+        return False
+    try:
+        if any(rep.stores[r].stat(item.key) is not None for r in holders):
+            return False
+    except StoreError:
+        return False
+    gen = rep.outbox.begin_write(item.key)
+    if rep.outbox.others_writing(item.key, gen):
+        # a write that began first would end older than this delete: record nothing, copy nothing
+        # now; the converge sees that write in progress and waits for it
+        rep.outbox.end_write(item.key, gen)
+        return True
+    rep.outbox.end_write(item.key, gen, KeyState(item.key, gen, "delete"))
+    log.warning(
+        "%s (generation %s) is gone from every region that acknowledged it (%s): deleted by another "
+        "ledger's writer; recorded as deleted instead of copied to region %s",
+        item.key,
+        state.gen,
+        ", ".join(holders),
+        item.region,
+    )
+    return True
 
 
 def _seeded(rep: Replicator, item: Owed, state: KeyState, target: Store, have: ObjectInfo | None) -> bool:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
+
 from xregion.config import EMBEDDED_CONFIG, load_config
 from xregion.objects import ObjectInfo
 from xregion.plugins.outbox import KeyState
@@ -70,17 +72,27 @@ class HeldStore:
         self.objects[key] = (Path(local).read_bytes(), gen)
 
 
+KEY = "mlartifacts/1/run/artifacts/model.bin"
+
+
+def held_replicator(tmp_path):
+    """A replicator over two in-memory regions, with no background worker: what is owed stays in
+    the ledger until a test converges it."""
+    cfg = load_config(EMBEDDED_CONFIG)
+    a, b = (r.name for r in cfg.regions[:2])
+    stores = {a: HeldStore(), b: HeldStore()}
+    rep = Replicator(cfg, tmp_path / "ledger.sqlite", mode="sync", region_stores=stores)
+    rep.kick = lambda: None
+    return rep, stores, (a, b)
+
+
 def test_a_write_that_landed_but_was_never_acknowledged_is_converged_not_owed_forever(tmp_path):
     """A writer killed after its put reached region a but before it was acknowledged: the ledger's
     newest is the older write, which no region holds any more. The converge takes the newer copy
     (as reads do) instead of looking forever for a generation that is gone (the chaos campaign's
     still_owed, seed 1004)."""
-    cfg = load_config(EMBEDDED_CONFIG)
-    a, b = (r.name for r in cfg.regions[:2])
-    key = "mlartifacts/1/run/artifacts/model.bin"
-    stores = {a: HeldStore(), b: HeldStore()}
-    rep = Replicator(cfg, tmp_path / "ledger.sqlite", mode="sync", region_stores=stores)
-    rep.kick = lambda: None
+    rep, stores, (a, b) = held_replicator(tmp_path)
+    key = KEY
     old = rep.outbox.begin_write(key)
     v1 = b"v1"
     rep.outbox.end_write(key, old, KeyState(key, old, "put", hashlib.sha256(v1).hexdigest(), 2), regions=[a, b])
@@ -90,3 +102,37 @@ def test_a_write_that_landed_but_was_never_acknowledged_is_converged_not_owed_fo
     item = next(i for i in rep.outbox.items() if i.region == b)
     assert converge(rep, item) is Outcome.DONE
     assert stores[b].objects[key] == (b"v2", new)
+
+
+def test_a_put_deleted_by_another_ledger_is_recorded_deleted_not_copied_back(tmp_path):
+    """A proxied put reached only region b (a's S3 was down, so a is owed it); then a client with a
+    ledger of its own deleted the key in b. Paying a the put would resurrect it (with the writer's
+    bytes) or look for ever for a copy that is gone: the chaos campaign's seed 1008, both modes.
+    The converge records the delete instead, and region a stays empty."""
+    rep, stores, (a, b) = held_replicator(tmp_path)
+    key = KEY
+    gen = rep.outbox.begin_write(key)
+    v1 = b"v1"
+    stores[b].objects[key] = (v1, gen)
+    rep.outbox.end_write(
+        key, gen, KeyState(key, gen, "put", hashlib.sha256(v1).hexdigest(), 2), owe=[(a, "region-down")]
+    )
+    del stores[b].objects[key]  # the other ledger's delete
+    item = next(i for i in rep.outbox.items() if i.region == a)
+    assert converge(rep, item) is Outcome.DONE
+    assert key not in stores[a].objects and rep.outbox.newest(key).deleted
+
+
+def test_a_put_raced_by_this_ledgers_own_delete_is_not_recorded_deleted(tmp_path):
+    """The guard's other side: a put newer than this ledger's own delete, whose copies that delete
+    removed, is owed as a concurrent write. It must be spread (from the writer's bytes, when it has
+    them; here it has none, so the converge says no region holds it), never recorded as deleted."""
+    rep, stores, (a, b) = held_replicator(tmp_path)
+    key = KEY
+    gen = rep.outbox.begin_write(key)
+    rep.outbox.end_write(key, gen, KeyState(key, gen, "put", hashlib.sha256(b"v2").hexdigest(), 2))
+    rep.outbox.owe("put", key, a, reason="concurrent-write", gen=gen)
+    item = next(i for i in rep.outbox.items() if i.region == a)
+    with pytest.raises(StoreError):  # no region holds it, and this process has no seed of it
+        converge(rep, item)
+    assert not rep.outbox.newest(key).deleted
