@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import socket
 import uuid
 
 import pytest
@@ -21,6 +22,13 @@ MiB = 2**20
 @pytest.fixture
 def multipart(monkeypatch):
     monkeypatch.setenv("XREGION_MULTIPART_THRESHOLD_MIB", "8")  # 8 MiB parts above 8 MiB
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def quiet(rep: Replicator) -> Replicator:
@@ -65,10 +73,15 @@ def test_an_async_write_pays_the_other_regions_from_its_own_bytes(stack, tmp_pat
     f.write_bytes(data)
     key = f"uploads/{uuid.uuid4().hex}/model.bin"
     rep.put_file(key, f)
-    a, b = RegionStore(stack.cfg.region("a")), RegionStore(stack.cfg.region("b"))
+    b = RegionStore(stack.cfg.region("b"))
     assert b.stat(key) is None and rep.outbox.count() == 1
     f.unlink()  # the caller's temporary file is gone (an MLflow server's upload directory)
-    a.delete(key)  # and no region could serve a copy: only the writer's own bytes can pay b
+    # and region a cannot serve a copy (it is down): only the writer's own bytes can pay b. (A
+    # region that answers without the key is another writer's delete: plugins/reconcile.py.)
+    down = stack.cfg.region("a").model_copy(
+        update={"s3": stack.cfg.region("a").s3.model_copy(update={"endpoint_url": f"http://127.0.0.1:{closed_port()}"})}
+    )
+    rep.stores["a"] = RegionStore(down, connect_timeout=0.5, attempts=1)
     assert rep.wait_drained(60).drained
     assert b.get_bytes(key) == data and b.stat(key).sha256 == hashlib.sha256(data).hexdigest()
     assert len(rep.seeds) == 0  # dropped once paid
