@@ -224,27 +224,19 @@ class Outbox:
             return KeyState(key, tree, "delete")
         return KeyState(key, *row) if row else None
 
-    def writing(self, key: str) -> bool:
+    def writing(self, key: str, but: int | None = None) -> bool:
         """Is a write of ``key`` (or a delete of a tree above it) in progress? Its copies may land
-        at any moment, so a converge of the key waits for it to end."""
+        at any moment, so a converge of the key waits for it to end. ``but``: a generation to
+        leave out (the caller's own write)."""
         marks = ",".join("?" * len(ancestors(key)))
         return bool(
             self._conn()
             .execute(
-                f"select 1 from writing where until > ? and key in ({marks}) limit 1",
-                (time.time(), *ancestors(key)),
+                f"select 1 from writing where until > ? and gen != ? and key in ({marks}) limit 1",
+                (time.time(), -1 if but is None else but, *ancestors(key)),
             )
             .fetchone()
         )
-
-    def others_writing(self, key: str, gen: int) -> bool:
-        """Is a write of ``key`` (or of a tree above it) other than ``gen`` in progress?"""
-        marks = ",".join("?" * len(ancestors(key)))
-        row = self._conn().execute(
-            f"select 1 from writing where until > ? and gen != ? and key in ({marks}) limit 1",
-            (time.time(), gen, *ancestors(key)),
-        )
-        return row.fetchone() is not None
 
     def live_keys(self, prefix: str) -> dict[str, KeyState]:
         """Keys under ``prefix`` (a key, a directory, or '' for all) whose newest write is a put."""

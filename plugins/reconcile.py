@@ -103,12 +103,16 @@ def _deleted_by_another_ledger(rep: Replicator, item: Owed, state: KeyState) -> 
     none holds the key: a writer with a ledger of its own (a client on another host) deleted it.
     Copying the writer's bytes now would resurrect it (the chaos campaign's seed 1008), so the
     delete is recorded here, newer than the put. A region that cannot be asked, or a put raced
-    by this ledger's own delete (``concurrent-write``: its copies may be gone), is copied as before.
+    by this ledger's own delete (``concurrent-write``: its copies may be gone), is copied as before;
+    so is a first copy to a healthy region (its window is milliseconds, and it runs on every write).
     The price: a region that lost its storage after acknowledging, while the other was down, has
     that key recorded as deleted (the acknowledged copy existed nowhere else but the writer's file)."""
     if item.reason in ("concurrent-write", "corrupt"):
         return False
-    holders = [r for r in rep.stores if r != item.region and r not in rep.outbox.owed_regions(item.key)]
+    if item.reason == "replicate" and not item.attempts:
+        return False  # the hot path, a first copy right after its write: no HEADs for a ms-wide race
+    owed = rep.outbox.owed_regions(item.key)
+    holders = [r for r in rep.stores if r != item.region and r not in owed]
     if not holders:
         return False
     try:
@@ -117,7 +121,7 @@ def _deleted_by_another_ledger(rep: Replicator, item: Owed, state: KeyState) -> 
     except StoreError:
         return False
     gen = rep.outbox.begin_write(item.key)
-    if rep.outbox.others_writing(item.key, gen):
+    if rep.outbox.writing(item.key, but=gen):
         # a write that began first would end older than this delete: record nothing, copy nothing
         # now; the converge sees that write in progress and waits for it
         rep.outbox.end_write(item.key, gen)

@@ -57,11 +57,12 @@ def layer_of_module(name: str) -> str | None:
 
 
 @cache
-def imports(path: Path) -> list[str]:
+def imports(path: Path, module_level: bool = False) -> list[str]:
+    """What ``path`` imports (``module_level``: only what runs when it is imported)."""
     tree = ast.parse(path.read_text())
     package = module_name(path).rsplit(".", 0 if path.name == "__init__.py" else 1)[0]
     found = []
-    for node in ast.walk(tree):
+    for node in tree.body if module_level else ast.walk(tree):
         if isinstance(node, ast.Import):
             found += [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -117,22 +118,11 @@ def test_the_check_catches_an_arrow_that_runs_back(source, bad_import):
 def _loads_mlflow_on_import() -> list[str]:
     """The plugin modules whose module-level imports reach mlflow, directly or through another
     plugin module: only they can start MLflow's first import (and its entry points) part-way."""
-    direct: dict[str, set[str]] = {}
-    for path in (ROOT / "plugins").glob("*.py"):
-        if path.stem == "__init__":
-            continue
-        deps = set()
-        for node in ast.parse(path.read_text()).body:
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            if isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                names = [f"plugins.{base or a.name}" if node.level else base for a in node.names]
-            deps |= {n.split(".")[0] if not n.startswith("plugins.") else n for n in names}
-        direct[path.stem] = deps
-    loads = {m for m, deps in direct.items() if "mlflow" in deps}
-    while more := {m for m, deps in direct.items() if m not in loads and any(f"plugins.{x}" in deps for x in loads)}:
+    direct = {module_name(p): imports(p, True) for p in (ROOT / "plugins").glob("*.py") if p.stem != "__init__"}
+    loads = {m for m, names in direct.items() if any(n.split(".")[0] == "mlflow" for n in names)}
+    while more := {m for m, names in direct.items() if m not in loads and loads & set(names)}:
         loads |= more
-    return sorted(f"xregion.plugins.{m}" for m in loads)
+    return sorted(loads)
 
 
 PLUGIN_MODULES = _loads_mlflow_on_import()

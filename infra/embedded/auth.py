@@ -115,7 +115,8 @@ def server_ini(database_uri: str, read_database_uri: str | None = None) -> str:
     ``auth_cache_ttl_seconds``: MLflow's own cache of successful logins. Without it every request
     pays a deliberately slow password hash; on two cores the servers' reads took 2.5-9 s under a
     drill's load, and readers failed. The cost: a password changed or an account deleted through one
-    region's server is still accepted by the others for up to AUTH_CACHE_TTL_S seconds."""
+    region's server may still pass the password check of the others for up to AUTH_CACHE_TTL_S
+    seconds (MLflow's permission lookup then refuses a deleted account)."""
     return (
         "[mlflow]\n"
         "default_permission = READ\n"
