@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -14,6 +13,7 @@ import time
 import pytest
 
 from xregion.mlflow_rest import MlflowRest, Unavailable
+from xregion.net import free_port
 
 SERVER = textwrap.dedent(
     """
@@ -39,18 +39,12 @@ SERVER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def two_servers():
     procs, urls = [], []
     try:
         for name in ("a", "b"):
-            port = _free_port()
+            port = free_port()
             p = subprocess.Popen([sys.executable, "-c", SERVER, str(port), name], stdout=subprocess.PIPE, text=True)
             procs.append(p)
             assert p.stdout.readline().strip() == "ready"

@@ -7,11 +7,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import socket
 import uuid
 
 import pytest
 
+from xregion.net import free_port
 from xregion.plugins.replication import Replicator
 from xregion.store import RegionStore
 
@@ -22,13 +22,6 @@ MiB = 2**20
 @pytest.fixture
 def multipart(monkeypatch):
     monkeypatch.setenv("XREGION_MULTIPART_THRESHOLD_MIB", "8")  # 8 MiB parts above 8 MiB
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def quiet(rep: Replicator) -> Replicator:
@@ -79,7 +72,11 @@ def test_an_async_write_pays_the_other_regions_from_its_own_bytes(stack, tmp_pat
     # and region a cannot serve a copy (it is down): only the writer's own bytes can pay b. (A
     # region that answers without the key is another writer's delete: plugins/reconcile.py.)
     down = stack.cfg.region("a").model_copy(
-        update={"s3": stack.cfg.region("a").s3.model_copy(update={"endpoint_url": f"http://127.0.0.1:{closed_port()}"})}
+        update={
+            "s3": stack.cfg.region("a").s3.model_copy(
+                update={"endpoint_url": f"http://127.0.0.1:{free_port()}"}  # nothing listens there
+            )
+        }
     )
     rep.stores["a"] = RegionStore(down, connect_timeout=0.5, attempts=1)
     assert rep.wait_drained(60).drained
