@@ -17,11 +17,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import boto3
-
 from xregion.config import ConfigError, load_config
 from xregion.errors import XRegionError
-from xregion.store import RegionStore
+from xregion.store import RegionStore, s3_client
 
 from .replication import Replicator
 
@@ -49,8 +47,7 @@ class BenchError(XRegionError, RuntimeError):
 def _plain_client(store: RegionStore):
     """A boto3 client with boto3's defaults (the reference every figure is compared with)."""
     key, secret = store.region.s3.credentials(store.name)
-    return boto3.session.Session().client(
-        "s3",
+    return s3_client(
         endpoint_url=store.region.s3.endpoint_url,
         region_name=store.region.s3.region_name,
         aws_access_key_id=key,

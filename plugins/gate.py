@@ -42,19 +42,20 @@ class ReplicationGateError(MlflowException):
         self.prefix = prefix
 
 
-def check_replicated(cfg: XRegionConfig, artifact_uri: str) -> tuple[str, int, list[dict]]:
+def check_replicated(cfg: XRegionConfig, artifact_uri: str, region_stores=None) -> tuple[str, int, list[dict]]:
     """(key prefix, objects verified, problems) for every object under an artifact location.
 
     A problem is {key, region, problem, detail}: missing | stale | hash | size | corrupt |
     deleted | unreachable (plugins/verify.py), or ``empty`` when no region holds any object
-    under the prefix and the ledger knows none."""
+    under the prefix and the ledger knows none. ``region_stores``: a long-lived caller's own stores
+    (name -> RegionStore), so that each check does not make new S3 clients."""
     from xregion.home import ledger_path
 
     from .outbox import Outbox
     from .verify import check
 
     prefix = key_prefix(artifact_uri, cfg)
-    report = check(stores(cfg), prefix.rstrip("/") + "/", Outbox(ledger_path(cfg)))
+    report = check(region_stores or stores(cfg), prefix.rstrip("/") + "/", Outbox(ledger_path(cfg)))
     problems = [
         {"key": d.key, "region": d.region, "problem": d.problem, "detail": d.detail} for d in report.differences
     ]
@@ -133,18 +134,18 @@ def marker_key(model: str, version: str) -> str:
     return f"{PROTECTED}{model}/{version}"
 
 
-def protect(cfg: XRegionConfig, model: str, version: str, prefix: str) -> None:
+def protect(cfg: XRegionConfig, model: str, version: str, prefix: str, region_stores=None) -> None:
     """Mark the version's prefix immutable in every region (a region that cannot be written fails
     the promotion: the gate needs every region anyway)."""
-    for store in stores(cfg).values():
+    for store in (region_stores or stores(cfg)).values():
         store.put_bytes(marker_key(model, version), prefix.encode())
 
 
-def unprotect(cfg: XRegionConfig, model: str, version: str) -> list[str]:
+def unprotect(cfg: XRegionConfig, model: str, version: str, region_stores=None) -> list[str]:
     """The version left production: its artifacts may be deleted again. Regions that could not be
     reached keep their marker (the safe side); their names are returned."""
     missed = []
-    for name, store in stores(cfg).items():
+    for name, store in (region_stores or stores(cfg)).items():
         try:
             store.delete(marker_key(model, version))
         except StoreError:

@@ -26,6 +26,7 @@ every client are gated, not only the Python client.
 
 from __future__ import annotations
 
+import functools
 import getpass
 import json
 import os
@@ -40,7 +41,7 @@ from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
 
 from xregion import events
 from xregion.config import load_config
-from xregion.store import StoreError
+from xregion.store import StoreError, stores
 from xregion.uris import NotReplicatedURI
 
 from .gate import (
@@ -119,6 +120,12 @@ class XRegionRegistryStore(SqlAlchemyStore):
         self.lock = GateLock(self.engine)
         self.authenticated = os.environ.get("XREGION_AUTH") == "1"
 
+    @functools.cached_property
+    def region_stores(self) -> dict:
+        """Every region's store, made once: the gate asks every region on each promotion, and new
+        S3 clients for each check cost more than the check (issue 13 note, 1 Dec)."""
+        return stores(self.cfg)
+
     # --- what a version's artifacts are -------------------------------------------------------
     def _resolve(self, uri: str) -> str:
         from mlflow.store.artifact.utils.models import _parse_model_uri
@@ -173,7 +180,9 @@ class XRegionRegistryStore(SqlAlchemyStore):
                 f"promotion of {name} version {version} to {target} refused: {err.message}", [], ""
             ) from None
         try:
-            protect(self.cfg, name, str(version), prefix)  # before the check: nothing under it changes now
+            protect(
+                self.cfg, name, str(version), prefix, self.region_stores
+            )  # before the check: nothing under it changes now
         except StoreError as err:
             raise ReplicationGateError(
                 f"promotion of {name} version {version} to {target} refused: a region's "
@@ -182,7 +191,7 @@ class XRegionRegistryStore(SqlAlchemyStore):
                 prefix,
             ) from None
         try:
-            prefix, total, problems = check_replicated(self.cfg, location)
+            prefix, total, problems = check_replicated(self.cfg, location, self.region_stores)
         except NotReplicatedURI as err:
             raise ReplicationGateError(
                 f"promotion of {name} version {version} to {target} refused: {err}", [], ""
@@ -206,7 +215,7 @@ class XRegionRegistryStore(SqlAlchemyStore):
 
     def _release_if_idle(self, name: str, version: str) -> None:
         if not self._in_production(name, version):
-            unprotect(self.cfg, name, version)
+            unprotect(self.cfg, name, version, self.region_stores)
 
     def _is_production(self, stage: str) -> bool:
         return stage.lower() == self.cfg.registry.production_stage.lower()
@@ -353,7 +362,7 @@ class XRegionRegistryStore(SqlAlchemyStore):
                     error_code=RESOURCE_CONFLICT,
                 )
             super().delete_model_version(name, version)
-            unprotect(self.cfg, name, str(version))
+            unprotect(self.cfg, name, str(version), self.region_stores)
 
     def delete_registered_model(self, name):
         with self.lock.held(name):

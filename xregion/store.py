@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -55,6 +56,32 @@ from .payload import Payload
 ACCESS_CODES = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket", "403")
 
 
+# One boto3 session per process for every store's client. A fresh session reads botocore's service
+# models again: 140 ms of CPU per client on this machine, against 8 ms from a shared session. The
+# registry gate makes a store per region three times per promotion, so fresh sessions were most of
+# a promotion's 3-4 s. Sessions are not thread-safe (clients are): clients are made under a lock,
+# and a forked child starts with a session and a lock of its own.
+_session_lock = threading.Lock()
+_session: boto3.session.Session | None = None
+
+
+def _forget_session() -> None:
+    global _session, _session_lock
+    _session, _session_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_session)
+
+
+def s3_client(**kwargs):
+    """An S3 client from the process's shared boto3 session (thread-safe to call)."""
+    global _session
+    with _session_lock:
+        if _session is None:
+            _session = boto3.session.Session()
+        return _session.client("s3", **kwargs)
+
+
 def _error_code(err: ClientError) -> str:
     return str(err.response.get("Error", {}).get("Code", ""))
 
@@ -82,8 +109,7 @@ class RegionStore:
         self.name = region.name
         self.bucket = region.s3.bucket
         key, secret = region.s3.credentials(region.name)
-        self.client = boto3.session.Session().client(
-            "s3",
+        self.client = s3_client(
             endpoint_url=region.s3.endpoint_url,
             region_name=region.s3.region_name,
             aws_access_key_id=key,
