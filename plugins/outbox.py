@@ -67,6 +67,7 @@ LEASE_SECONDS = 20.0  # renewed every few seconds while a worker holds it; a kil
 # a write in progress, renewed likewise (every LEASE_SECONDS / 4): a killed writer's mark holds the
 # converges of its key back for at most this long
 WRITE_SECONDS = 20.0
+UNACKNOWLEDGED = "unacknowledged"  # reason: a failed write that may have landed, to take back
 
 
 @dataclass(frozen=True)
@@ -173,14 +174,19 @@ class Outbox:
         owe: list[tuple[str, str]] = (),
         source: str | None = None,
         regions: list[str] = (),
+        attempted: list[str] = (),
     ) -> None:
         """The write is over. With ``state`` (acknowledged): record it as the key's newest unless a
         newer one is, and owe it to each (region, reason) of ``owe``, in one transaction. If
         another write of the key ran at the same time, copies may have landed in any order: every
-        one of ``regions`` is owed a converge. ``state`` None: nothing was acknowledged."""
+        one of ``regions`` is owed a converge. ``state`` None: nothing was acknowledged, yet it may
+        have landed in any of ``attempted`` (a store died before answering): each is owed a
+        converge that takes it back (``UNACKNOWLEDGED``, plugins/reconcile.py; chaos seed 1001)."""
         with self._tx() as c:
             c.execute("delete from writing where key = ? and gen = ?", (key, gen))
             if state is None:
+                for region in attempted:
+                    self._owe(c, "put", key, region, None, None, 0, time.time(), UNACKNOWLEDGED, gen, False)
                 return
             if tree:
                 c.execute(

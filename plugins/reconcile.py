@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from xregion.payload import SourceChanged
 from xregion.store import ObjectInfo, PreconditionFailed, Store, StoreError
 
-from .outbox import KeyState, Owed
+from .outbox import UNACKNOWLEDGED, KeyState, Owed
 
 if TYPE_CHECKING:
     from .replication import Replicator
@@ -81,12 +81,15 @@ def _same(a: KeyState | None, b: KeyState) -> bool:
 def _apply(rep: Replicator, item: Owed, state: KeyState) -> None:
     target = rep.stores[item.region]
     have = target.stat(item.key)
+    # this ledger's own write that failed, yet landed here: newer than the ledger's newest, but
+    # never acknowledged (its generation is its writer's clock: no other writer's write has it)
+    revoked = item.reason == UNACKNOWLEDGED and have is not None and have.gen == item.gen
     try:
         if state.deleted:
-            if have is not None and (have.gen or 0) <= state.gen:
+            if have is not None and ((have.gen or 0) <= state.gen or revoked):
                 target.delete(item.key, if_match=have.etag)
             return
-        if have is not None and (have.gen or 0) > state.gen:
+        if have is not None and (have.gen or 0) > state.gen and not revoked:
             return  # a newer write than the ledger knows (another writer): never undone here
         current = have is not None and have.gen == state.gen and have.sha256 == state.sha256
         if current and item.reason != "corrupt":

@@ -157,8 +157,8 @@ class Replicator(ReconcileLoop):
                 kept = self.seeds.keep(key, gen, payload, extra, {r for r, _ in owe})
                 self._end(key, gen, state, owe=owe, source=acked[0])
             finally:
-                if state is None:
-                    self._end(key, gen, None)
+                if state is None:  # refused or failed everywhere: whatever landed is taken back
+                    self._end(key, gen, None, attempted=list(self.stores))
         finally:
             if not kept:
                 payload.close()

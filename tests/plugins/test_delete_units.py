@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from xregion.config import EMBEDDED_CONFIG, load_config
-from xregion.objects import ObjectInfo
+from xregion.objects import GEN_META, ObjectInfo
 from xregion.plugins.outbox import KeyState
 from xregion.plugins.reconcile import Outcome, converge
 from xregion.plugins.replication import Replicator
-from xregion.store import ObjectNotFound, StoreError
+from xregion.store import ObjectNotFound, RegionUnavailable, StoreError
 
 
 class ListedStore:
@@ -136,3 +136,51 @@ def test_a_put_raced_by_this_ledgers_own_delete_is_not_recorded_deleted(tmp_path
     with pytest.raises(StoreError):  # no region holds it, and this process has no seed of it
         converge(rep, item)
     assert not rep.outbox.newest(key).deleted
+
+
+class AnswerLostStore(HeldStore):
+    """A region whose store keeps the bytes and then dies before it answers (``down``: refuses)."""
+
+    def __init__(self, objects=None, down: bool = False):
+        super().__init__(objects)
+        self.down = down
+
+    def put_object_body(self, key, body, args, condition=None, check=None):
+        if self.down:
+            raise RegionUnavailable("connection refused")
+        self.objects[key] = (bytes(body), int(args["Metadata"][GEN_META]))
+        raise RegionUnavailable("connection reset before the answer")
+
+    def delete(self, key, if_match=None):
+        self.objects.pop(key, None)
+
+
+@pytest.mark.parametrize("before", ["put", "delete"])
+def test_a_write_refused_everywhere_that_landed_in_one_region_is_taken_back(tmp_path, before):
+    """Both S3 stores killed during a put: b stored it and died before answering, a refused. The
+    writer got an error and the ledger recorded nothing, so b alone kept the failed write and no
+    one owed anything (the chaos campaign's seed 1001, async: diverged). Now every region it was
+    tried in is owed a converge, which takes b back to the newest acknowledged write."""
+    cfg = load_config(EMBEDDED_CONFIG)
+    a, b = (r.name for r in cfg.regions[:2])
+    old = b"v1"
+    stores = {a: AnswerLostStore(down=True), b: AnswerLostStore()}
+    rep = Replicator(cfg, tmp_path / "ledger.sqlite", mode="sync", region_stores=stores)
+    rep.kick = lambda: None
+    gen = rep.outbox.begin_write(KEY)
+    if before == "put":
+        for s in stores.values():
+            s.objects[KEY] = (old, gen)
+        rep.outbox.end_write(KEY, gen, KeyState(KEY, gen, "put", hashlib.sha256(old).hexdigest(), len(old)))
+    else:
+        rep.outbox.end_write(KEY, gen, KeyState(KEY, gen, "delete"))
+    src = tmp_path / "model.bin"
+    src.write_bytes(b"v2, never acknowledged")
+    with pytest.raises(StoreError):
+        rep.put_file(KEY, src)
+    assert stores[b].objects[KEY][0] == src.read_bytes()  # it landed
+    stores[a].down = False
+    for item in rep.outbox.items():
+        assert converge(rep, item) is Outcome.DONE
+    held = {name: s.objects.get(KEY, (None,))[0] for name, s in stores.items()}
+    assert held == dict.fromkeys(stores, old if before == "put" else None)
