@@ -228,8 +228,14 @@ class Replicator(ReconcileLoop):
             self.outbox.owe("delete", base, region, reason="region-down", gen=gen, tree=True)
             for key in keys:
                 self.outbox.owe("delete", key, region, reason="region-down", gen=gen)
-        # a put of a key racing this delete may be newer than the tombstone: converge it everywhere
-        raced = [k for k in keys if (s := self.outbox.newest(k)) is not None and not s.deleted]
+        # a put of a key racing this delete may be newer than the tombstone: converge it everywhere;
+        # so may one still in progress, whose copy the deletes above may have removed after it
+        # landed (chaos seed 34, async): its converge waits for it to end, then spreads the newer
+        raced = [
+            k
+            for k in keys
+            if ((s := self.outbox.newest(k)) is not None and not s.deleted) or self.outbox.writing(k, but=gen)
+        ]
         for key in raced:
             for region in self.stores:
                 self.outbox.owe("put", key, region, reason="concurrent-write", gen=gen)

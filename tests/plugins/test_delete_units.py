@@ -13,6 +13,7 @@ import pytest
 
 from xregion.config import EMBEDDED_CONFIG, load_config
 from xregion.objects import GEN_META, ObjectInfo
+from xregion.payload import Payload
 from xregion.plugins.outbox import KeyState
 from xregion.plugins.reconcile import Outcome, converge
 from xregion.plugins.replication import Replicator
@@ -184,3 +185,65 @@ def test_a_write_refused_everywhere_that_landed_in_one_region_is_taken_back(tmp_
         assert converge(rep, item) is Outcome.DONE
     held = {name: s.objects.get(KEY, (None,))[0] for name, s in stores.items()}
     assert held == dict.fromkeys(stores, old if before == "put" else None)
+
+
+class TreeStore(HeldStore):
+    """A region that lists, deletes and takes the writer's own bytes; ``on_list`` runs once, when
+    the tree delete lists it (to interleave another write there)."""
+
+    def __init__(self, on_list=None):
+        super().__init__()
+        self.on_list = on_list
+
+    def list(self, prefix: str = ""):
+        if self.on_list:
+            self.on_list, hook = None, self.on_list
+            hook()
+        yield from (ObjectInfo(k, len(d)) for k, (d, _) in sorted(self.objects.items()) if k.startswith(prefix))
+
+    def delete_many(self, keys):
+        for k in keys:
+            self.objects.pop(k, None)
+
+    def delete(self, key, if_match=None):
+        self.objects.pop(key, None)
+
+    def put_payload(self, key, payload, gen=None, **_):
+        self.objects[key] = (Path(payload.path).read_bytes(), gen)
+
+
+def test_a_put_that_lands_while_a_tree_delete_runs_ends_in_every_region(tmp_path):
+    """Two clients of one ledger: a delete of the key begins, then a put of it (newer) lands in
+    region a before the delete reaches a, and ends after the delete's check for raced puts. The
+    delete removed the newer copy from a, the put owed only b, and the regions disagreed (the chaos
+    campaign's seed 34, async). Now a key with a write still in progress is converged everywhere."""
+    cfg = load_config(EMBEDDED_CONFIG)
+    a, b = (r.name for r in cfg.regions[:2])
+    src = tmp_path / "model.bin"
+    src.write_bytes(b"v1, the newer put")
+    started = {}
+
+    def put_lands_in_a():
+        started["gen"] = rep.outbox.begin_write(KEY)
+        stores[a].objects[KEY] = (src.read_bytes(), started["gen"])
+
+    stores = {a: TreeStore(on_list=put_lands_in_a), b: TreeStore()}
+    rep = Replicator(cfg, tmp_path / "ledger.sqlite", mode="async", region_stores=stores)
+    rep.kick = lambda: None
+    old = rep.outbox.begin_write(KEY)
+    for s in stores.values():
+        s.objects[KEY] = (b"v0", old)
+    rep.outbox.end_write(KEY, old, KeyState(KEY, old, "put", hashlib.sha256(b"v0").hexdigest(), 2))
+    rep.delete_tree(KEY)
+    assert KEY not in stores[a].objects  # the delete took the newer put's copy from a
+    gen, payload = started["gen"], Payload.read(src)
+    rep.seeds.keep(KEY, gen, payload, {}, {b})
+    rep.outbox.end_write(
+        KEY, gen, KeyState(KEY, gen, "put", payload.sha256, payload.size), owe=[(b, "replicate")], source=a
+    )
+    for _ in range(3):
+        for item in rep.outbox.items():
+            if converge(rep, item) is Outcome.DONE:
+                rep.outbox.done(item)
+    held = {name: s.objects.get(KEY, (None,))[0] for name, s in stores.items()}
+    assert held == dict.fromkeys(stores, src.read_bytes())
