@@ -182,11 +182,12 @@ class Outbox:
         one of ``regions`` is owed a converge. ``state`` None: nothing was acknowledged, yet it may
         have landed in any of ``attempted`` (a store died before answering): each is owed a
         converge that takes it back (``UNACKNOWLEDGED``, plugins/reconcile.py; chaos seed 1001)."""
+        now = time.time()
         with self._tx() as c:
             c.execute("delete from writing where key = ? and gen = ?", (key, gen))
             if state is None:
                 for region in attempted:
-                    self._owe(c, "put", key, region, None, None, 0, time.time(), UNACKNOWLEDGED, gen, False)
+                    self._owe(c, "put", key, region, None, None, 0, now, UNACKNOWLEDGED, gen, False)
                 return
             if tree:
                 c.execute(
@@ -199,14 +200,13 @@ class Outbox:
                     """insert into keys(key, gen, op, sha256, size, acked) values (?, ?, ?, ?, ?, ?)
                        on conflict(key) do update set gen = excluded.gen, op = excluded.op, sha256 = excluded.sha256,
                          size = excluded.size, acked = excluded.acked where excluded.gen > keys.gen""",
-                    (key, gen, state.op, state.sha256, state.size, time.time()),
+                    (key, gen, state.op, state.sha256, state.size, now),
                 )
             raced = not tree and (
-                c.execute("select 1 from writing where key = ? and until > ?", (key, time.time())).fetchone()
+                c.execute("select 1 from writing where key = ? and until > ?", (key, now)).fetchone()
                 or c.execute("select 1 from keys where key = ? and gen > ?", (key, gen)).fetchone()
             )
             targets = [(r, "concurrent-write") for r in regions] if raced else list(owe)
-            now = time.time()
             for region, reason in targets:
                 self._owe(c, state.op, key, region, source, state.sha256, state.size, now, reason, gen, tree)
 
@@ -234,15 +234,9 @@ class Outbox:
         """Is a write of ``key`` (or a delete of a tree above it) in progress? Its copies may land
         at any moment, so a converge of the key waits for it to end. ``but``: a generation to
         leave out (the caller's own write)."""
-        marks = ",".join("?" * len(ancestors(key)))
-        return bool(
-            self._conn()
-            .execute(
-                f"select 1 from writing where until > ? and gen != ? and key in ({marks}) limit 1",
-                (time.time(), -1 if but is None else but, *ancestors(key)),
-            )
-            .fetchone()
-        )
+        marks, args = ",".join("?" * len(ancestors(key))), (time.time(), -1 if but is None else but, *ancestors(key))
+        query = f"select 1 from writing where until > ? and gen != ? and key in ({marks}) limit 1"
+        return self._conn().execute(query, args).fetchone() is not None
 
     def live_keys(self, prefix: str) -> dict[str, KeyState]:
         """Keys under ``prefix`` (a key, a directory, or '' for all) whose newest write is a put."""

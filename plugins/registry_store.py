@@ -180,9 +180,8 @@ class XRegionRegistryStore(SqlAlchemyStore):
                 f"promotion of {name} version {version} to {target} refused: {err.message}", [], ""
             ) from None
         try:
-            protect(
-                self.cfg, name, str(version), prefix, self.region_stores
-            )  # before the check: nothing under it changes now
+            # before the check: nothing under it changes now
+            protect(self.cfg, name, str(version), prefix, self.region_stores)
         except StoreError as err:
             raise ReplicationGateError(
                 f"promotion of {name} version {version} to {target} refused: a region's "

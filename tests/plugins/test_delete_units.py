@@ -72,6 +72,9 @@ class HeldStore:
     def put_file(self, key, local, sha256=None, gen=None, **_):
         self.objects[key] = (Path(local).read_bytes(), gen)
 
+    def delete(self, key, if_match=None):
+        self.objects.pop(key, None)
+
 
 KEY = "mlartifacts/1/run/artifacts/model.bin"
 
@@ -152,9 +155,6 @@ class AnswerLostStore(HeldStore):
         self.objects[key] = (bytes(body), int(args["Metadata"][GEN_META]))
         raise RegionUnavailable("connection reset before the answer")
 
-    def delete(self, key, if_match=None):
-        self.objects.pop(key, None)
-
 
 @pytest.mark.parametrize("before", ["put", "delete"])
 def test_a_write_refused_everywhere_that_landed_in_one_region_is_taken_back(tmp_path, before):
@@ -204,9 +204,6 @@ class TreeStore(HeldStore):
     def delete_many(self, keys):
         for k in keys:
             self.objects.pop(k, None)
-
-    def delete(self, key, if_match=None):
-        self.objects.pop(key, None)
 
     def put_payload(self, key, payload, gen=None, **_):
         self.objects[key] = (Path(payload.path).read_bytes(), gen)
