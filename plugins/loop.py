@@ -43,6 +43,7 @@ FAILURES = Counter("xregion_replication_failures_total", "Failed region operatio
 
 
 IDLE_AFTER = 0.1  # seconds after its last write that a writer counts as idle
+RETRY_WAITING = 0.5  # seconds: how often a drain someone waits on retries regions and rows that failed
 
 
 def exit_drain_seconds() -> float:
@@ -186,11 +187,17 @@ class ReconcileLoop:
     def wait_drained(self, timeout: float = 60.0, owner: str | None = None) -> Drained:
         """Pay the ledger in this thread until nothing is owed (only what ``owner`` owed, if
         given) or ``timeout`` passes. The chaos campaign's "wait until replicated"."""
-        t0 = time.monotonic()
+        t0 = retried = time.monotonic()
         while time.monotonic() - t0 < timeout:
             if self.outbox.count(owner) == 0:
                 return Drained(True, 0, time.monotonic() - t0)
             if not self.drain_once():
+                # someone waits on this: a region back from a restart is tried again within
+                # RETRY_WAITING seconds, not when its breaker or the rows' back-off would allow
+                if time.monotonic() - retried >= RETRY_WAITING:
+                    self.reset_health()
+                    self.outbox.release(owner)
+                    retried = time.monotonic()
                 time.sleep(0.05)
         left = self.outbox.count(owner)
         return Drained(left == 0, left, time.monotonic() - t0)
@@ -210,6 +217,8 @@ class ReconcileLoop:
         if not self.outbox.count(self.outbox.owner):
             return Drained(True, 0, 0.0)
         self.reset_health()
+        # tried once now, not when a back-off earned while a region was down falls due
+        self.outbox.release(self.outbox.owner)
         self.stores = {n: s.bounded(timeout) if hasattr(s, "bounded") else s for n, s in self.stores.items()}
         done: list[Drained] = []
         worker = threading.Thread(

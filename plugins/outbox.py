@@ -349,9 +349,11 @@ class Outbox:
             (int(count), error[:500], item.seq, time.time() + retry_in, item.id),
         )
 
-    def release(self) -> None:
-        """Drop every back-off (an operator's retry); leases that workers hold are kept."""
-        self._conn().execute("update owed set lease_until = 0 where holder is null")
+    def release(self, owner: str | None = None) -> None:
+        """Drop every back-off (an operator's retry), or those of ``owner``'s rows; leases that
+        workers hold are kept."""
+        where, args = ("and owner = ?", (owner,)) if owner else ("", ())
+        self._conn().execute(f"update owed set lease_until = 0 where holder is null {where}", args)
 
     def give_up_leases(self) -> None:
         """This process stops working (it exits): the rows it holds are free for others at once."""

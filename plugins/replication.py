@@ -42,27 +42,37 @@ MARKER_TIMEOUT = 2.0  # seconds per request for the protection markers
 
 
 class RegionHealth:
-    """A circuit breaker per region: after a failure, skip the region for ``cooldown`` seconds so
-    that writes record it as owed at once instead of waiting on its timeout again."""
+    """A circuit breaker per region: after a failure, skip the region for a while so that writes
+    record it as owed at once instead of waiting on its timeout again. The first failure skips it
+    for ``first`` seconds, each further one in a row twice as long, up to ``cooldown``: a store
+    restarted after a kill is tried again within a second or two, a region that stays down costs
+    a timeout only every ``cooldown`` seconds."""
 
-    def __init__(self, cooldown: float = 5.0):
-        self.cooldown = cooldown
+    def __init__(self, cooldown: float = 5.0, first: float = 1.0):
+        self.cooldown, self.first = cooldown, first
         self._down_until: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def up(self, region: str) -> bool:
         return self._down_until.get(region, 0) <= time.monotonic()
 
-    def failed(self, region: str) -> None:
+    def failed(self, region: str, seconds: float | None = None) -> None:
+        """Open the breaker of ``region`` (for ``seconds``, or per the back-off above)."""
         with self._lock:
-            self._down_until[region] = time.monotonic() + self.cooldown
+            n = self._failures[region] = self._failures.get(region, 0) + 1
+            hold = min(self.cooldown, self.first * 2 ** (n - 1)) if seconds is None else seconds
+            self._down_until[region] = time.monotonic() + hold
 
     def ok(self, region: str) -> None:
-        self._down_until.pop(region, None)
+        with self._lock:
+            self._down_until.pop(region, None)
+            self._failures.pop(region, None)
 
     def reset(self) -> None:
         with self._lock:
             self._down_until.clear()
+            self._failures.clear()
 
 
 def extra_upload_args() -> dict:

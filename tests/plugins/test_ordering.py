@@ -98,7 +98,7 @@ def test_delete_reaches_a_region_whose_breaker_is_open(stack, tmp_path, key):
     rep = Replicator(stack.cfg, tmp_path / "ledger.sqlite", mode="sync")
     b = RegionStore(stack.cfg.region("b"))
     b.put_bytes(key, b"reached only region b")  # e.g. written while a was down
-    rep.health.failed("b")  # the breaker skips b for writes; a delete must not
+    rep.health.failed("b", seconds=60)  # the breaker skips b for writes; a delete must not
     rep.delete_tree(key.rsplit("/", 1)[0])
     assert b.stat(key) is None
     assert rep.wait_drained(30).drained
@@ -109,7 +109,7 @@ def test_read_and_resync_keep_the_newest_write_when_the_primary_is_stale(stack, 
     led = tmp_path / "ledger.sqlite"
     writer = Replicator(stack.cfg, led, mode="sync")
     writer.put_file(key, write(tmp_path, "v1", b"version 1" * 500))
-    writer.health.failed("a")  # a's breaker is open: v2 is acknowledged by b alone, a is owed it
+    writer.health.failed("a", seconds=60)  # a's breaker is open: v2 is acknowledged by b alone, a is owed it
     writer.put_file(key, write(tmp_path, "v2", b"version 2" * 500))
     writer.close()
     a, b = RegionStore(stack.cfg.region("a")), RegionStore(stack.cfg.region("b"))
@@ -136,7 +136,7 @@ def test_a_stale_copy_that_finishes_last_does_not_win(stack, tmp_path, key, monk
     assert held.entered.wait(30)
     # an overwrite acknowledged by a alone, while r1's copy of v1 is in flight
     writer = Replicator(stack.cfg, led, mode="async")
-    writer.health.failed("b")
+    writer.health.failed("b", seconds=60)
     writer.put_file(key, write(tmp_path, "v2", b"new" * 1000))
     r2 = Replicator(stack.cfg, led)  # a second replicator draining the same ledger
     r2.drain_once()
