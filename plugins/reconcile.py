@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from xregion.payload import SourceChanged
 from xregion.store import ObjectInfo, PreconditionFailed, Store, StoreError
 
+from . import tombstones
 from .outbox import UNACKNOWLEDGED, KeyState, Owed
 
 if TYPE_CHECKING:
@@ -80,11 +81,14 @@ def _same(a: KeyState | None, b: KeyState) -> bool:
 
 def _apply(rep: Replicator, item: Owed, state: KeyState) -> None:
     target = rep.stores[item.region]
-    have = target.stat(item.key)
-    # this ledger's own write that failed, yet landed here: newer than the ledger's newest, but
-    # never acknowledged (its generation is its writer's clock: no other writer's write has it)
-    revoked = item.reason == UNACKNOWLEDGED and have is not None and have.gen == item.gen
     try:
+        if state.deleted:
+            # the marker before the look: a copy landing after the look meets it (tombstones.py)
+            tombstones.mark(target, [item.key], state.gen)
+        have = target.stat(item.key)
+        # this ledger's own write that failed, yet landed here: newer than the ledger's newest, but
+        # never acknowledged (its generation is its writer's clock: no other writer's write has it)
+        revoked = item.reason == UNACKNOWLEDGED and have is not None and have.gen == item.gen
         if state.deleted:
             if have is not None and ((have.gen or 0) <= state.gen or revoked):
                 target.delete(item.key, if_match=have.etag)
@@ -93,6 +97,7 @@ def _apply(rep: Replicator, item: Owed, state: KeyState) -> None:
             return  # a newer write than the ledger knows (another writer): never undone here
         current = have is not None and have.gen == state.gen and have.sha256 == state.sha256
         if current and item.reason != "corrupt":
+            tombstones.take_back(target, item.key, state.gen, have.etag)  # a write whose check failed
             return
         if have is None and _deleted_by_another_ledger(rep, item, state):
             return
@@ -148,7 +153,7 @@ def _seeded(rep: Replicator, item: Owed, state: KeyState, target: Store, have: O
     if seed is None or item.reason == "corrupt":
         return False
     try:
-        target.put_payload(
+        info = target.put_payload(
             item.key,
             seed.payload,
             gen=state.gen or None,
@@ -161,6 +166,7 @@ def _seeded(rep: Replicator, item: Owed, state: KeyState, target: Store, have: O
         log.info("the written file of %s cannot seed region %s (%s): copying from a region", item.key, item.region, err)
         rep.seeds.drop(item.key)
         return False
+    tombstones.take_back(target, item.key, state.gen, info.etag)
     return True
 
 
@@ -193,7 +199,7 @@ def _copy(rep: Replicator, item: Owed, state: KeyState, target: Store, have: Obj
             if expected and got.sha256 != expected:
                 last = NoGoodCopy(f"region {name} holds a corrupt copy of {item.key} (sha256 {got.sha256[:12]})")
                 continue
-            target.put_file(
+            info = target.put_file(
                 item.key,
                 local,
                 sha256=got.sha256,
@@ -202,6 +208,7 @@ def _copy(rep: Replicator, item: Owed, state: KeyState, target: Store, have: Obj
                 if_match=have.etag if have else None,
                 if_none_match=have is None,
             )
+            tombstones.take_back(target, item.key, gen, info.etag)
             return
     raise last or NoGoodCopy(f"no region holds generation {state.gen} of {item.key}")
 
@@ -219,6 +226,7 @@ def _converge_tree(rep: Replicator, item: Owed) -> Outcome:
         state = rep.outbox.newest(obj.key)
         if state is None or not state.deleted:
             continue
+        tombstones.mark(target, [obj.key], state.gen)
         have = target.stat(obj.key)
         if have is not None and (have.gen or 0) <= state.gen:
             try:

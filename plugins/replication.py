@@ -31,7 +31,7 @@ from xregion.payload import Payload
 from xregion.store import ObjectInfo, Store, StoreError, stores
 from xregion.workers import DaemonPool
 
-from . import reads
+from . import reads, tombstones
 from .loop import FAILURES, Drained, ReconcileLoop  # noqa: F401  (Drained: re-exported)
 from .outbox import KeyState, Outbox, Owed
 from .reads import CorruptCopy, NoRegionAvailable  # noqa: F401  (re-exported: their home was here)
@@ -201,12 +201,24 @@ class Replicator(ReconcileLoop):
         for region in regions:
             if isinstance(got[region], StoreError):
                 log.warning("put %s to region %s failed: %s", key, region, got[region])
+            if isinstance(got[region], StoreError) or not self._checked(region, key, gen, got[region]):
                 FAILURES.labels(region, "put").inc()
                 self.health.failed(region)
             else:
                 self.health.ok(region)
                 acked.append(region)
         return acked
+
+    def _checked(self, region: str, key: str, gen: int, landed: ObjectInfo) -> bool:
+        """A copy that landed meets the region's delete marker (plugins/tombstones.py): taken back
+        when a newer delete passed the region first. False when the region cannot be asked: the
+        region is then owed the write, and its converge asks again."""
+        try:
+            tombstones.take_back(self.stores[region], key, gen, landed.etag)
+            return True
+        except StoreError as err:
+            log.warning("put %s to region %s landed, but its delete marker cannot be read: %s", key, region, err)
+            return False
 
     def _put_first(self, key, payload, gen, extra, regions) -> list[str]:
         for region in regions:
@@ -232,7 +244,7 @@ class Replicator(ReconcileLoop):
         finally:
             with self._lock:
                 self._writes.discard((base, gen))
-        futures = {r: self.pool.submit(self._delete_in, r, sorted(keys)) for r in self.stores if r not in unlisted}
+        futures = {r: self.pool.submit(self._delete_in, r, sorted(keys), gen) for r in self.stores if r not in unlisted}
         failed = set(unlisted) | {r for r, f in futures.items() if not f.result()}
         for region in failed:
             self.outbox.owe("delete", base, region, reason="region-down", gen=gen, tree=True)
@@ -252,9 +264,10 @@ class Replicator(ReconcileLoop):
         if failed or raced:
             self.kick()
 
-    def _delete_in(self, region: str, keys: list[str]) -> bool:
-        try:
-            self.stores[region].delete_many(keys)
+    def _delete_in(self, region: str, keys: list[str], gen: int) -> bool:
+        try:  # the region's markers first, then only copies no newer than this delete (tombstones.py)
+            tombstones.mark(self.stores[region], keys, gen)
+            tombstones.delete_older(self.stores[region], keys, gen)
             return True
         except StoreError as err:
             log.warning("delete under %s in region %s failed: %s", keys[:1], region, err)

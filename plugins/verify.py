@@ -22,6 +22,7 @@ from xregion.store import ObjectInfo, Store, StoreError
 
 from .outbox import KeyState, Outbox
 from .replication import Replicator
+from .tombstones import PREFIX as MARKERS
 
 PROBLEMS = ("missing", "stale", "hash", "size", "corrupt", "deleted", "unreachable")
 
@@ -93,7 +94,8 @@ def _list(stores: dict[str, Store], prefixes: list[str], diffs: list[Difference]
     for name, store in stores.items():
         try:
             store.ensure_bucket()  # a store that came back empty (lost its disk) gets its bucket again
-            listings[name] = {o.key: o for p in prefixes for o in store.list(p)}
+            # the delete markers (tombstones.py) are bookkeeping, written region by region
+            listings[name] = {o.key: o for p in prefixes for o in store.list(p) if not o.key.startswith(MARKERS)}
         except StoreError as err:
             diffs.append(Difference("*", name, "unreachable", str(err), None))
     return listings

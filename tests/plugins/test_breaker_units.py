@@ -67,7 +67,7 @@ class RestartingStore(HeldStore):
         if self.refusals:
             self.refusals -= 1
             raise RegionUnavailable("region b: connection refused")
-        super().put_file(key, local, **kw)
+        return super().put_file(key, local, **kw)
 
 
 def test_a_drain_someone_waits_on_retries_a_region_back_from_a_restart_at_once(tmp_path):

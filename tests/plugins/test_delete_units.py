@@ -25,14 +25,26 @@ class ListedStore:
 
     def __init__(self, name: str, keys: set[str], fail: bool = False):
         self.name, self.keys, self.fail = name, set(keys), fail
+        self.markers: dict[str, int] = {}
 
     def list(self, prefix: str = ""):
         yield from (ObjectInfo(k, 1) for k in sorted(self.keys) if k.startswith(prefix))
 
-    def delete_many(self, keys: list[str]) -> None:
+    def _refuse(self) -> None:
         if self.fail:
             raise StoreError(f"region {self.name}: connection refused")
-        self.keys -= set(keys)
+
+    def put_bytes(self, key, data, gen=None, **_):  # the delete markers (plugins/tombstones.py)
+        self._refuse()
+        self.markers[key] = gen
+
+    def stat(self, key):
+        self._refuse()
+        return ObjectInfo(key, 1, etag=key) if key in self.keys else None
+
+    def delete(self, key, if_match=None):
+        self._refuse()
+        self.keys.discard(key)
 
 
 def test_a_region_whose_delete_fails_is_owed_the_delete_of_every_key_and_the_tree(tmp_path):
@@ -70,7 +82,11 @@ class HeldStore:
         return ObjectInfo(key, len(data), sha256=digest, gen=gen, recorded=digest)
 
     def put_file(self, key, local, sha256=None, gen=None, **_):
-        self.objects[key] = (Path(local).read_bytes(), gen)
+        return self.put_bytes(key, Path(local).read_bytes(), gen=gen)
+
+    def put_bytes(self, key, data, gen=None, **_):
+        self.objects[key] = (data, gen)
+        return ObjectInfo(key, len(data), etag=str(gen), gen=gen)
 
     def delete(self, key, if_match=None):
         self.objects.pop(key, None)
@@ -206,7 +222,11 @@ class TreeStore(HeldStore):
             self.objects.pop(k, None)
 
     def put_payload(self, key, payload, gen=None, **_):
-        self.objects[key] = (Path(payload.path).read_bytes(), gen)
+        return self.put_bytes(key, Path(payload.path).read_bytes(), gen=gen)
+
+    def put_object_body(self, key, body, args, condition=None, check=None):  # a writer's own put
+        gen = int(args["Metadata"][GEN_META])
+        return {"ETag": self.put_bytes(key, bytes(body), gen=gen).etag}
 
 
 def test_a_put_that_lands_while_a_tree_delete_runs_ends_in_every_region(tmp_path):
@@ -232,7 +252,9 @@ def test_a_put_that_lands_while_a_tree_delete_runs_ends_in_every_region(tmp_path
         s.objects[KEY] = (b"v0", old)
     rep.outbox.end_write(KEY, old, KeyState(KEY, old, "put", hashlib.sha256(b"v0").hexdigest(), 2))
     rep.delete_tree(KEY)
-    assert KEY not in stores[a].objects  # the delete took the newer put's copy from a
+    # the region deletes spare a copy newer than the delete (plugins/tombstones.py); before them
+    # the delete took it, and the converge of a write in progress below brought it back
+    assert stores[a].objects[KEY] == (src.read_bytes(), started["gen"])
     gen, payload = started["gen"], Payload.read(src)
     rep.seeds.keep(KEY, gen, payload, {}, {b})
     rep.outbox.end_write(

@@ -1,0 +1,89 @@
+"""A put and a delete of one key by writers that keep different ledgers (a direct client with its
+own, and an MLflow server's proxy): the regions must end up agreeing, whichever write is newer.
+Each test forces one interleaving the chaos campaign found (seed 25, sync: a client's copy landed
+in region b after the proxy's delete had passed b, and b kept the deleted key). Their only common
+ground is the regions' stores, which carry the delete markers of plugins/tombstones.py.
+No stack: regions in memory, shared by two replicators with ledgers of their own."""
+
+from __future__ import annotations
+
+from xregion.config import EMBEDDED_CONFIG, load_config
+from xregion.plugins.reconcile import Outcome, converge
+from xregion.plugins.replication import Replicator
+
+from .test_delete_units import KEY, TreeStore
+
+
+class InterleavedStore(TreeStore):
+    """A region whose next write of ``KEY`` first lets ``before_put`` run (once)."""
+
+    before_put = None
+
+    def put_bytes(self, key, data, gen=None, **kw):
+        if key == KEY and self.before_put:
+            self.before_put, hook = None, self.before_put
+            hook()
+        return super().put_bytes(key, data, gen=gen, **kw)
+
+
+def two_ledgers(tmp_path, stores):
+    cfg = load_config(EMBEDDED_CONFIG)
+    client = Replicator(cfg, tmp_path / "client.sqlite", mode="async", region_stores=stores)
+    server = Replicator(cfg, tmp_path / "server.sqlite", mode="sync", region_stores=stores)
+    for rep in (client, server):
+        rep.kick = lambda: None  # no background workers: the test converges, in its own order
+    return client, server
+
+
+def settle(rep: Replicator) -> None:
+    for _ in range(3):
+        for item in rep.outbox.items():
+            if converge(rep, item) is Outcome.DONE:
+                rep.outbox.done(item)
+    assert rep.outbox.count() == 0, rep.outbox.items()
+
+
+def held(stores) -> dict:
+    return {name: s.objects.get(KEY, (None,))[0] for name, s in stores.items()}
+
+
+def test_a_copy_landing_after_a_newer_delete_passed_its_region_is_taken_back(tmp_path):
+    """The client's put is acknowledged by a (async) and owed to b. The proxy deletes the key
+    (newer) in every region while the client's copy to b is on its way: the copy lands in b after
+    the delete passed b. Before the markers, b kept the deleted key."""
+    cfg = load_config(EMBEDDED_CONFIG)
+    a, b = (r.name for r in cfg.regions[:2])
+    stores = {a: TreeStore(), b: InterleavedStore()}
+    client, server = two_ledgers(tmp_path, stores)
+    src = tmp_path / "model.bin"
+    src.write_bytes(b"the client's put")
+    client.put_file(KEY, src)
+    assert held(stores) == {a: src.read_bytes(), b: None}
+    stores[b].before_put = lambda: server.delete_tree(KEY)
+    settle(client)
+    assert held(stores) == {a: None, b: None}
+    settle(server)
+    assert held(stores) == {a: None, b: None}
+
+
+def test_a_delete_older_than_a_put_that_landed_first_does_not_remove_it(tmp_path):
+    """The proxy's delete begins first (older); the client's put (newer) lands in a before the
+    delete reaches a, and reaches b only after the delete passed b. Before the deletes were
+    conditional, a lost the newer put and b kept it: the regions disagreed for ever."""
+    cfg = load_config(EMBEDDED_CONFIG)
+    a, b = (r.name for r in cfg.regions[:2])
+    src = tmp_path / "model.bin"
+    src.write_bytes(b"the client's newer put")
+
+    def client_put_lands_in_a_only():
+        client.health.failed(b, seconds=60)  # b is owed it: its copy comes after the delete
+        client.put_file(KEY, src)
+
+    stores = {a: TreeStore(on_list=client_put_lands_in_a_only), b: TreeStore()}
+    client, server = two_ledgers(tmp_path, stores)
+    server.delete_tree(KEY)
+    client.health.reset()
+    settle(client)
+    assert held(stores) == {a: src.read_bytes(), b: src.read_bytes()}
+    settle(server)
+    assert held(stores) == {a: src.read_bytes(), b: src.read_bytes()}
