@@ -64,7 +64,7 @@ def _print_report(out: Console, report: dict) -> None:
 
 @app.command()
 def chaos(
-    trials: int = typer.Option(20, help="Trials (per mode with --mode both)."),
+    trials: int = typer.Option(20, help="Trials in all (with --mode both, half in each mode, on the same seeds)."),
     seed: int = typer.Option(1, help="Trial i has seed SEED+i; --trials 1 --seed S replays trial S."),
     mode: Mode = typer.Option(Mode.async_, help="Artifact replication mode of the trials."),
     duration: float = typer.Option(3.0, help="Seconds of each trial over which its faults fall."),
@@ -90,7 +90,7 @@ def chaos(
         keep=keep,
         out=out,
     )
-    total = trials * (2 if mode == Mode.both else 1)
+    total = trials
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         campaign = bar.add_task("campaign", total=total)
