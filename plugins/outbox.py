@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from xregion import processes
+
 SCHEMA = """
 create table if not exists owed (
     id integer primary key autoincrement,
@@ -55,17 +57,14 @@ create table if not exists writing (key text not null, gen integer not null, unt
                                     primary key (key, gen));
 """
 # columns added to ledgers written by earlier versions (a plain add keeps their rows)
-OWED_COLUMNS = {
-    "gen": "integer not null default 0",
-    "seq": "integer not null default 0",
-    "tree": "integer not null default 0",
-    "holder": "text",
-    "owner": "text",
+ADDED_COLUMNS = {
+    "owed": {f: "integer not null default 0" for f in ("gen", "seq", "tree")} | {"holder": "text", "owner": "text"},
+    "writing": {"writer": "text"},  # xregion.processes.identity of the writing process
 }
 ROW = "id, op, key, region, source, sha256, size, created, attempts, reason, gen, seq, tree"
 LEASE_SECONDS = 20.0  # renewed every few seconds while a worker holds it; a killed worker's expires
-# a write in progress, renewed likewise (every LEASE_SECONDS / 4): a killed writer's mark holds the
-# converges of its key back for at most this long
+# a write in progress, renewed likewise (every LEASE_SECONDS / 4): the mark of a writer killed on
+# another host holds the converges of its key back for at most this long (on this one: none)
 WRITE_SECONDS = 20.0
 UNACKNOWLEDGED = "unacknowledged"  # reason: a failed write that may have landed, to take back
 
@@ -116,14 +115,14 @@ class Outbox:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.owner, self.writer = f"{socket.gethostname()}:{os.getpid()}", processes.identity()
         self._local = threading.local()
         conn = self._conn()
         conn.executescript(SCHEMA)
-        have = {r[1] for r in conn.execute("pragma table_info(owed)")}
-        for name, decl in OWED_COLUMNS.items():
-            if name not in have:
-                conn.execute(f"alter table owed add column {name} {decl}")
+        for table, columns in ADDED_COLUMNS.items():
+            have = {r[1] for r in conn.execute(f"pragma table_info({table})")}
+            for name in columns.keys() - have:
+                conn.execute(f"alter table {table} add column {name} {columns[name]}")
         conn.execute("drop index if exists owed_key_region")
         conn.execute("create unique index if not exists owed_key_region_tree on owed(key, region, tree)")
 
@@ -146,7 +145,8 @@ class Outbox:
         with self._tx() as c:
             known = self._known_gen(c, key, tree)
             gen = max(time.time_ns(), known + 1)
-            c.execute("insert into writing(key, gen, until) values (?, ?, ?)", (key, gen, time.time() + WRITE_SECONDS))
+            row = (key, gen, time.time() + WRITE_SECONDS, self.writer)
+            c.execute("insert into writing(key, gen, until, writer) values (?, ?, ?, ?)", row)
         return gen
 
     def _known_gen(self, c, key: str, tree: bool) -> int:
@@ -233,10 +233,11 @@ class Outbox:
     def writing(self, key: str, but: int | None = None) -> bool:
         """Is a write of ``key`` (or a delete of a tree above it) in progress? Its copies may land
         at any moment, so a converge of the key waits for it to end. ``but``: a generation to
-        leave out (the caller's own write)."""
+        leave out (the caller's own write). A writer of this host that is gone (killed mid-write)
+        holds nothing: only one on another host holds the key until its mark expires."""
         marks, args = ",".join("?" * len(ancestors(key))), (time.time(), -1 if but is None else but, *ancestors(key))
-        query = f"select 1 from writing where until > ? and gen != ? and key in ({marks}) limit 1"
-        return self._conn().execute(query, args).fetchone() is not None
+        query = f"select writer from writing where until > ? and gen != ? and key in ({marks})"
+        return any(not processes.gone(w) for (w,) in self._conn().execute(query, args))
 
     def live_keys(self, prefix: str) -> dict[str, KeyState]:
         """Keys under ``prefix`` (a key, a directory, or '' for all) whose newest write is a put."""

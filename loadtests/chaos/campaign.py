@@ -54,8 +54,8 @@ class Settings:
     keys: int = 3
     max_faults: int = 4
     client_timeout: float = 90.0  # a client still running then is killed (its operation indeterminate)
-    # a healthy ledger drains in a second or two; a writer killed mid-write holds its key's converges
-    # back until its write mark expires (outbox.WRITE_SECONDS, 20 s), then they are paid
+    # a healthy ledger drains in a second or two; a writer killed mid-write on another host would
+    # hold its key's converges back until its write mark expires (outbox.WRITE_SECONDS, 20 s)
     drain_timeout: float = 35.0
     # where direct clients keep what they owe: "own" (their working directory: no XREGION_HOME, as
     # the README's direct clients run) or "platform" (the platform's XREGION_HOME, as on its host)
