@@ -122,11 +122,12 @@ def tune_and_train(trials: int, data_path: str | None = None, experiment: str = 
     _use_tracking(kwargs.get("tracking_uri"))
     split = leave_one_out(load_data(data_path, seed=seed, synthetic_kwargs=kwargs.get("synthetic_kwargs")))
     base = model_config(seed, kwargs.pop("epochs", None), kwargs.pop("model_kwargs", None))
+    max_epochs = kwargs.pop("max_epochs", 40)  # per trial, with early stopping
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name="tune") as parent:
         mlflow.log_params({"tune.trials": trials, "tune.selection": "validation ndcg_at_10_sampled", "tune.seed": seed})
         mlflow.log_dict(SEARCH_SPACE, "tune/search_space.json")
-        found = tune(split, base, trials, seed=seed)
+        found = tune(split, base, trials, seed=seed, max_epochs=max_epochs)
         mlflow.log_params({f"best.{k}": v for k, v in found.best.config.as_params().items()})
         mlflow.log_metrics({f"best_{k}": v for k, v in found.best.metrics.items()})
         res = run_training(

@@ -44,6 +44,16 @@ def release_good(serving, load, label: str) -> str:
     return v
 
 
+def serving_now(serving, load) -> tuple[str, str]:
+    """The version in production and the label every answer carries now (one version serves)."""
+    good, t = production(serving), time.time()
+    load.wait_count(20, t)
+    labels = {r[2] for r in load.since(t)}
+    assert len(labels) == 1 and None not in labels, (good, labels, load.failures(since=t)[:5])
+    assert serving_versions(serving.home) == {"a-serving": good, "b-serving": good}
+    return good, labels.pop()
+
+
 @pytest.mark.parametrize(
     "config, why",
     [
@@ -55,8 +65,7 @@ def release_good(serving, load, label: str) -> str:
 def test_a_version_failing_under_traffic_is_rolled_back(serving, config, why):
     cl = serving.client()
     with Load(serving.frontend, threads=1, max_s=600) as load:
-        label = f"good-{time.time_ns()}"
-        good = release_good(serving, load, label)
+        good, label = serving_now(serving, load)  # the version in production is the good one to go back to
         t2 = time.time()
         bad = serving.new_version(label="bad", **config)
         serving.promote(bad, reason="release bad")
