@@ -69,8 +69,9 @@ def converge(rep: Replicator, item: Owed) -> Outcome:
         state = newest(rep, item.key)
         if state is None:
             return Outcome.DONE  # no region holds it and the ledger never heard of it
-        _apply(rep, item, state)
-        if not rep.outbox.writing(item.key) and _same(newest(rep, item.key), state):
+        # a write refused by its condition changed nothing here: look again, even if the ledger's
+        # newest did not move (another ledger's older copy landed in between: chaos seed 1004, sync)
+        if _apply(rep, item, state) and not rep.outbox.writing(item.key) and _same(newest(rep, item.key), state):
             return Outcome.DONE
     return Outcome.WAIT
 
@@ -79,7 +80,9 @@ def _same(a: KeyState | None, b: KeyState) -> bool:
     return a is not None and (a.gen, a.op) == (b.gen, b.op)
 
 
-def _apply(rep: Replicator, item: Owed, state: KeyState) -> None:
+def _apply(rep: Replicator, item: Owed, state: KeyState) -> bool:
+    """Make the region agree with ``state``; False when a conditional write found the region's
+    copy changed since it was looked at (nothing was written: the caller looks again)."""
     target = rep.stores[item.region]
     try:
         if state.deleted:
@@ -92,18 +95,20 @@ def _apply(rep: Replicator, item: Owed, state: KeyState) -> None:
         if state.deleted:
             if have is not None and ((have.gen or 0) <= state.gen or revoked):
                 target.delete(item.key, if_match=have.etag)
-            return
+            return True
         if have is not None and (have.gen or 0) > state.gen and not revoked:
-            return  # a newer write than the ledger knows (another writer): never undone here
+            return True  # a newer write than the ledger knows (another writer): never undone here
         current = have is not None and have.gen == state.gen and have.sha256 == state.sha256
         if current and item.reason != "corrupt":
             tombstones.take_back(target, item.key, state.gen, have.etag)  # a write whose check failed
-            return
+            return True
         if have is None and _deleted_by_another_ledger(rep, item, state):
-            return
+            return True
         _copy(rep, item, state, target, have)
     except PreconditionFailed:
         log.info("%s changed in region %s while it was converged; looking again", item.key, item.region)
+        return False
+    return True
 
 
 def _deleted_by_another_ledger(rep: Replicator, item: Owed, state: KeyState) -> bool:

@@ -49,6 +49,8 @@ def delete_older(store: Store, keys: list[str], gen: int) -> None:
                 break
             except PreconditionFailed:
                 continue  # replaced since the stat: look at the new copy
+        else:  # replaced three times over: the region is owed the delete (the caller's failure path)
+            raise PreconditionFailed(f"{key} kept changing in {store!r} while it was deleted")
 
 
 def newer_delete(store: Store, key: str, gen: int) -> int | None:

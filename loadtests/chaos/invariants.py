@@ -8,6 +8,7 @@ test's caches: a region holds the bytes it holds.
 from __future__ import annotations
 
 import hashlib
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -112,10 +113,28 @@ def stranded(ledger: Path) -> dict[str, list[str]]:
 def log_mentions(home: Path, key: str, since: float, limit: int = 8) -> list[str]:
     """Lines of the replicators' and clients' logs (MLflow servers, the replicator service, the
     clients) that name ``key``: failed puts, corrupt copies, repairs, evidence of who touched it."""
-    found = []
+    found, requests = [], []
     for log in sorted((home / "logs").glob("*.log")):
-        if not log.stem.endswith(("mlflow", "replicator", "clients")) or log.stat().st_mtime < since:
+        if log.stat().st_mtime < since:
             continue
-        with open(log, errors="replace") as f:
-            found += [f"{log.stem}: {line.strip()[:240]}" for line in f if key in line]
-    return found[-limit:]
+        if log.stem.endswith("-s3"):  # each region's access log: the order its store saw the requests in
+            requests += _requests(log, key)
+        elif log.stem.endswith(("mlflow", "replicator", "clients")):
+            with open(log, errors="replace") as f:
+                found += [f"{log.stem}: {line.strip()[:240]}" for line in f if key in line]
+    return found[-limit:] + requests[-4 * limit :]
+
+
+def _requests(log: Path, key: str) -> list[str]:
+    """``time region-s3: METHOD [marker] status`` for each request on ``key`` (or its delete marker)."""
+    out = []
+    with open(log, errors="replace") as f:
+        for line in f:
+            if key not in line or '"' not in line:
+                continue
+            _, request, rest = re.sub(r"\x1b\[[0-9;]*m", "", line).split('"', 2)  # werkzeug colours
+            method, path = (request.split() + ["", ""])[:2]
+            marker = " marker" if "/_xregion/" in path else ""
+            status = (rest.split() or [""])[0]
+            out.append(f"{line[11:23]} {log.stem}: {method}{marker} {status}")
+    return out

@@ -8,6 +8,8 @@ No stack: regions in memory, shared by two replicators with ledgers of their own
 from __future__ import annotations
 
 from xregion.config import EMBEDDED_CONFIG, load_config
+from xregion.objects import PreconditionFailed
+from xregion.payload import Payload
 from xregion.plugins.reconcile import Outcome, converge
 from xregion.plugins.replication import Replicator
 
@@ -24,6 +26,25 @@ class InterleavedStore(TreeStore):
             self.before_put, hook = None, self.before_put
             hook()
         return super().put_bytes(key, data, gen=gen, **kw)
+
+
+class ConditionalStore(TreeStore):
+    """A region that honours If-Match / If-None-Match on its converge writes, as S3 does; its next
+    conditional write of ``KEY`` first lets ``before_conditional`` run (once), as a write racing it."""
+
+    before_conditional = None
+
+    def put_payload(self, key, payload, gen=None, if_match=None, if_none_match=False, **_):
+        if key == KEY and self.before_conditional:
+            self.before_conditional, hook = None, self.before_conditional
+            hook()
+        have = self.stat(key)
+        if (if_none_match and have is not None) or (if_match and (have is None or have.etag != if_match)):
+            raise PreconditionFailed(f"{key} changed")
+        return super().put_payload(key, payload, gen=gen)
+
+    def put_file(self, key, local, sha256=None, gen=None, **kw):
+        return self.put_payload(key, Payload.read(local), gen=gen, **kw)
 
 
 def two_ledgers(tmp_path, stores):
@@ -87,3 +108,26 @@ def test_a_delete_older_than_a_put_that_landed_first_does_not_remove_it(tmp_path
     assert held(stores) == {a: src.read_bytes(), b: src.read_bytes()}
     settle(server)
     assert held(stores) == {a: src.read_bytes(), b: src.read_bytes()}
+
+
+def test_a_converge_whose_write_an_older_copy_beat_looks_again(tmp_path):
+    """Both ledgers owe region b the key (b was down): the client an older put, the server a newer
+    one. Each looks at b, finds nothing, and writes If-None-Match; the client's older copy lands
+    first, so the server's write is refused. Before, the server took the refusal for "converged"
+    (its ledger's newest had not moved), dropped what it owed, and b kept the older bytes for ever
+    (the chaos campaign's seed 1004, sync, in CI). Now a refused write is looked at again."""
+    cfg = load_config(EMBEDDED_CONFIG)
+    a, b = (r.name for r in cfg.regions[:2])
+    stores = {a: TreeStore(), b: ConditionalStore()}
+    client, server = two_ledgers(tmp_path, stores)
+    older, newer = tmp_path / "older.bin", tmp_path / "newer.bin"
+    older.write_bytes(b"the client's older put")
+    newer.write_bytes(b"the proxy's newer put")
+    for rep, src in ((client, older), (server, newer)):
+        rep.health.failed(b, seconds=60)  # b is down: acknowledged by a, owed to b
+        rep.put_file(KEY, src)
+        rep.health.reset()
+    assert held(stores) == {a: newer.read_bytes(), b: None}
+    stores[b].before_conditional = lambda: settle(client)  # the client's copy lands first
+    settle(server)
+    assert held(stores) == {a: newer.read_bytes(), b: newer.read_bytes()}
