@@ -10,11 +10,10 @@ servers, ``xregion replicate run``, clients): one ledger per deployment.
   holds reads as deleted, not as missing.
 - ``writing``: writes in progress. A copy that lands while a newer write is in progress checks
   again after it, so a stale copy never stays.
-- ``owed``: per (key, region) a region that may not hold the newest state. A row is a request to
-  converge the region to what ``keys`` says, not a recipe: whoever pays it re-reads the newest
-  state. A worker leases a row and renews the lease while it works; a newer write to the key
-  bumps the row's ``seq`` without touching the lease, so the holder sees it when it finishes and
-  the row stays owed.
+- ``owed``: per (key, region) a region that may not hold the newest state: a request to converge
+  the region to what ``keys`` says, not a recipe (whoever pays it re-reads the newest state). A
+  worker leases a row and renews the lease while it works; a newer write to the key bumps the
+  row's ``seq`` without touching the lease, so the holder sees it at the end and the row stays owed.
 """
 
 from __future__ import annotations
@@ -62,7 +61,7 @@ ADDED_COLUMNS = {
     "writing": {"writer": "text"},  # xregion.processes.identity of the writing process
 }
 ROW = "id, op, key, region, source, sha256, size, created, attempts, reason, gen, seq, tree"
-LEASE_SECONDS = 20.0  # renewed every few seconds while a worker holds it; a killed worker's expires
+LEASE_SECONDS = 20.0  # renewed while its worker works; a dead worker's is free at once on its host
 # a write in progress, renewed likewise (every LEASE_SECONDS / 4): the mark of a writer killed on
 # another host holds the converges of its key back for at most this long (on this one: none)
 WRITE_SECONDS = 20.0
@@ -132,6 +131,7 @@ class Outbox:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             conn.execute("pragma journal_mode=wal")
             conn.execute("pragma synchronous=full")
+            conn.create_function("gone", 1, processes.gone)  # a lease holder of this host that died
             self._local.conn = conn
         return conn
 
@@ -307,9 +307,9 @@ class Outbox:
         skip_regions: frozenset[str] = frozenset(),
         due: tuple[float, float] | None = None,
     ) -> list[Owed]:
-        """Claim up to ``limit`` rows nobody else holds, oldest first. ``due`` (budget seconds,
-        bytes per second): only rows that could not wait longer and still be copied within
-        ``budget`` seconds of their write at that rate (the pacing of plugins/loop.py)."""
+        """Claim up to ``limit`` rows nobody else holds (a holder gone from this host holds none),
+        oldest first. ``due`` (budget seconds, bytes per second): only rows that could not wait
+        longer and still be copied within ``budget`` s of their write at that rate (loop.py's pacing)."""
         now, seconds = time.time(), seconds or LEASE_SECONDS
         paced, args = "", ()
         if due is not None:
@@ -317,20 +317,20 @@ class Outbox:
         with self._tx() as c:
             marks = ",".join("?" * len(skip_regions)) or "''"
             rows = c.execute(
-                f"""select {ROW} from owed where lease_until < ? and region not in ({marks}) {paced}
-                    order by created limit ?""",
+                f"""select {ROW} from owed where (lease_until < ? or holder is not null and gone(holder))
+                    and region not in ({marks}) {paced} order by created limit ?""",
                 (now, *skip_regions, *args, limit),
             ).fetchall()
             c.executemany(
                 "update owed set lease_until = ?, holder = ? where id = ?",
-                [(now + seconds, self.owner, r[0]) for r in rows],
+                [(now + seconds, self.writer, r[0]) for r in rows],
             )
         return [Owed(*r) for r in rows]
 
     def renew(self, items: list[Owed], seconds: float | None = None) -> None:
         self._conn().executemany(
             "update owed set lease_until = ? where id = ? and holder = ?",
-            [(time.time() + (seconds or LEASE_SECONDS), i.id, self.owner) for i in items],
+            [(time.time() + (seconds or LEASE_SECONDS), i.id, self.writer) for i in items],
         )
 
     def done(self, item: Owed) -> bool:
@@ -339,7 +339,7 @@ class Outbox:
         c = self._conn()
         if c.execute("delete from owed where id = ? and seq = ?", (item.id, item.seq)).rowcount:
             return True
-        c.execute("update owed set lease_until = 0, holder = null where id = ? and holder = ?", (item.id, self.owner))
+        c.execute("update owed set lease_until = 0, holder = null where id = ? and holder = ?", (item.id, self.writer))
         return False
 
     def failed(self, item: Owed, error: str, retry_in: float, count: bool = True) -> None:
@@ -358,7 +358,7 @@ class Outbox:
 
     def give_up_leases(self) -> None:
         """This process stops working (it exits): the rows it holds are free for others at once."""
-        self._conn().execute("update owed set lease_until = 0, holder = null where holder = ?", (self.owner,))
+        self._conn().execute("update owed set lease_until = 0, holder = null where holder = ?", (self.writer,))
 
     def pending(self) -> dict[str, dict]:
         """Per owed region: objects, bytes, oldest write time, the last error, and deleted
