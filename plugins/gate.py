@@ -153,8 +153,9 @@ def unprotect(cfg: XRegionConfig, model: str, version: str, region_stores=None) 
     return missed
 
 
-# (store, marker, ETag) -> the prefix it protects: a marker's body cannot change under one ETag
-_MARKER_BODIES: dict[tuple[str, str, str], str] = {}
+# store -> {(marker, ETag): the prefix it protects}: a marker's body cannot change under one ETag;
+# each listing replaces its store's entries, so markers removed since are forgotten
+_MARKER_BODIES: dict[str, dict[tuple[str, str], str]] = {}
 
 
 def protected_prefixes(store) -> set[str]:
@@ -162,15 +163,17 @@ def protected_prefixes(store) -> set[str]:
     once per ETag: every artifact write and delete asks, and a platform has a marker for every
     version ever promoted and still in production (the chaos campaign's writes slowed from 4 s to
     12 s a trial as they piled up)."""
+    known = _MARKER_BODIES.get(repr(store), {})
+    listed: dict[tuple[str, str], str] = {}
     found = set()
     for o in store.list(PROTECTED):
-        seen = (repr(store), o.key, o.etag)
-        prefix = _MARKER_BODIES.get(seen) if o.etag else None
+        prefix = known.get((o.key, o.etag)) if o.etag else None
         if prefix is None:
             prefix = store.get_bytes(o.key).decode()
-            if o.etag:
-                _MARKER_BODIES[seen] = prefix
+        if o.etag:
+            listed[(o.key, o.etag)] = prefix
         found.add(prefix)
+    _MARKER_BODIES[repr(store)] = listed
     return found
 
 

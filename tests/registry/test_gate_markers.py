@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 
 from xregion.objects import ObjectInfo
-from xregion.plugins.gate import PROTECTED, marker_key, protected_prefixes
+from xregion.plugins.gate import _MARKER_BODIES, PROTECTED, marker_key, protected_prefixes
 
 
 class MarkerStore:
@@ -43,3 +43,5 @@ def test_each_marker_body_is_read_once_and_every_listing_is_fresh():
     assert store.reads == 51 and len(found) == 49
     assert "mlartifacts/1/models/m-7b/artifacts" in found and "mlartifacts/1/models/m-8/artifacts" not in found
     assert all(k.startswith(PROTECTED) for k in store.bodies)
+    # what the cache holds is what the last listing showed: released and rewritten markers go
+    assert sorted(k for k, _ in _MARKER_BODIES[repr(store)]) == sorted(store.bodies)
