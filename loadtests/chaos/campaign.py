@@ -15,7 +15,6 @@ import logging
 import shutil
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from .faults import Injector, heal, plan_faults
 from .forkserver import ForkServer
 from .history import Op, read_history
 from .invariants import client_ledger, drain, gate_violations, log_mentions, observe, stranded, verify_prefix
+from .report import CampaignResult
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]  # (trial number from 1, trials, phase)
@@ -62,6 +62,7 @@ class Settings:
     client_ledger: str = "own"
     extra_env: dict[str, str] = field(default_factory=dict)  # for the client processes (tests)
     keep: bool = False  # keep the campaign's XREGION_HOME (logs, histories) for a post-mortem
+    stacks: int = 1  # embedded stacks the trials are spread over, one worker process each (parallel.py)
     out: Path | None = None  # append each trial's result here as a JSON line, as soon as it is known
 
 
@@ -311,68 +312,6 @@ class ChaosStack:
         return start_ns, injector, clients
 
 
-@dataclass
-class CampaignResult:
-    settings: Settings
-    trials: list[TrialResult]
-    seconds: float
-
-    def summary(self) -> dict:
-        """The JSON report: totals, faults by kind, the invariants' counts, the failing seeds."""
-        total: Counter = Counter()
-        acked: Counter = Counter()
-        faults: Counter = Counter()
-        for t in self.trials:
-            total.update(t.counts)
-            acked.update(t.acknowledged)
-            faults.update(f["kind"] for f in t.faults if f["applied"])
-        failing = [t for t in self.trials if t.failed]
-        return {
-            "trials": len(self.trials),
-            "seed": self.settings.seed,
-            "client_ledger": self.settings.client_ledger,
-            "modes": sorted({t.mode for t in self.trials}),
-            "operations": sum(t.operations for t in self.trials),
-            "acknowledged_puts": acked["puts"],
-            "acknowledged_deletes": acked["deletes"],
-            "acknowledged_reads": acked["reads"],
-            "promotions": acked["promotions"],
-            "indeterminate": acked["indeterminate"],
-            "stranded_in_client_ledgers": acked["stranded_in_client_ledgers"],
-            "faults": dict(sorted(faults.items())),
-            **{k: total[k] for k in (*checker.KINDS, "gate_violations", "verify_differences", "still_owed")},
-            "trial_seconds": {
-                "mean": round(sum(t.seconds for t in self.trials) / max(1, len(self.trials)), 1),
-                "max": round(max((t.seconds for t in self.trials), default=0), 1),
-                "phases_mean": _mean_phases(self.trials),
-            },
-            "failing_seeds": [{"seed": t.seed, "mode": t.mode, "counts": t.counts} for t in failing],
-            "failures": [_failure(t) for t in failing],
-            "wall_seconds": round(self.seconds, 1),
-        }
-
-
-def _mean_phases(trials: list[TrialResult]) -> dict[str, float]:
-    total: Counter = Counter()
-    for t in trials:
-        total.update(t.phases)
-    return {k: round(v / max(1, len(trials)), 2) for k, v in total.items()}
-
-
-def _failure(t: TrialResult) -> dict:
-    return {
-        "seed": t.seed,
-        "mode": t.mode,
-        "replay": f"xregion chaos --trials 1 --seed {t.seed} --mode {t.mode}",
-        "counts": t.counts,
-        "faults": [f["described"] for f in sorted(t.faults, key=lambda f: f["at"])],
-        "anomalies": t.anomalies,
-        "gate": t.gate,
-        "verify": t.verify[:20],
-        "still_owed": t.owed[:20],
-    }
-
-
 def run_campaign(
     settings: Settings, progress: Progress | None = None, note: Callable[[str], None] | None = None
 ) -> CampaignResult:
@@ -380,14 +319,27 @@ def run_campaign(
     seeds = range(settings.seed, settings.seed + -(-settings.trials // len(modes)))
     schedule = [(seed, mode) for mode in modes for seed in seeds][: settings.trials]
     t0 = time.monotonic()
+
+    def record(n: int, result: TrialResult) -> None:
+        if settings.out:
+            with open(settings.out, "a") as f:
+                f.write(json.dumps(asdict(result), default=str) + "\n")
+        log.info("trial %d/%d (seed %d, %s): %s", n, len(schedule), result.seed, result.mode, result.counts)
+
+    def phase(n: int, name: str) -> None:
+        if progress:
+            progress(n, len(schedule), name)
+
+    if settings.stacks > 1:
+        from .parallel import run_on_stacks
+
+        results = run_on_stacks(settings, schedule, settings.stacks, phase, note or (lambda m: None), record)
+        return CampaignResult(settings, results, time.monotonic() - t0)
     results = []
     with ChaosStack(settings, modes[0], note) as chaos:
         for n, (seed, mode) in enumerate(schedule, 1):
-            results.append(chaos.trial(seed, mode, lambda phase, n=n: progress and progress(n, len(schedule), phase)))
-            if settings.out:
-                with open(settings.out, "a") as f:
-                    f.write(json.dumps(asdict(results[-1]), default=str) + "\n")
-            log.info("trial %d/%d (seed %d, %s): %s", n, len(schedule), seed, mode, results[-1].counts)
+            results.append(chaos.trial(seed, mode, lambda name, n=n: phase(n, name)))
+            record(n, results[-1])
     return CampaignResult(settings, results, time.monotonic() - t0)
 
 

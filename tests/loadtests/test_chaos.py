@@ -83,10 +83,11 @@ def test_a_replicator_that_forgets_what_it_owes_is_caught(chaos, tmp_path):
     assert all(any(" put " in line and "-> ok" in line for line in a["history"]) for a in lost)
 
 
-def test_cli_runs_its_own_stack_and_reports_json(tmp_path):
+def test_cli_runs_its_own_stacks_and_reports_json(tmp_path):
+    """Two trials (seed 77 in each mode) on two stacks at once, each in a worker process."""
     env = {k: v for k, v in os.environ.items() if k not in ("XREGION_CONFIG", "XREGION_HOME")}
     res = subprocess.run(
-        [XREGION, "chaos", "--trials", "1", "--seed", "77", "--mode", "sync", "--json"],
+        [XREGION, "chaos", "--trials", "2", "--seed", "77", "--mode", "both", "--stacks", "2", "--json"],
         env=env,
         capture_output=True,
         text=True,
@@ -95,6 +96,7 @@ def test_cli_runs_its_own_stack_and_reports_json(tmp_path):
     )
     report = json.loads(res.stdout)
     assert res.returncode == (1 if report["failing_seeds"] else 0), res.stderr[-3000:]
-    assert report["trials"] == 1 and report["modes"] == ["sync"] and report["operations"] > 10
+    assert report["trials"] == 2 and report["modes"] == ["async", "sync"] and report["stacks"] == 2
+    assert report["operations"] > 20
     assert set(COUNTS) | {"faults", "acknowledged_puts", "acknowledged_deletes", "failing_seeds"} <= set(report)
     assert not list(tmp_path.iterdir())  # its stack lived in its own temporary home, now gone

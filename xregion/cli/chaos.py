@@ -72,6 +72,9 @@ def chaos(
         Ledger.own, help="Where direct clients record what they owe: their own directory, or the platform's home."
     ),
     keep: bool = typer.Option(False, help="Keep the campaign's XREGION_HOME (histories, logs) afterwards."),
+    stacks: int = typer.Option(
+        1, min=1, max=4, help="Embedded stacks to spread the trials over, each its own processes and ports (2 on 2 cores)."
+    ),
     out: Path | None = typer.Option(None, help="Append every trial's full result to this file (JSON lines)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
@@ -89,6 +92,7 @@ def chaos(
         client_ledger=client_ledger.value,
         keep=keep,
         out=out,
+        stacks=stacks,
     )
     total = trials
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
