@@ -25,10 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from xregion.config import XRegionConfig
-from xregion.fanout import Target, put_all
+from xregion.fanout import Target, each, put_all
 from xregion.home import ledger_path
 from xregion.payload import Payload
-from xregion.store import ObjectInfo, Store, StoreError, stores
+from xregion.store import ObjectInfo, PreconditionFailed, Store, StoreError, stores
 from xregion.workers import DaemonPool
 
 from . import reads, tombstones
@@ -193,21 +193,55 @@ class Replicator(ReconcileLoop):
                 self._writes.discard((key, gen))
 
     def _put(self, key: str, payload: Payload, gen: int, extra: dict, regions: list[str]) -> list[str]:
-        """One upload to every region of ``regions`` at once; the regions that hold it now."""
+        """One upload to every region of ``regions`` at once; the regions that hold it now. Each
+        upload is conditional on the copy the region held just before, and a region holding a
+        newer write (a writer with a ledger of its own) keeps it: this older write counts as
+        landed there and overwritten. Before, the older of two racing puts could land last and
+        stay (the chaos campaign's seed 10, sync: region a kept it, b the newer)."""
         if not regions:
             return []
-        got = put_all({r: Target(self.stores[r]) for r in regions}, key, payload, gen=gen, extra=extra)
+        seen = each({r: self.stores[r] for r in regions}, lambda _, store: store.stat(key))
+        newer = [r for r in regions if _newer(seen[r], gen)]
+        targets = {r: _target(self.stores[r], seen[r]) for r in regions if r not in newer}
+        live = {r: t for r, t in targets.items() if t}
+        got = put_all(live, key, payload, gen=gen, extra=extra) if live else {}
         acked = []
         for region in regions:
-            if isinstance(got[region], StoreError):
-                log.warning("put %s to region %s failed: %s", key, region, got[region])
-            if isinstance(got[region], StoreError) or not self._checked(region, key, gen, got[region]):
+            result = seen[region] if region in newer or not targets.get(region) else got[region]
+            if isinstance(result, PreconditionFailed):  # changed since the look: look again
+                result = self._put_again(region, key, payload, gen, extra)
+            if _newer(result, gen):
+                self.health.ok(region)
+                acked.append(region)
+                continue
+            if isinstance(result, StoreError):
+                log.warning("put %s to region %s failed: %s", key, region, result)
+            if isinstance(result, StoreError) or not self._checked(region, key, gen, result):
                 FAILURES.labels(region, "put").inc()
-                self.health.failed(region)
+                if not isinstance(result, PreconditionFailed):  # a conflict, not an outage
+                    self.health.failed(region)
             else:
                 self.health.ok(region)
                 acked.append(region)
         return acked
+
+    def _put_again(self, region: str, key: str, payload: Payload, gen: int, extra: dict):
+        """The region's copy changed between the look and the upload: the copy landed, a newer
+        write's copy (left alone), or the error."""
+        store = self.stores[region]
+        for _ in range(3):
+            try:
+                have = store.stat(key)
+                if _newer(have, gen):
+                    return have
+                return store.put_payload(
+                    key, payload, gen=gen, extra=extra, if_match=have and have.etag, if_none_match=have is None
+                )
+            except PreconditionFailed:
+                continue
+            except StoreError as err:
+                return err
+        return PreconditionFailed(f"{key} kept changing in region {region} while it was written")
 
     def _checked(self, region: str, key: str, gen: int, landed: ObjectInfo) -> bool:
         """A copy that landed meets the region's delete marker (plugins/tombstones.py): taken back
@@ -330,3 +364,15 @@ def shared_replicator(cfg: XRegionConfig) -> Replicator:
             if rep.outbox.count():
                 rep.kick()
         return rep
+
+
+def _newer(copy, gen: int) -> bool:
+    """``copy`` (a stat, or an error) is a write of the key newer than generation ``gen``."""
+    return isinstance(copy, ObjectInfo) and (copy.gen or 0) > gen
+
+
+def _target(store: Store, copy) -> Target | None:
+    """The upload to ``store``, conditional on ``copy`` (its stat); None when the stat failed."""
+    if isinstance(copy, StoreError):
+        return None
+    return Target(store, copy.etag if copy else None, copy is None)

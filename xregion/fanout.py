@@ -43,7 +43,7 @@ def upload_args(payload: Payload, gen: int | None, extra: dict | None) -> dict:
     return {**(extra or {}), "Metadata": {**(extra or {}).get("Metadata", {}), **meta}}
 
 
-def _each(targets: dict[str, Target], fn: Callable[[str, Target], Any]) -> dict[str, Any]:
+def each(targets: dict[str, Any], fn: Callable[[str, Any], Any]) -> dict[str, Any]:
     """``fn`` for every target in parallel (inline for one); a StoreError is that target's result."""
 
     def call(name: str, target: Target):
@@ -76,7 +76,7 @@ def put_all(
     if payload.parts == 1:
         body = payload.verified_part(0) if verify else payload.part(0)
         check = payload.checksum(0)
-        heads = _each(targets, lambda _, t: t.store.put_object_body(key, body, args, t.condition, check))
+        heads = each(targets, lambda _, t: t.store.put_object_body(key, body, args, t.condition, check))
     else:
         heads = _Multipart(targets, key, payload, args, verify, concurrency).run()
     return {
@@ -110,7 +110,7 @@ class _Multipart:
 
     def run(self) -> dict[str, dict | StoreError]:
         sha = not self.payload.part_md5s
-        for name, got in _each(self.targets, lambda _, t: t.store.create_upload(self.key, self.args, sha)).items():
+        for name, got in each(self.targets, lambda _, t: t.store.create_upload(self.key, self.args, sha)).items():
             if isinstance(got, StoreError):
                 self.failed[name] = got
             else:
@@ -118,7 +118,7 @@ class _Multipart:
         try:
             self._send_parts()
             live = {n: self.targets[n] for n in self.live()}
-            done = _each(
+            done = each(
                 live, lambda n, t: t.store.complete_upload(self.key, self.uploads[n], self.parts[n], t.condition)
             )
         except BaseException:

@@ -8,7 +8,7 @@ No stack: regions in memory, shared by two replicators with ledgers of their own
 from __future__ import annotations
 
 from xregion.config import EMBEDDED_CONFIG, load_config
-from xregion.objects import PreconditionFailed
+from xregion.objects import GEN_META, PreconditionFailed
 from xregion.payload import Payload
 from xregion.plugins.reconcile import Outcome, converge
 from xregion.plugins.replication import Replicator
@@ -29,22 +29,30 @@ class InterleavedStore(TreeStore):
 
 
 class ConditionalStore(TreeStore):
-    """A region that honours If-Match / If-None-Match on its converge writes, as S3 does; its next
-    conditional write of ``KEY`` first lets ``before_conditional`` run (once), as a write racing it."""
+    """A region that honours If-Match / If-None-Match on every write, as S3 does; its next write
+    of ``KEY`` first lets ``before_write`` run (once), as a write racing it."""
 
-    before_conditional = None
+    before_write = None
 
-    def put_payload(self, key, payload, gen=None, if_match=None, if_none_match=False, **_):
-        if key == KEY and self.before_conditional:
-            self.before_conditional, hook = None, self.before_conditional
+    def _condition(self, key, if_match, if_none_match) -> None:
+        if key == KEY and self.before_write:
+            self.before_write, hook = None, self.before_write
             hook()
         have = self.stat(key)
         if (if_none_match and have is not None) or (if_match and (have is None or have.etag != if_match)):
             raise PreconditionFailed(f"{key} changed")
+
+    def put_payload(self, key, payload, gen=None, if_match=None, if_none_match=False, **_):
+        self._condition(key, if_match, if_none_match)
         return super().put_payload(key, payload, gen=gen)
 
     def put_file(self, key, local, sha256=None, gen=None, **kw):
         return self.put_payload(key, Payload.read(local), gen=gen, **kw)
+
+    def put_object_body(self, key, body, args, condition=None, check=None):  # a writer's own put
+        condition = condition or {}
+        self._condition(key, condition.get("IfMatch", "").strip('"') or None, condition.get("IfNoneMatch") == "*")
+        return {"ETag": self.put_bytes(key, bytes(body), gen=int(args["Metadata"][GEN_META])).etag}
 
 
 def two_ledgers(tmp_path, stores):
@@ -128,6 +136,28 @@ def test_a_converge_whose_write_an_older_copy_beat_looks_again(tmp_path):
         rep.put_file(KEY, src)
         rep.health.reset()
     assert held(stores) == {a: newer.read_bytes(), b: None}
-    stores[b].before_conditional = lambda: settle(client)  # the client's copy lands first
+    stores[b].before_write = lambda: settle(client)  # the client's copy lands first
+    settle(server)
+    assert held(stores) == {a: newer.read_bytes(), b: newer.read_bytes()}
+
+
+def test_an_older_put_landing_after_a_newer_one_does_not_overwrite_it(tmp_path):
+    """Two sync writers with ledgers of their own put the key at once. The client's write is the
+    older (its generation was taken first), but its upload reaches the regions after the proxy's
+    newer one. Before, uploads were unconditional: the older bytes overwrote the newer in region a
+    and stayed, while the proxy's ledger said a held its write (the chaos campaign's seed 10, sync).
+    Now each upload is conditional on the copy looked at, and a newer copy is left alone."""
+    cfg = load_config(EMBEDDED_CONFIG)
+    a, b = (r.name for r in cfg.regions[:2])
+    stores = {a: ConditionalStore(), b: ConditionalStore()}
+    client, server = two_ledgers(tmp_path, stores)
+    client.mode = "sync"
+    older, newer = tmp_path / "older.bin", tmp_path / "newer.bin"
+    older.write_bytes(b"the client's older put")
+    newer.write_bytes(b"the proxy's newer put")
+    stores[a].before_write = lambda: server.put_file(KEY, newer)  # lands first, everywhere
+    client.put_file(KEY, older)
+    assert held(stores) == {a: newer.read_bytes(), b: newer.read_bytes()}
+    settle(client)
     settle(server)
     assert held(stores) == {a: newer.read_bytes(), b: newer.read_bytes()}
