@@ -48,27 +48,30 @@ def run_on_stacks(
         events, stop = manager.Queue(), manager.Event()
         futures: list[Future] = []
         starting: Future | None = None
-        while parts or any(not f.done() for f in futures) or not events.empty():
-            # stacks start one after another: each picks free ports as it starts, and two
-            # picking at the same moment could pick the same ones
-            if starting is None and parts:
-                starting = pool.submit(_worker, settings, parts.pop(0), events, stop)
-                futures.append(starting)
-            try:
-                kind, n, value = events.get(timeout=0.5)
-            except queue.Empty:
-                kind = None
-            if kind == "ready" or (starting is not None and starting.done()):
-                starting = None
-            elif kind == "note":
-                note(value)
-            elif kind == "phase":
-                progress(n, value)
-            elif kind == "result":
-                results[n] = value
-                record(n, value)
-            failed = next((f for f in futures if f.done() and f.exception()), None)
-            if failed is not None:
-                stop.set()
-                raise failed.exception()
+        try:
+            while parts or any(not f.done() for f in futures) or not events.empty():
+                # stacks start one after another: each picks free ports as it starts, and two
+                # picking at the same moment could pick the same ones
+                if starting is None and parts:
+                    starting = pool.submit(_worker, settings, parts.pop(0), events, stop)
+                    futures.append(starting)
+                try:
+                    kind, n, value = events.get(timeout=0.5)
+                except queue.Empty:
+                    kind = None
+                if kind == "ready" or (starting is not None and starting.done()):
+                    starting = None  # started (or failed to): the next stack may start
+                if kind == "note":
+                    note(value)
+                elif kind == "phase":
+                    progress(n, value)
+                elif kind == "result":
+                    results[n] = value
+                    record(n, value)
+                failed = next((f for f in futures if f.done() and f.exception()), None)
+                if failed is not None:
+                    raise failed.exception()
+        except BaseException:  # a failed stack or ^C: the others finish the trial in progress, then stop
+            stop.set()
+            raise
     return [results[n] for n, _, _ in numbered]
