@@ -73,7 +73,10 @@ def chaos(
     ),
     keep: bool = typer.Option(False, help="Keep the campaign's XREGION_HOME (histories, logs) afterwards."),
     stacks: int = typer.Option(
-        1, min=1, max=4, help="Embedded stacks to spread the trials over, each its own processes and ports (2 on 2 cores)."
+        1,
+        min=1,
+        max=4,
+        help="Embedded stacks to spread the trials over, each its own processes and ports (2 on 2 cores).",
     ),
     out: Path | None = typer.Option(None, help="Append every trial's full result to this file (JSON lines)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
