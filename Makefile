@@ -20,8 +20,9 @@ demo: $(STAMP) system-deps
 
 # the fast inner loop: lint plus every test that needs no running stack (under 90 s)
 # (system-deps: the front-door tests run `haproxy -c` on every rendered config, and need no stack)
+# two workers (pytest-xdist): these tests are CPU-bound, and one process used one core of two
 check: $(STAMP) system-deps lint
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/pytest -m "not stack" -q
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/pytest -m "not stack" -q -n 2
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
