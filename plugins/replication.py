@@ -201,13 +201,13 @@ class Replicator(ReconcileLoop):
         if not regions:
             return []
         seen = each({r: self.stores[r] for r in regions}, lambda _, store: store.stat(key))
-        newer = [r for r in regions if _newer(seen[r], gen)]
-        targets = {r: _target(self.stores[r], seen[r]) for r in regions if r not in newer}
-        live = {r: t for r, t in targets.items() if t}
+        # no upload where the look failed (its error is the region's result) or found a newer copy
+        fresh = {r: c for r, c in seen.items() if not isinstance(c, StoreError) and not _newer(c, gen)}
+        live = {r: _target(self.stores[r], c) for r, c in fresh.items()}
         got = put_all(live, key, payload, gen=gen, extra=extra) if live else {}
         acked = []
         for region in regions:
-            result = seen[region] if region in newer or not targets.get(region) else got[region]
+            result = got.get(region, seen[region])
             if isinstance(result, PreconditionFailed):  # changed since the look: look again
                 result = self._put_again(region, key, payload, gen, extra)
             if _newer(result, gen):
@@ -234,8 +234,9 @@ class Replicator(ReconcileLoop):
                 have = store.stat(key)
                 if _newer(have, gen):
                     return have
+                on = _target(store, have)
                 return store.put_payload(
-                    key, payload, gen=gen, extra=extra, if_match=have and have.etag, if_none_match=have is None
+                    key, payload, gen=gen, extra=extra, if_match=on.if_match, if_none_match=on.if_none_match
                 )
             except PreconditionFailed:
                 continue
@@ -371,8 +372,6 @@ def _newer(copy, gen: int) -> bool:
     return isinstance(copy, ObjectInfo) and (copy.gen or 0) > gen
 
 
-def _target(store: Store, copy) -> Target | None:
-    """The upload to ``store``, conditional on ``copy`` (its stat); None when the stat failed."""
-    if isinstance(copy, StoreError):
-        return None
+def _target(store: Store, copy: ObjectInfo | None) -> Target:
+    """The upload to ``store``, conditional on ``copy``, the region's copy looked at (None: none)."""
     return Target(store, copy.etag if copy else None, copy is None)
