@@ -139,7 +139,11 @@ def _deleted_by_another_ledger(rep: Replicator, item: Owed, state: KeyState) -> 
         # now; the converge sees that write in progress and waits for it
         rep.outbox.end_write(item.key, gen)
         return True
-    rep.outbox.end_write(item.key, gen, KeyState(item.key, gen, "delete"))
+    rep.outbox.end_write(item.key, gen)
+    # the delete is ordered just after the put it found gone, not at this clock: it is published in
+    # the stores (tombstones.py), and a later clock would take back another ledger's newer put
+    # that lands after this look (chaos seed 1003, async)
+    rep.outbox.tombstone([item.key], state.gen + 1)
     log.warning(
         "%s (generation %s) is gone from every region that acknowledged it (%s): deleted by another "
         "ledger's writer; recorded as deleted instead of copied to region %s",

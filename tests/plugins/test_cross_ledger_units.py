@@ -161,3 +161,45 @@ def test_an_older_put_landing_after_a_newer_one_does_not_overwrite_it(tmp_path):
     settle(client)
     settle(server)
     assert held(stores) == {a: newer.read_bytes(), b: newer.read_bytes()}
+
+
+class LookedAtStore(TreeStore):
+    """A region whose next look at ``KEY`` lets ``after_stat`` run (once) right after it answered."""
+
+    after_stat = None
+
+    def stat(self, key):
+        got = super().stat(key)
+        if key == KEY and self.after_stat:
+            self.after_stat, hook = None, self.after_stat
+            hook()
+        return got
+
+
+def test_a_delete_inferred_from_a_missing_put_does_not_take_back_a_newer_put(tmp_path):
+    """The client owes b its put; the proxy deleted the key everywhere, so the client finds its
+    put gone from a and records the delete instead of copying. Right after that look the proxy
+    puts the key again (newer than its delete), owed to b. Before, the inferred delete took this
+    clock's generation, newer than the proxy's put, and its marker in b took the put back when it
+    reached b: an acknowledged put lost in b (the chaos campaign's seed 1003, async)."""
+    cfg = load_config(EMBEDDED_CONFIG)
+    a, b = (r.name for r in cfg.regions[:2])
+    stores = {a: LookedAtStore(), b: ConditionalStore()}
+    client, server = two_ledgers(tmp_path, stores)
+    older, newer = tmp_path / "older.bin", tmp_path / "newer.bin"
+    older.write_bytes(b"the client's put")
+    newer.write_bytes(b"the proxy's put after its delete")
+    client.health.failed(b, seconds=60)
+    client.put_file(KEY, older)  # acknowledged by a, owed to b
+    client.health.reset()
+    server.delete_tree(KEY)
+
+    def proxy_puts_again():
+        server.health.failed(b, seconds=60)
+        server.put_file(KEY, newer)  # acknowledged by a, owed to b
+        server.health.reset()
+
+    stores[a].after_stat = proxy_puts_again
+    settle(client)
+    settle(server)
+    assert held(stores) == {a: newer.read_bytes(), b: newer.read_bytes()}
