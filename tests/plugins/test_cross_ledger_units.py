@@ -64,6 +64,26 @@ def two_ledgers(tmp_path, stores):
     return client, server
 
 
+def racing_writers(tmp_path, store_a, older: bytes, newer: bytes):
+    """Region names, their stores (``store_a`` and a conditional b), the two replicators, and the
+    files of the client's older write and the proxy's newer one."""
+    cfg = load_config(EMBEDDED_CONFIG)
+    a, b = (r.name for r in cfg.regions[:2])
+    stores = {a: store_a, b: ConditionalStore()}
+    client, server = two_ledgers(tmp_path, stores)
+    files = tmp_path / "older.bin", tmp_path / "newer.bin"
+    files[0].write_bytes(older)
+    files[1].write_bytes(newer)
+    return (a, b), stores, (client, server), files
+
+
+def put_while_down(rep: Replicator, region: str, src) -> None:
+    """A put acknowledged by the other region while ``region`` is down: owed to ``region``."""
+    rep.health.failed(region, seconds=60)
+    rep.put_file(KEY, src)
+    rep.health.reset()
+
+
 def settle(rep: Replicator) -> None:
     for _ in range(3):
         for item in rep.outbox.items():
@@ -124,17 +144,11 @@ def test_a_converge_whose_write_an_older_copy_beat_looks_again(tmp_path):
     first, so the server's write is refused. Before, the server took the refusal for "converged"
     (its ledger's newest had not moved), dropped what it owed, and b kept the older bytes for ever
     (the chaos campaign's seed 1004, sync, in CI). Now a refused write is looked at again."""
-    cfg = load_config(EMBEDDED_CONFIG)
-    a, b = (r.name for r in cfg.regions[:2])
-    stores = {a: TreeStore(), b: ConditionalStore()}
-    client, server = two_ledgers(tmp_path, stores)
-    older, newer = tmp_path / "older.bin", tmp_path / "newer.bin"
-    older.write_bytes(b"the client's older put")
-    newer.write_bytes(b"the proxy's newer put")
-    for rep, src in ((client, older), (server, newer)):
-        rep.health.failed(b, seconds=60)  # b is down: acknowledged by a, owed to b
-        rep.put_file(KEY, src)
-        rep.health.reset()
+    (a, b), stores, (client, server), (older, newer) = racing_writers(
+        tmp_path, TreeStore(), b"the client's older put", b"the proxy's newer put"
+    )
+    put_while_down(client, b, older)
+    put_while_down(server, b, newer)
     assert held(stores) == {a: newer.read_bytes(), b: None}
     stores[b].before_write = lambda: settle(client)  # the client's copy lands first
     settle(server)
@@ -147,14 +161,10 @@ def test_an_older_put_landing_after_a_newer_one_does_not_overwrite_it(tmp_path):
     newer one. Before, uploads were unconditional: the older bytes overwrote the newer in region a
     and stayed, while the proxy's ledger said a held its write (the chaos campaign's seed 10, sync).
     Now each upload is conditional on the copy looked at, and a newer copy is left alone."""
-    cfg = load_config(EMBEDDED_CONFIG)
-    a, b = (r.name for r in cfg.regions[:2])
-    stores = {a: ConditionalStore(), b: ConditionalStore()}
-    client, server = two_ledgers(tmp_path, stores)
+    (a, b), stores, (client, server), (older, newer) = racing_writers(
+        tmp_path, ConditionalStore(), b"the client's older put", b"the proxy's newer put"
+    )
     client.mode = "sync"
-    older, newer = tmp_path / "older.bin", tmp_path / "newer.bin"
-    older.write_bytes(b"the client's older put")
-    newer.write_bytes(b"the proxy's newer put")
     stores[a].before_write = lambda: server.put_file(KEY, newer)  # lands first, everywhere
     client.put_file(KEY, older)
     assert held(stores) == {a: newer.read_bytes(), b: newer.read_bytes()}
@@ -182,24 +192,12 @@ def test_a_delete_inferred_from_a_missing_put_does_not_take_back_a_newer_put(tmp
     puts the key again (newer than its delete), owed to b. Before, the inferred delete took this
     clock's generation, newer than the proxy's put, and its marker in b took the put back when it
     reached b: an acknowledged put lost in b (the chaos campaign's seed 1003, async)."""
-    cfg = load_config(EMBEDDED_CONFIG)
-    a, b = (r.name for r in cfg.regions[:2])
-    stores = {a: LookedAtStore(), b: ConditionalStore()}
-    client, server = two_ledgers(tmp_path, stores)
-    older, newer = tmp_path / "older.bin", tmp_path / "newer.bin"
-    older.write_bytes(b"the client's put")
-    newer.write_bytes(b"the proxy's put after its delete")
-    client.health.failed(b, seconds=60)
-    client.put_file(KEY, older)  # acknowledged by a, owed to b
-    client.health.reset()
+    (a, b), stores, (client, server), (older, newer) = racing_writers(
+        tmp_path, LookedAtStore(), b"the client's put", b"the proxy's put after its delete"
+    )
+    put_while_down(client, b, older)
     server.delete_tree(KEY)
-
-    def proxy_puts_again():
-        server.health.failed(b, seconds=60)
-        server.put_file(KEY, newer)  # acknowledged by a, owed to b
-        server.health.reset()
-
-    stores[a].after_stat = proxy_puts_again
+    stores[a].after_stat = lambda: put_while_down(server, b, newer)
     settle(client)
     settle(server)
     assert held(stores) == {a: newer.read_bytes(), b: newer.read_bytes()}
