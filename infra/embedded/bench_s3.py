@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
+
+from xregion.net import free_port
 
 from .supervisor import Service, Supervisor
 
@@ -33,12 +34,6 @@ class StoreFigures:
     small_get_per_s: float
     large_put_mib_per_s: float
     restart_keeps_objects: bool
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _service(name: str, port: int, data: Path | None) -> Service:
@@ -94,7 +89,7 @@ def run_bench(small: int = 400, large: int = 12, threads: int = 8, progress=None
     out = []
     try:
         for name, data in (("moto (memory)", None), ("xregion s3server (disk, fsync)", tmp / "data")):
-            svc = _service(name.split()[0] + "-bench", _free_port(), data)
+            svc = _service(name.split()[0] + "-bench", free_port(), data)
             sup.start(svc)
             if progress:
                 progress(f"measuring {name}")

@@ -25,6 +25,7 @@ from pathlib import Path
 import psutil
 
 from xregion import events
+from xregion.net import bindable
 
 from .service import (  # noqa: F401 (the supervisor's public API)
     PortInUse,
@@ -33,7 +34,6 @@ from .service import (  # noqa: F401 (the supervisor's public API)
     SupervisorError,
     check_health,
     log_tail,
-    port_free,
 )
 
 
@@ -43,6 +43,24 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except (ChildProcessError, OSError):
         pass
+
+
+def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait up to ``timeout`` s for ``procs`` to exit; returns those still alive. A zombie has exited:
+    psutil.wait_procs would wait for the reaping, which for a process not our own child is a
+    non-reaping or slow init's business (here it took 2-3 s per service)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = []
+        for p in procs:
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+            except psutil.Error:
+                continue
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.02)
 
 
 def _clear_zombie_lock(lock: Path) -> None:
@@ -121,7 +139,7 @@ class Supervisor:
         self.pidfile(svc.name).unlink(missing_ok=True)  # stale after a crash
         if svc.lock_file:
             _clear_zombie_lock(Path(svc.lock_file))
-        if svc.listen and not port_free(*svc.listen):
+        if svc.listen and not bindable(*svc.listen):
             raise PortInUse(
                 f"{svc.name}: port {svc.listen[1]} on {svc.listen[0]} is already in use by another program "
                 f"(or a stack with another XREGION_HOME). Stop it, or change the port in the regions file."
@@ -272,13 +290,13 @@ class Supervisor:
                 os.killpg(proc.pid, svc.stop_signal)
             except (ProcessLookupError, PermissionError):
                 pass
-            _, alive = psutil.wait_procs(tree, timeout=timeout)
+            alive = wait_gone(tree, timeout)
         else:
             # the leader is gone (kill -9) but its group may live on (workers)
             alive = self.tree(rec["pid"], rec["create_time"])
         for p in alive:
             self._send(p, signal.SIGKILL)
-        psutil.wait_procs(alive, timeout=5)
+        wait_gone(alive, 5)
         self.pidfile(name).unlink(missing_ok=True)
 
     @staticmethod

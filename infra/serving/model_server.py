@@ -7,20 +7,14 @@ import contextlib
 import http.client
 import json
 import os
-import socket
 import sys
 import tempfile
 from pathlib import Path
 
 from xregion.infra.embedded.supervisor import Service, Supervisor, SupervisorError
+from xregion.net import free_port
 
 VENV_BIN = str(Path(sys.executable).parent)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ModelServer:

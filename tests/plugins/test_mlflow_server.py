@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import urllib.request
 import uuid
@@ -16,8 +15,10 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from xregion.infra.embedded import auth
 from xregion.infra.embedded import stack as embedded
 from xregion.infra.embedded.supervisor import Service
+from xregion.net import free_port
 from xregion.plugins.replication import Replicator
 from xregion.plugins.verify import resync
 from xregion.store import RegionStore
@@ -79,12 +80,6 @@ def test_clients_write_directly_to_an_xregion_artifact_location(stack, tmp_path)
     assert sorted(f.path for f in listed) == ["files/one.txt", "files/two.txt"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_log_model_in_a_and_serve_production_from_region_b(stack, tmp_path):
     a, b = stack.cfg.region("a"), stack.cfg.region("b")
     name = f"doubler-{uuid.uuid4().hex[:8]}"
@@ -102,7 +97,8 @@ def test_log_model_in_a_and_serve_production_from_region_b(stack, tmp_path):
     loaded = mlflow.pyfunc.load_model(info.model_uri)  # through a's server
     assert loaded.predict(pd.DataFrame({"x": [2.0]}))["x"].tolist() == [4.0]
 
-    port = _free_port()
+    port = free_port()
+    serving, password = auth.service_env(stack.home, "serving", stack.cfg)
     svc = Service(
         name=f"test-serve-{uuid.uuid4().hex[:6]}",
         region="b",
@@ -124,11 +120,12 @@ def test_log_model_in_a_and_serve_production_from_region_b(stack, tmp_path):
         ],
         listen=("127.0.0.1", port),
         health={"type": "http", "url": f"http://127.0.0.1:{port}/ping"},
-        env={**embedded.child_env(stack.cfg, b, stack.home), "MLFLOW_TRACKING_URI": b.mlflow_url},
+        env={**embedded.child_env(stack.cfg, b, stack.home), **serving, "MLFLOW_TRACKING_URI": b.mlflow_url},
+        secret_env=password,  # it loads the model as the serving account, never as this test's admin
         start_timeout=180,
     )
-    stack.sup.start(svc)
     try:
+        stack.sup.start(svc)  # inside: a server that fails to start is not left in the stack's records
         req = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations",
             method="POST",
