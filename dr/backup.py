@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +32,7 @@ from xregion.infra.embedded import postgres as pg
 from xregion.infra.embedded.postgres import DR_USER, PG_BIN
 from xregion.plugins.outbox import Outbox
 from xregion.plugins.verify import check
+from xregion.processes import owned_tempdir
 from xregion.store import RegionStore, RegionUnavailable, sha256_file, stores
 
 from .nodes import DRError, primary_region
@@ -195,26 +195,6 @@ def _dump(home: Path, region: RegionConfig, database: str, snapshot: str, out: P
         raise DRError(f"pg_dump failed: {proc.stderr.decode(errors='replace')}")
 
 
-def pg_restore(home: Path, region: RegionConfig, database: str, dump: Path, role: str | None) -> None:
-    argv = [
-        str(PG_BIN / "pg_restore"),
-        *_pg_args(region),
-        "-d",
-        database,
-        "--no-owner",
-        "--no-privileges",
-        "--exit-on-error",
-        "--single-transaction",
-        "--no-password",
-    ]
-    if role:
-        argv.append(f"--role={role}")
-    with open(dump, "rb") as f:
-        proc = subprocess.run(argv, stdin=f, capture_output=True, timeout=3600, env=_pg_env(home))
-    if proc.returncode != 0:
-        raise DRError(f"pg_restore failed: {proc.stderr.decode(errors='replace')}")
-
-
 def db_fingerprint(cfg: XRegionConfig, home: Path, region: RegionConfig, database: str) -> tuple[dict, dict]:
     with pg.connection(cfg, home, region, "dr", database) as conn, conn.cursor() as cur:
         tables = fingerprint(cur)
@@ -266,7 +246,7 @@ def backup(
     database = cfg.postgres.database
     progress(f"backup {bid}: database {database} on {primary.name} -> region {target.name} {target.bucket}/{prefix}")
 
-    with tempfile.TemporaryDirectory(prefix="xregion-backup-") as tmp:
+    with owned_tempdir("xregion-backup-") as tmp:
         dump = Path(tmp) / "db.dump"
         lsn, tables, ids, dump_seconds = _snapshot(cfg, home, primary, dump)
         progress(f"pg_dump: {dump.stat().st_size} bytes in {dump_seconds:.2f}s, {len(tables)} tables fingerprinted")

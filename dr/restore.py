@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from xregion import events
 from xregion.config import RegionConfig, XRegionConfig
 from xregion.infra.embedded import postgres as pg
+from xregion.processes import owned_tempdir
 from xregion.store import RegionStore, sha256_file, stores
 
-from .backup import BACKUP_ROOT, Progress, compare_tables, db_fingerprint, list_backups, pg_restore
+from .backup import BACKUP_ROOT, Progress, compare_tables, db_fingerprint, list_backups
 from .nodes import DRError, primary_region
 
 
@@ -84,13 +84,13 @@ def verify_backup(cfg: XRegionConfig, home: Path, ref: str, progress: Progress =
     primary = primary_region(cfg)
     src = BackupSource(cfg, ref)
     scratch = f"xregion_verify_{int(time.time())}"
-    with tempfile.TemporaryDirectory(prefix="xregion-verify-") as tmp:
+    with owned_tempdir("xregion-verify-") as tmp:
         dump = fetch_dump(src, Path(tmp))
         with pg.connection(cfg, home, primary, "dr", "postgres") as conn:
             with conn.cursor() as cur:
                 cur.execute(f'create database "{scratch}"')
             try:
-                pg_restore(home, primary, scratch, dump, role=None)
+                pg.pg_restore(home, primary, scratch, dump, role=None)
                 tables, ids = db_fingerprint(cfg, home, primary, scratch)
             finally:
                 with conn.cursor() as cur:
@@ -146,7 +146,7 @@ def restore(cfg: XRegionConfig, home: Path, ref: str, force: bool = False, progr
             f"database {database} on {primary.name} already holds runs or model versions; "
             f"restore is for a fresh stack (pass --force to replace them)"
         )
-    with tempfile.TemporaryDirectory(prefix="xregion-restore-") as tmp:
+    with owned_tempdir("xregion-restore-") as tmp:
         dump = fetch_dump(src, Path(tmp))
         t_db = time.time()
         with pg.connection(cfg, home, primary, "dr", "postgres") as conn, conn.cursor() as cur:
@@ -154,7 +154,7 @@ def restore(cfg: XRegionConfig, home: Path, ref: str, force: bool = False, progr
             cur.execute(f'drop database if exists "{database}" with (force)')
             cur.execute(f'create database "{database}" owner "{owner}"')
             cur.execute(f'revoke connect on database "{database}" from public')
-        pg_restore(home, primary, database, dump, role=owner)
+        pg.pg_restore(home, primary, database, dump, role=owner)
         db_seconds = time.time() - t_db
     tables, ids = db_fingerprint(cfg, home, primary, database)
     diffs = compare_tables(src.manifest["database"]["tables"], tables)
@@ -187,7 +187,7 @@ def restore_artifacts(cfg: XRegionConfig, src: BackupSource, progress: Progress 
     objects = src.manifest["artifacts"]["objects"]
     included = src.manifest["artifacts"].get("included")
     out = {"objects": len(objects), "verified": 0, "copied": 0, "missing": [], "mismatched": []}
-    with tempfile.TemporaryDirectory(prefix="xregion-restore-art-") as tmp:
+    with owned_tempdir("xregion-restore-art-") as tmp:
         for name, store in stores(cfg).items():
             store.ensure_bucket()
             for obj in objects:

@@ -12,12 +12,11 @@ land for a moment but never stays, and nothing ever goes back over a newer gener
 from __future__ import annotations
 
 import logging
-import tempfile
 from enum import Enum
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xregion.payload import SourceChanged
+from xregion.processes import owned_tempdir
 from xregion.store import ObjectInfo, PreconditionFailed, Store, StoreError
 
 from . import tombstones
@@ -186,8 +185,8 @@ def _copy(rep: Replicator, item: Owed, state: KeyState, target: Store, have: Obj
         return
     names = [item.source] + [r for r in rep.stores if r not in (item.source, item.region)]
     last: Exception | None = None
-    with tempfile.TemporaryDirectory(prefix="xregion-copy-") as tmp:
-        local = Path(tmp) / "object"
+    with owned_tempdir("xregion-copy-") as tmp:
+        local = tmp / "object"
         for name in filter(None, names):
             source = rep.stores.get(name)
             if source is None or name == item.region:

@@ -11,13 +11,13 @@ corruption from a different multipart layout; ``deep`` hashes every copy.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from xregion.processes import owned_tempdir
 from xregion.store import ObjectInfo, Store, StoreError
 
 from .outbox import KeyState, Outbox
@@ -118,7 +118,7 @@ def check(
             keys |= set(ledger.live_keys(p))
     keys = {k for k in keys if any(k.startswith(p) for p in prefixes)}
     entries = []
-    with tempfile.TemporaryDirectory(prefix="xregion-verify-") as tmpdir:
+    with owned_tempdir("xregion-verify-") as tmpdir:
         for i, key in enumerate(sorted(keys)):
             copies = {r: lst.get(key) for r, lst in listings.items()}
             entry = _compare(stores, key, copies, ledger, deep, Path(tmpdir), diffs)

@@ -3,11 +3,33 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
 from tests.stacks import Stack
 from xregion.infra.embedded.scratch import make_home, scratch_config
+
+
+def orphaned_data_roots() -> set[Path]:
+    """Data roots (/var/lib/xregion/<hash>: Postgres, Patroni, etcd) whose stack's home is gone: a
+    stack removed without `down --purge`, its databases left on disk for good."""
+    from xregion.infra.embedded.postgres import ROOT_DATA
+
+    found = set()
+    for marker in ROOT_DATA.glob("*/XREGION_HOME"):
+        if not Path(marker.read_text().strip()).exists():
+            found.add(marker.parent)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_data_root_left_behind():
+    """Every stack a test starts is purged: the suite fails if it orphaned a data root."""
+    before = orphaned_data_roots()
+    yield
+    left = orphaned_data_roots() - before
+    assert not left, f"stacks removed without `down --purge` left their data behind: {sorted(map(str, left))}"
 
 
 @pytest.fixture(scope="session")

@@ -46,5 +46,18 @@ def ledger_path(cfg=None) -> Path:
         return (base / Path(configured).expanduser()).resolve()
     if os.environ.get("XREGION_HOME"):
         return xregion_home() / "outbox.sqlite"
+    return user_state_dir() / "outbox.sqlite"
+
+
+def user_cache_dir() -> Path:
+    """This user's xregion cache (what can be made again, only slower): ``$XDG_CACHE_HOME/xregion``,
+    default ``~/.cache/xregion``."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return (cache / "xregion").resolve()
+
+
+def user_state_dir() -> Path:
+    """This user's xregion state outside any XREGION_HOME: ``$XDG_STATE_HOME/xregion``, default
+    ``~/.local/state/xregion``."""
     state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    return (state / "xregion" / "outbox.sqlite").resolve()
+    return (state / "xregion").resolve()

@@ -6,6 +6,8 @@ the node (kill -9, SIGSTOP) hits both, as losing the host would. ``write_config(
 node's Patroni YAML (mode 0600, for the postgres user: it holds the replication, rewind and
 superuser passwords). The rest is a small client of Patroni's REST API (GET /cluster, /patroni;
 POST /failover, /switchover, /reinitialize; PATCH /config), which ``xregion dr`` and the drills use.
+``start_cluster()`` starts every node for ``xregion up`` and returns the leader once its Postgres
+accepts writes (``wait_writable_leader``: holding the lock is not enough, see there).
 
 Timing, from the regions file's ``patroni`` section (see README.md, "The regions file"):
 ``ttl`` bounds failure detection, ``loop_wait`` is the HA cycle, ``retry_timeout`` how long an
@@ -22,15 +24,18 @@ import signal
 import time
 from pathlib import Path
 
+import psycopg2
 import requests
 import yaml
 
 from xregion.config import RegionConfig, XRegionConfig
 from xregion.errors import XRegionError
+from xregion.net import bindable
 
 from . import patroni_runtime
 from .postgres import (
     PG_BIN,
+    connection,
     data_root,
     hba,
     load_secrets,
@@ -41,7 +46,7 @@ from .postgres import (
     run_as_postgres,
     write_private,
 )
-from .supervisor import Service
+from .supervisor import PortInUse, Service, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +254,30 @@ def wait_leader(cfg: XRegionConfig, timeout: float = 120.0, running: bool = True
     raise PatroniError(f"no database leader after {timeout:.0f}s (last view: {view})")
 
 
+def wait_writable_leader(cfg: XRegionConfig, home: Path, timeout: float = 120.0) -> str:
+    """Wait until the leader's Postgres accepts writes; returns its name.
+
+    Holding the lock is not enough: a node that restarts with its data (``xregion up`` after
+    ``down``) comes up as a replica, takes the lock, and only then promotes its Postgres. Meanwhile
+    /cluster already calls it leader, and Patroni's own /primary answers 200 (it checks the lock,
+    not the recovery state), while every write fails as read-only."""
+    deadline = time.monotonic() + timeout
+    last = "no leader"
+    while time.monotonic() < deadline:
+        name = wait_leader(cfg, timeout=max(deadline - time.monotonic(), 1.0))
+        try:
+            with connection(cfg, home, cfg.region(name), role="superuser") as conn, conn.cursor() as cur:
+                cur.execute("select pg_is_in_recovery()")
+                if not cur.fetchone()[0]:
+                    return name
+                last = f"{name} holds the lock, its Postgres is still in recovery (promoting)"
+        except psycopg2.OperationalError as e:
+            last = f"{name} holds the lock, its Postgres does not answer ({str(e).strip()})"
+        log.debug("waiting for a writable leader: %s", last)
+        time.sleep(0.3)
+    raise PatroniError(f"no writable database leader after {timeout:.0f}s ({last})")
+
+
 def _auth(cfg: XRegionConfig, home: Path) -> tuple[str, str]:
     return role_names(cfg)["patroni_api"], load_secrets(home)["patroni_api"]
 
@@ -297,3 +326,34 @@ def apply_dynamic_config(cfg: XRegionConfig, home: Path) -> None:
     status, text, _ = call_any(cfg, home, "PATCH", "/config", dynamic_config(cfg), timeout=10)
     if status != 200:
         raise PatroniError(f"PATCH /config refused: HTTP {status} {text}")
+
+
+def _check_ports(cfg: XRegionConfig, sup: Supervisor) -> None:
+    for r in cfg.regions:
+        if sup.process(f"{r.name}-patroni") is None and not bindable(r.pg_host, r.pg_port):
+            raise PortInUse(
+                f"{r.name}-patroni: Postgres port {r.pg_port} on {r.pg_host} is already in use by another program "
+                f"(or a stack with another XREGION_HOME). Stop it, or change regions[].postgres."
+            )
+
+
+def start_cluster(cfg: XRegionConfig, home: Path, sup: Supervisor, progress=print) -> RegionConfig:
+    """Every region's Patroni; on a fresh stack the configured primary bootstraps the cluster
+    (initdb) before the others copy it. Returns the leader's region."""
+    _check_ports(cfg, sup)
+    nodes = {r.name: service(cfg, r, home) for r in cfg.regions}
+    fresh = not any((node_dir(home, r.name) / "PG_VERSION").exists() for r in cfg.regions)
+    if fresh:
+        progress(f"bootstrapping the database cluster in {cfg.primary.name} (Patroni: initdb)")
+        sup.start(nodes[cfg.primary.name], progress=progress)
+        wait_leader(cfg, timeout=120)
+    progress("starting Patroni (and its Postgres) in every region")
+    sup.start(*nodes.values(), progress=progress)
+    apply_dynamic_config(cfg, home)
+    leader = cfg.region(wait_writable_leader(cfg, home, timeout=120))
+    view = cluster(cfg) or {}
+    progress(
+        f"database leader: {leader.name}; "
+        + ", ".join(f"{m['name']} {m['role']} ({m['state']})" for m in view.get("members", []))
+    )
+    return leader

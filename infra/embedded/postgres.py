@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import pwd
 import secrets
 import shutil
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +42,8 @@ import psycopg2.extensions
 
 from xregion.config import RegionConfig, XRegionConfig
 from xregion.errors import XRegionError
+
+log = logging.getLogger(__name__)
 
 PG_BIN = Path(os.environ.get("XREGION_PG_BIN", "/usr/lib/postgresql/15/bin"))
 AUTH_DATABASE = "mlflow_auth"  # MLflow's auth app keeps its users there (replicated like the registry)
@@ -114,13 +118,45 @@ def node_dir(home: Path, region: str) -> Path:
 
 
 def remove_data(home: Path) -> list[Path]:
-    """Delete the data root and the secrets (``xregion down --purge``); returns what was removed."""
+    """Delete the data root and the secrets (``xregion down --purge``); returns what was removed.
+
+    A process still at work in the data root is killed first: one the supervisor lost track of
+    (a Patroni starting its replica wrote ``standby.signal`` into the tree being deleted, and left
+    an orphaned data root behind in CI)."""
     removed = []
     for path in (data_root(home), Path(home) / SECRETS_DIR):
-        if path.exists():
+        if not path.exists():
+            continue
+        for _ in range(3):
+            _kill_processes_in(path)
             shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
+            if not path.exists():
+                break
+        else:
+            log.warning("%s could not be removed entirely: delete it by hand", path)
+        removed.append(path)
     return removed
+
+
+def _kill_processes_in(root: Path) -> None:
+    """SIGKILL every process whose command names ``root``: the stack's Patroni (its configuration),
+    postmaster (``-D``) and etcd (``--data-dir``) do; a person's shell that merely stands there does not."""
+    import psutil
+
+    from .supervisor import wait_gone
+
+    where = str(root.resolve())
+    found = []
+    for p in psutil.process_iter(["cmdline", "name"]):
+        if p.pid != os.getpid() and any(where in arg for arg in p.info["cmdline"] or []):
+            found.append(p)
+    for p in found:
+        log.warning("killing %s (pid %d), still at work in %s, which is being removed", p.info["name"], p.pid, where)
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    wait_gone(found, 5)
 
 
 # --- secrets -----------------------------------------------------------------------------------
@@ -209,6 +245,20 @@ def conninfo(
 def child_env(home: Path, role: str = "dr") -> dict[str, str]:
     """Environment for a libpq program (pg_dump, pg_restore): its password through PGPASSFILE."""
     return {"PGPASSFILE": str(pgpass_path(home, role))}
+
+
+def pg_restore(home: Path, region: RegionConfig, database: str, dump: Path, role: str | None) -> None:
+    """Restore a ``pg_dump -Fc`` file into ``database`` as the DR role (objects owned by ``role``
+    when given), in one transaction: a restore that fails or is killed half-way leaves nothing."""
+    argv = [str(PG_BIN / "pg_restore"), "-h", region.pg_host, "-p", str(region.pg_port), "-U", DR_USER]
+    argv += ["-d", database, "--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction"]
+    argv += ["--no-password"] + ([f"--role={role}"] if role else [])
+    with open(dump, "rb") as f:
+        proc = subprocess.run(
+            argv, stdin=f, capture_output=True, timeout=3600, env={**os.environ, **child_env(home, "dr")}
+        )
+    if proc.returncode != 0:
+        raise PostgresError(f"pg_restore failed: {proc.stderr.decode(errors='replace')}")
 
 
 @contextmanager

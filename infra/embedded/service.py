@@ -26,6 +26,9 @@ class StartFailed(SupervisorError):
     pass
 
 
+CLIENT_IDENTITY = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
 @dataclass
 class Service:
     """One supervised process and how to tell that it is healthy."""
@@ -48,8 +51,11 @@ class Service:
     secret_env: dict[str, str] = field(default_factory=dict)
 
     def resolved_env(self) -> dict[str, str]:
-        """The environment of the process: inherited, the service's own, and its secrets read now."""
-        env = {**os.environ, **self.env}
+        """The environment of the process: inherited, the service's own, and its secrets read now.
+        An MLflow client identity is never inherited: a service acts as the account it is given, not
+        as whoever started the stack (an operator's shell, or `up` while it creates the accounts)."""
+        inherited = {k: v for k, v in os.environ.items() if k not in CLIENT_IDENTITY}
+        env = {**inherited, **self.env}
         for var, ref in self.secret_env.items():
             kind, _, where = ref.partition(":")
             if kind == "env" and os.environ.get(where) is not None:
@@ -92,16 +98,6 @@ def check_health(svc: Service, timeout: float = 2.0) -> tuple[bool, str]:
             return True, "accepting connections"
     except Exception as exc:  # a health check reports, it never raises
         return False, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-
-
-def port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-            return True
-        except OSError:
-            return False
 
 
 def log_tail(path: Path, lines: int = 25) -> str:

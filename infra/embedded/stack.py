@@ -13,15 +13,17 @@ from __future__ import annotations
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from xregion.config import RegionConfig, XRegionConfig
 from xregion.home import xregion_home
+from xregion.net import free_port
 from xregion.store import RegionStore
 
-from . import auth, etcd, patroni, postgres
-from .supervisor import PortInUse, Service, Supervisor, SupervisorError, port_free
+from . import auth, etcd, mlflow_schema, patroni, postgres
+from .supervisor import Service, Supervisor, SupervisorError
 
 BIN = Path(sys.executable).parent  # the venv's bin: mlflow, moto_server, uvicorn
 
@@ -154,8 +156,6 @@ def mlflow_service(cfg: XRegionConfig, region: RegionConfig, home: Path) -> Serv
 
 def replicator_port(home: Path) -> int:
     """The replicator's metrics port: chosen once, kept in XREGION_HOME (a restart finds it again)."""
-    from xregion.net import free_port
-
     path = Path(home) / "run" / "replicator.port"
     try:
         return int(path.read_text())
@@ -262,55 +262,37 @@ def up(cfg: XRegionConfig, home: Path, progress=print) -> float:
     for r in cfg.regions:
         RegionStore(r).ensure_bucket()
 
-    leader = start_database(cfg, home, sup, progress)
+    leader = patroni.start_cluster(cfg, home, sup, progress)
     postgres.bootstrap_roles(cfg, home, leader)
 
-    # the leader's region first: its server creates the schema, the others never race the migration
-    progress(f"starting the MLflow servers ({leader.name} first)")
-    sup.start(by_kind[(leader.name, "mlflow")], progress=progress)
-    sup.start(*[by_kind[(r.name, "mlflow")] for r in cfg.regions if r.name != leader.name], progress=progress)
-    sup.start(replicator_service(cfg, home), progress=progress)
+    # every MLflow server at once when the databases have their schema (mlflow_schema.py), else
+    # the leader's first: it migrates, and two servers migrating one database race
+    first = by_kind[(leader.name, "mlflow")]
+    schema = mlflow_schema.prepare(cfg, home, leader)
+    if schema is None:
+        progress(f"starting the MLflow servers ({leader.name} first: it creates the schema)")
+        sup.start(first, progress=progress)
+    else:
+        progress(f"starting the MLflow servers (schema {schema})")
+    # spawned before the accounts are made: that is done as the administrator, whose credentials
+    # this process holds in its environment meanwhile, and a process spawned then would inherit them
+    rest = [by_kind[(r.name, "mlflow")] for r in cfg.regions if r.name != leader.name]
+    rest.append(replicator_service(cfg, home))
+    for svc in (first, *rest):
+        sup.spawn(svc)  # a running one is left alone
+    sup.wait_healthy([first], progress)
     created = auth.ensure_accounts(cfg, home, leader.mlflow_url)
+    sup.wait_healthy(rest, progress)
     if created:
         progress(f"MLflow accounts created: {', '.join(created)} (passwords in {home / 'secrets'})")
     return time.monotonic() - t0
 
 
-def _check_pg_ports(cfg: XRegionConfig, sup: Supervisor) -> None:
-    for r in cfg.regions:
-        if sup.process(f"{r.name}-patroni") is None and not port_free(r.pg_host, r.pg_port):
-            raise PortInUse(
-                f"{r.name}-patroni: Postgres port {r.pg_port} on {r.pg_host} is already in use by another program "
-                f"(or a stack with another XREGION_HOME). Stop it, or change regions[].postgres."
-            )
-
-
-def start_database(cfg: XRegionConfig, home: Path, sup: Supervisor, progress=print) -> RegionConfig:
-    """Every region's Patroni; on a fresh stack the configured primary bootstraps the cluster
-    (initdb) before the others copy it. Returns the leader's region."""
-    _check_pg_ports(cfg, sup)
-    nodes = {r.name: patroni.service(cfg, r, home) for r in cfg.regions}
-    fresh = not any((postgres.node_dir(home, r.name) / "PG_VERSION").exists() for r in cfg.regions)
-    if fresh:
-        progress(f"bootstrapping the database cluster in {cfg.primary.name} (Patroni: initdb)")
-        sup.start(nodes[cfg.primary.name], progress=progress)
-        patroni.wait_leader(cfg, timeout=120)
-    progress("starting Patroni (and its Postgres) in every region")
-    sup.start(*nodes.values(), progress=progress)
-    patroni.apply_dynamic_config(cfg, home)
-    leader = cfg.region(patroni.wait_leader(cfg, timeout=120))
-    view = patroni.cluster(cfg) or {}
-    progress(
-        f"database leader: {leader.name}; "
-        + ", ".join(f"{m['name']} {m['role']} ({m['state']})" for m in view.get("members", []))
-    )
-    return leader
-
-
 def _stop_order(sup: Supervisor, svc: Service) -> tuple[int, int, str]:
-    """Clients first, then stores; database replicas before the leader (a leader stopped first would
-    hand its lock to a replica about to stop); etcd last (Patroni releases its lock through it)."""
-    rank = {"serving": 0, "haproxy": 0, "router": 0, "mlflow": 1, "s3": 2, "patroni": 3, "etcd": 4}
+    """The router first (it would react to its servers stopping), then clients, then stores;
+    database replicas before the leader (a leader stopped first would hand its lock to a replica
+    about to stop); etcd last (Patroni releases its lock through it)."""
+    rank = {"router": -1, "serving": 0, "haproxy": 0, "mlflow": 1, "s3": 2, "patroni": 3, "etcd": 4}
     leader = 0
     if svc.component == "patroni" and svc.health.get("url"):
         try:
@@ -323,14 +305,31 @@ def _stop_order(sup: Supervisor, svc: Service) -> tuple[int, int, str]:
     return rank.get(svc.component, 0), leader, svc.name
 
 
+def _grace(svc: Service, purge: bool) -> float:
+    """Seconds a service has to stop before SIGKILL: none when its data is about to be deleted
+    (``--purge``): a clean shutdown protects only what is kept. S3 stores keep theirs."""
+    if purge and svc.component != "s3":
+        return 0
+    return 30 if svc.component == "patroni" else 15
+
+
 def down(home: Path, progress=print, purge: bool = False) -> list[str]:
     """Stop every service (by pid); with ``purge`` also delete the data (Postgres, etcd) and secrets."""
     sup = Supervisor(home)
     stopped = []
-    for svc in sorted(sup.known(), key=lambda s: _stop_order(sup, s)):
-        sup.stop(svc.name, timeout=30 if svc.component == "patroni" else 15)
-        stopped.append(svc.name)
-        progress(f"stopped {svc.name}")
+    layers: dict[tuple[int, int], list[Service]] = {}
+    for order, svc in sorted((_stop_order(sup, s), s) for s in sup.known()):
+        # etcd members one by one: a leader stopping beside its peers spends seconds handing its
+        # leadership to a member that is itself stopping
+        layers.setdefault(order if svc.component == "etcd" else order[:2], []).append(svc)
+    # the services of one layer together (a Patroni node takes seconds to stop its Postgres)
+    with ThreadPoolExecutor(4) as pool:
+        for layer in layers.values():
+            stops = {pool.submit(sup.stop, svc.name, timeout=_grace(svc, purge)): svc.name for svc in layer}
+            for done in as_completed(stops):
+                done.result()
+                stopped.append(stops[done])
+                progress(f"stopped {stops[done]}")
     if purge:
         for path in postgres.remove_data(home):
             progress(f"removed {path}")

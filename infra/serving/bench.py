@@ -232,5 +232,6 @@ def run_bench(requests: int = 1000, keep: bool = False, progress=log.info) -> Ro
         finally:
             if not keep:
                 stop_serving(home)
-                stack.down(home, progress=lambda m: None)
+                # purge: its Postgres and etcd data live outside the home (/var/lib/xregion/<hash>)
+                stack.down(home, progress=lambda m: None, purge=True)
                 shutil.rmtree(home, ignore_errors=True)

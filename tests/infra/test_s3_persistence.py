@@ -176,7 +176,7 @@ def own_stack():
     assert up.returncode == 0, up.stderr
     with acting_as(Stack(home, path), "scientist"):  # this process logs runs as a scientist would
         yield home, load_config(path), env
-    cli(env, "down")
+    cli(env, "down", "--purge")  # its data root too (/var/lib/xregion/<hash>): the suite checks none is left
     shutil.rmtree(home, ignore_errors=True)
 
 

@@ -87,6 +87,27 @@ def test_postgres_is_the_child_of_its_patroni(own_stack):
     assert postmasters and str(postgres.node_dir(home, "a")) in " ".join(postmasters[0].cmdline())
 
 
+def test_no_service_inherits_the_administrators_credentials(own_stack):
+    """`up` creates the MLflow accounts as the administrator, with the client credentials in its
+    own environment for the while: a service spawned meanwhile would act as the administrator (the
+    replicator has no MLflow account of its own to override them). The check is on this stack's
+    administrator password, and on the identity of whoever ran `up` (under the suite, this process
+    holds the session stack's administrator credentials)."""
+    from xregion.infra.embedded import auth
+
+    home, cfg, _ = own_stack
+    _, admin_password = auth.credentials(home, "admin", cfg)
+    callers_password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    sup = Supervisor(home)
+    for svc in sup.known():
+        leader = sup.process(svc.name)
+        for proc in sup.tree(leader.pid, leader.create_time()):
+            client_password = proc.environ().get("MLFLOW_TRACKING_PASSWORD")
+            assert client_password != admin_password, f"{svc.name} (pid {proc.pid}) acts as this stack's admin"
+            if callers_password:
+                assert client_password != callers_password, f"{svc.name} (pid {proc.pid}) acts as its caller"
+
+
 def test_run_logged_in_a_is_read_back_through_b(own_stack, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 

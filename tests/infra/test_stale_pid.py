@@ -1,5 +1,6 @@
-"""A stale pid file never signals the program that now holds its pid (issue 13, case 7): the
-supervisor compares the process's create time with the one it recorded."""
+"""How the supervisor knows its processes: a stale pid file never signals the program that now
+holds its pid (issue 13, case 7), as the process's create time is compared with the one recorded;
+and a process that exited but is not yet reaped counts as gone."""
 
 from __future__ import annotations
 
@@ -35,3 +36,19 @@ def test_stop_fault_and_status_leave_an_unrelated_process_alone(tmp_path):
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_a_stopped_process_left_unreaped_counts_as_gone():
+    """A service process is not the supervisor's child: once it exits it stays a zombie until init
+    reaps it, which a slow init does seconds later. Stopping waits for the exit, not the reaping."""
+    from xregion.infra.embedded.supervisor import wait_gone
+
+    child = subprocess.Popen(["sleep", "60"])
+    proc = psutil.Process(child.pid)
+    assert wait_gone([proc], 0.2) == [proc]  # alive: still waited for
+    child.kill()
+    try:
+        assert wait_gone([proc], 30) == []
+        assert proc.status() == psutil.STATUS_ZOMBIE  # nobody reaped it: not what the wait waited for
+    finally:
+        child.wait()

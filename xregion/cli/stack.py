@@ -23,7 +23,10 @@ def up() -> None:
     from xregion.infra.embedded import stack
     from xregion.infra.embedded.supervisor import SupervisorError
 
+    from .output import log_to_file
+
     cfg, home = config_or_exit(), xregion_home()
+    log_to_file(home, "up")  # MLflow's and Starlette's warnings on the way: the log, not the terminal
     console.print(f"regions file: {cfg.source}\nstate, logs, pid files: {home}")
     try:
         seconds = stack.up(cfg, home, progress)
