@@ -28,38 +28,8 @@ from pathlib import Path
 
 from xregion import processes
 
-SCHEMA = """
-create table if not exists owed (
-    id integer primary key autoincrement,
-    op text not null check (op in ('put', 'delete')),
-    key text not null,
-    region text not null,          -- the region that is owed the operation
-    source text,                   -- for a put: a region believed to hold a good copy
-    sha256 text,
-    size integer not null default 0,
-    created real not null,         -- when the first region acknowledged the write (lag starts)
-    lease_until real not null default 0,
-    attempts integer not null default 0,
-    last_error text,
-    reason text not null default 'replicate'   -- replicate | region-down | repair
-);
-create table if not exists keys (
-    key text primary key,
-    gen integer not null,
-    op text not null,              -- put | delete (a tombstone)
-    sha256 text,
-    size integer not null default 0,
-    acked real not null
-);
-create table if not exists trees (base text primary key, gen integer not null);
-create table if not exists writing (key text not null, gen integer not null, until real not null,
-                                    primary key (key, gen));
-"""
-# columns added to ledgers written by earlier versions (a plain add keeps their rows)
-ADDED_COLUMNS = {
-    "owed": {f: "integer not null default 0" for f in ("gen", "seq", "tree")} | {"holder": "text", "owner": "text"},
-    "writing": {"writer": "text"},  # xregion.processes.identity of the writing process
-}
+from . import ledger_db
+
 ROW = "id, op, key, region, source, sha256, size, created, attempts, reason, gen, seq, tree"
 LEASE_SECONDS = 20.0  # renewed while its worker works; a dead worker's is free at once on its host
 # a write in progress, renewed likewise (every LEASE_SECONDS / 4): the mark of a writer killed on
@@ -116,27 +86,16 @@ class Outbox:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.owner, self.writer = f"{socket.gethostname()}:{os.getpid()}", processes.identity()
         self._local = threading.local()
-        conn = self._conn()
-        conn.executescript(SCHEMA)
-        for table, columns in ADDED_COLUMNS.items():
-            have = {r[1] for r in conn.execute(f"pragma table_info({table})")}
-            for name in columns.keys() - have:
-                conn.execute(f"alter table {table} add column {name} {columns[name]}")
-        conn.execute("drop index if exists owed_key_region")
-        conn.execute("create unique index if not exists owed_key_region_tree on owed(key, region, tree)")
+        ledger_db.create(self._conn())
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.execute("pragma journal_mode=wal")
-            conn.execute("pragma synchronous=full")
-            conn.create_function("gone", 1, processes.gone)  # a lease holder of this host that died
-            self._local.conn = conn
+            conn = self._local.conn = ledger_db.connect(self.path)
         return conn
 
-    def _tx(self):
-        return _Tx(self._conn())
+    def _tx(self) -> ledger_db.Transaction:
+        return ledger_db.Transaction(self._conn())
 
     # --- generations ----------------------------------------------------------------------
     def begin_write(self, key: str, tree: bool = False) -> int:
@@ -159,6 +118,15 @@ class Outbox:
         if tree:
             gens.append(c.execute(f"select max(gen) from keys where {_under_sql('key')}", (key,) * 4).fetchone()[0])
         return max([g for g in gens if g is not None], default=0)
+
+    def abandoned_writes(self) -> list[tuple[str, int]]:
+        """(key, gen) of each write in progress whose writer is gone from this host, or whose mark
+        expired (a writer of any host renews it every few seconds while it runs): killed between its
+        upload and ``end_write``, its copies may have landed anywhere, and nothing is owed. A frozen
+        writer that wakes afterwards ends its write as usual, and what it owes converges again."""
+        now = time.time()
+        rows = self._conn().execute("select key, gen, writer, until from writing").fetchall()
+        return [(key, gen) for key, gen, writer, until in rows if until <= now or (writer and processes.gone(writer))]
 
     def renew_write(self, key: str, gen: int) -> None:
         self._conn().execute(
@@ -383,18 +351,3 @@ class Outbox:
 
     def items(self) -> list[Owed]:
         return [Owed(*r) for r in self._conn().execute(f"select {ROW} from owed order by created")]
-
-
-class _Tx:
-    """``begin immediate`` ... commit, or rollback on any error."""
-
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("begin immediate")
-        return self.conn
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        self.conn.execute("rollback" if exc_type else "commit")
-        return False

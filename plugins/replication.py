@@ -39,6 +39,10 @@ from .seeds import Seeds
 
 log = logging.getLogger(__name__)
 MARKER_TIMEOUT = 2.0  # seconds per request for the protection markers
+# A put of at most this many bytes is sent to each region as a new key (If-None-Match: *) without
+# first asking for the region's copy: artifacts are written once, so the look was a request per
+# region and put spent for nothing; a refused upload (the key exists) costs this little body again
+ASSUME_NEW_MAX = 1 << 20
 
 
 class RegionHealth:
@@ -200,7 +204,10 @@ class Replicator(ReconcileLoop):
         stay (the chaos campaign's seed 10, sync: region a kept it, b the newer)."""
         if not regions:
             return []
-        seen = each({r: self.stores[r] for r in regions}, lambda _, store: store.stat(key))
+        if payload.size <= ASSUME_NEW_MAX:  # sent as if new: a refusal is looked at (_put_again)
+            seen: dict = dict.fromkeys(regions)
+        else:
+            seen = each({r: self.stores[r] for r in regions}, lambda _, store: store.stat(key))
         # no upload where the look failed (its error is the region's result) or found a newer copy
         fresh = {r: c for r, c in seen.items() if not isinstance(c, StoreError) and not _newer(c, gen)}
         live = {r: _target(self.stores[r], c) for r, c in fresh.items()}

@@ -201,3 +201,102 @@ def test_a_delete_inferred_from_a_missing_put_does_not_take_back_a_newer_put(tmp
     settle(client)
     settle(server)
     assert held(stores) == {a: newer.read_bytes(), b: newer.read_bytes()}
+
+
+class CountedLooks(ConditionalStore):
+    """A conditional region that counts the writer's looks at ``KEY`` (not its own condition checks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.looks, self._checking = 0, False
+
+    def _condition(self, key, if_match, if_none_match) -> None:
+        self._checking = True
+        try:
+            super()._condition(key, if_match, if_none_match)
+        finally:
+            self._checking = False
+
+    def stat(self, key):
+        self.looks += key == KEY and not self._checking
+        return super().stat(key)
+
+
+def test_a_small_put_is_sent_as_new_and_looks_only_when_refused(tmp_path):
+    """A put of at most ASSUME_NEW_MAX bytes asks no region for its copy first (If-None-Match: *);
+    over an existing copy it is refused, looked at once, and lands on that copy. A larger put
+    looks first, as the refused upload would cost its whole body again."""
+    from xregion.plugins.replication import ASSUME_NEW_MAX
+
+    cfg = load_config(EMBEDDED_CONFIG)
+    stores = {r.name: CountedLooks() for r in cfg.regions[:2]}
+    rep = Replicator(cfg, tmp_path / "ledger.sqlite", mode="sync", region_stores=stores)
+    rep.kick = lambda: None
+    src = tmp_path / "f.bin"
+    for body, looks in ((b"first", 0), (b"second", 1), (b"x" * (ASSUME_NEW_MAX + 1), 2)):
+        src.write_bytes(body)
+        rep.put_file(KEY, src)
+        assert held(stores) == dict.fromkeys(stores, body)
+        assert [s.looks for s in stores.values()] == [looks, looks], body[:10]
+    assert rep.outbox.count() == 0
+
+
+def _begin_then_hang(ledger: str, gens, stop) -> None:
+    """A writer that took its generation and hangs before the end of its write (where a kill -9
+    finds it); its upload is made to land by the test (regions in memory are not shared by fork)."""
+    gens.put(Replicator(load_config(EMBEDDED_CONFIG), ledger, mode="sync").outbox.begin_write(KEY))
+    stop.wait(60)
+
+
+def test_a_write_whose_writer_was_killed_before_it_ended_is_taken_back(tmp_path):
+    """Chaos seed 1001, sync: an MLflow server's put landed in region b, a was down, and the server
+    was killed -9 before it recorded the end of the write. Nothing was owed, so b kept a write no
+    region acknowledged and a had none, for good. A worker now owes every region the converge of a
+    write no region acknowledged."""
+    import multiprocessing
+    import os
+    import signal
+
+    cfg = load_config(EMBEDDED_CONFIG)
+    a, b = (r.name for r in cfg.regions[:2])
+    stores = {a: ConditionalStore(), b: ConditionalStore()}
+    ledger = tmp_path / "ledger.sqlite"
+    ctx = multiprocessing.get_context("spawn")  # never fork a process with threads (test_write_marks.SPAWN)
+    gens, stop = ctx.Queue(), ctx.Event()
+    writer = ctx.Process(target=_begin_then_hang, args=(str(ledger), gens, stop))
+    writer.start()
+    gen = gens.get(timeout=30)
+    stores[b].put_bytes(KEY, b"never acknowledged", gen=gen)  # its upload landed in b only
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.join(30)
+    worker = Replicator(cfg, ledger, mode="sync", region_stores=stores)
+    worker.kick = lambda: None
+    worker.drain_once()  # finds the dead writer's mark and owes every region its take-back
+    settle(worker)
+    # the write was never acknowledged: taken back everywhere or completed everywhere, but alike
+    assert held(stores)[a] == held(stores)[b], held(stores)
+    assert worker.outbox.abandoned_writes() == []
+
+
+def test_a_write_of_another_host_is_taken_back_once_its_mark_expires(tmp_path):
+    """The same write, by a writer on another host: this host cannot see that it is gone, so its
+    mark held the key until it expired, and then nothing was owed either. Its mark, renewed every
+    few seconds while the writer runs, now expires into the same take-back; until then it holds."""
+    import time
+
+    cfg = load_config(EMBEDDED_CONFIG)
+    a, b = (r.name for r in cfg.regions[:2])
+    stores = {a: ConditionalStore(), b: ConditionalStore()}
+    ledger = tmp_path / "ledger.sqlite"
+    elsewhere = Replicator(cfg, ledger, mode="sync", region_stores=stores).outbox
+    elsewhere.writer = "another-host:4242:12.00"
+    gen = elsewhere.begin_write(KEY)
+    stores[b].put_bytes(KEY, b"never acknowledged", gen=gen)  # its upload landed in b only
+    worker = Replicator(cfg, ledger, mode="sync", region_stores=stores)
+    worker.kick = lambda: None
+    assert worker.outbox.abandoned_writes() == []  # live as far as this host can tell: it holds
+    worker.outbox._conn().execute("update writing set until = ?", (time.time() - 1,))  # not renewed
+    worker.drain_once()
+    settle(worker)
+    assert held(stores)[a] == held(stores)[b], held(stores)
+    assert worker.outbox.abandoned_writes() == []
