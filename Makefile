@@ -28,8 +28,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# the whole suite, as CI runs it, serially: on two cores parallel workers (pytest-xdist, 3 workers
-# tried) took as long and made timing-bound tests (failure detection, bake windows) fail
+# the whole suite, as CI runs it, serially: on two cores, parallel workers (pytest-xdist) do not pay.
+# Two took 36.6 min against 36.5 serially and failed a drill under the contention; three took as
+# long and failed timing-bound tests (failure detection, bake windows)
 test: $(STAMP) system-deps lint
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/pytest --durations=30
 

@@ -158,9 +158,15 @@ def bench_router(
 ) -> None:
     """Added latency of HAProxy (p50/p99 vs straight to a model server) and failure detection for kill and freeze."""
     import contextlib
-    import sys
 
-    with contextlib.redirect_stdout(sys.stderr):  # MLflow prints run links: keep stdout JSON-only
+    from xregion.home import xregion_home
+
+    from .output import log_to_file
+
+    log = log_to_file(xregion_home(), "bench-router")
+    console.print(f"[dim]full logs: {log}[/dim]")
+    # MLflow prints its run links and libraries warn on the way: the log, so stdout carries the figures alone
+    with open(log, "a") as sink, contextlib.redirect_stdout(sink):
         from xregion.infra.serving.bench import run_bench
 
         result = run_bench(requests=requests, keep=keep, progress=_progress).as_dict()
