@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -20,10 +19,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 from tests.stacks import Stack, acting_as
-from xregion.config import load_config
 from xregion.infra.embedded.bench_s3 import _service
-from xregion.infra.embedded.scratch import make_home
-from xregion.infra.embedded.scratch import scratch_config as write_config
 from xregion.infra.embedded.supervisor import Supervisor
 from xregion.net import free_ports
 from xregion.store import RegionStore
@@ -168,16 +164,14 @@ def cli(env, *args, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def own_stack():
-    home = make_home("xregion-persist-")
-    path = write_config(home)
-    env = {**os.environ, "XREGION_CONFIG": str(path), "XREGION_HOME": str(home)}
+def own_stack(private_stack):
+    """The package's private stack (tests/infra/conftest.py), started; this process logs runs on it as
+    a scientist would. test_stack.py stops and purges it last."""
+    home, cfg, env = private_stack
     up = cli(env, "up")
     assert up.returncode == 0, up.stderr
-    with acting_as(Stack(home, path), "scientist"):  # this process logs runs as a scientist would
-        yield home, load_config(path), env
-    cli(env, "down", "--purge")  # its data root too (/var/lib/xregion/<hash>): the suite checks none is left
-    shutil.rmtree(home, ignore_errors=True)
+    with acting_as(Stack(home, Path(env["XREGION_CONFIG"])), "scientist"):
+        yield home, cfg, env
 
 
 def log_run(cfg, tmp_path: Path) -> tuple[str, dict[str, bytes]]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -17,11 +16,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from xregion.config import load_config
 from xregion.infra.embedded import postgres
 from xregion.infra.embedded import stack as embedded
 from xregion.infra.embedded.scratch import make_home
-from xregion.infra.embedded.scratch import scratch_config as write_config
 from xregion.infra.embedded.supervisor import PortInUse, Supervisor
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(600)]
@@ -29,16 +26,8 @@ XREGION = str(Path(sys.executable).parent / "xregion")
 
 
 @pytest.fixture(scope="module")
-def own_stack():
-    private = make_home("xregion-private-")
-    private.chmod(0o700)  # a clone in a private directory: closed to the postgres user
-    home = private / "clone" / ".xregion"
-    home.mkdir(parents=True)
-    path = write_config(home)
-    env = {**os.environ, "XREGION_CONFIG": str(path), "XREGION_HOME": str(home)}
-    yield home, load_config(path), env
-    subprocess.run([XREGION, "down", "--purge"], env=env, capture_output=True, timeout=300)
-    shutil.rmtree(private, ignore_errors=True)
+def own_stack(private_stack):
+    return private_stack
 
 
 def cli(env, *args) -> subprocess.CompletedProcess:

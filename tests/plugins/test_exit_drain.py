@@ -68,6 +68,12 @@ def without_a_named_ledger(stack, tmp_path: Path) -> str:
     return str(path)
 
 
+def replicate_until_drained(env: dict, seconds: float) -> subprocess.CompletedProcess:
+    """`xregion replicate run --until-drained`: pays the ledger and stops once nothing is owed."""
+    argv = [XREGION, "replicate", "run", "--until-drained", "--seconds", str(seconds)]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60)
+
+
 def test_a_direct_client_pays_what_it_owes_before_it_exits(stack, tmp_path):
     root = f"exit/{uuid.uuid4().hex}"
     env = client_env(stack, tmp_path, XREGION_CONFIG=without_a_named_ledger(stack, tmp_path))
@@ -87,15 +93,16 @@ def test_what_cannot_be_paid_in_time_stays_in_the_shared_ledger_for_a_replicator
     stack.sup.fault("freeze", b)
     try:
         done = run_client(stack, tmp_path, root, env)
+        # a replicator told to stop once drained says what it could not pay in time, and fails
+        stuck = replicate_until_drained({**env, "XREGION_S3_READ_TIMEOUT": "1"}, 2)
     finally:
         stack.sup.fault("thaw", b)
+    assert stuck.returncode == 1 and "1 still owed" in stuck.stderr, stuck.stderr
     assert done.returncode == 0, done.stderr
     assert "still owed in the ledger" in done.stderr and str(ledger) in done.stderr
     assert Outbox(ledger).count() == 1
-    replicator = subprocess.run(
-        [XREGION, "replicate", "run", "--seconds", "15"], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert replicator.returncode == 0, replicator.stderr
+    replicator = replicate_until_drained(env, 60)
+    assert replicator.returncode == 0 and "nothing owed" in replicator.stderr, replicator.stderr
     assert Outbox(ledger).count() == 0
     assert RegionStore(stack.cfg.region("b")).stat(f"{root}/model.bin") is not None
 
@@ -122,9 +129,7 @@ def test_a_frozen_region_cannot_hold_the_exit_drain_past_its_timeout(stack, tmp_
     assert said["exiting"] - said["logged"] < bound + MARGIN, took
     assert "still owed in the ledger" in done.stderr
     assert Outbox(ledger).count() == 1
-    replicator = subprocess.run(
-        [XREGION, "replicate", "run", "--seconds", "15"], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert replicator.returncode == 0, replicator.stderr
+    replicator = replicate_until_drained(env, 60)
+    assert replicator.returncode == 0 and "nothing owed" in replicator.stderr, replicator.stderr
     assert Outbox(ledger).count() == 0
     assert RegionStore(stack.cfg.region("b")).stat(f"{root}/model.bin") is not None

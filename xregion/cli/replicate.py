@@ -152,6 +152,11 @@ def run(
     metrics_host: str = typer.Option(
         "127.0.0.1", help="Where the metrics listen (a container: 0.0.0.0, for a scraper outside it)."
     ),
+    until_drained: bool = typer.Option(
+        False,
+        "--until-drained",
+        help="Stop once nothing is owed: exit 0, or 1 if something still is after --seconds (default 300).",
+    ),
 ) -> None:
     """Run the replicator: pay what regions are owed, as it is owed (a long-running service)."""
     from prometheus_client import start_http_server
@@ -160,6 +165,18 @@ def run(
     if metrics_port:
         start_http_server(metrics_port, addr=metrics_host)
     console.print(f"replicating ({rep.mode}); ledger {rep.outbox.path}")
+    if until_drained:
+        try:
+            drained = rep.wait_drained(timeout=seconds or 300)
+        finally:
+            rep.close()
+        if not drained.drained:
+            console.print(
+                f"[red]{drained.remaining} still owed after {drained.seconds:.1f}s[/red]: see `xregion replicate status`"
+            )
+            raise typer.Exit(1)
+        console.print(f"nothing owed: drained in {drained.seconds:.1f}s")
+        return
     rep.start()
     try:
         deadline = time.monotonic() + seconds if seconds else None
