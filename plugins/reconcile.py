@@ -38,15 +38,26 @@ class NoGoodCopy(StoreError):
     """No region holds the newest generation with the right hash (yet)."""
 
 
-def newest_in_stores(stores: dict[str, Store], key: str, skip: str | None = None) -> KeyState | None:
-    """The newest copy any region holds, by generation (for keys the ledger does not know)."""
+class CopiesUnknown(NoGoodCopy):
+    """A region could not be asked for its copy of a key the ledger does not know: the newest copy
+    may be the one it holds, so nothing can be concluded until it answers."""
+
+
+def newest_in_stores(
+    stores: dict[str, Store], key: str, skip: str | None = None, every_region: bool = False
+) -> KeyState | None:
+    """The newest copy any region holds, by generation (for keys the ledger does not know).
+    ``every_region``: raise CopiesUnknown when a region cannot be asked, instead of answering from
+    the others (a read takes what it can get; a converge must not conclude "nowhere")."""
     best: tuple[int, ObjectInfo] | None = None
     for name, store in stores.items():
         if name == skip:
             continue
         try:
             info = store.stat(key)
-        except StoreError:
+        except StoreError as err:
+            if every_region:
+                raise CopiesUnknown(f"region {name} cannot be asked for its copy of {key}: {err}") from err
             continue
         if info is not None and (best is None or (info.gen or 0) > best[0]):
             best = (info.gen or 0, info)
@@ -56,7 +67,10 @@ def newest_in_stores(stores: dict[str, Store], key: str, skip: str | None = None
 
 
 def newest(rep: Replicator, key: str) -> KeyState | None:
-    return rep.outbox.newest(key) or newest_in_stores(rep.stores, key)
+    """The ledger's newest write of ``key``, else the newest copy in the regions, every one asked:
+    a converge that took "no region holds it" from the regions that answered dropped the take-back
+    of a write that had landed only in the one that did not (chaos seed 1001, async, one core)."""
+    return rep.outbox.newest(key) or newest_in_stores(rep.stores, key, every_region=True)
 
 
 def converge(rep: Replicator, item: Owed) -> Outcome:

@@ -203,6 +203,44 @@ def test_a_write_refused_everywhere_that_landed_in_one_region_is_taken_back(tmp_
     assert held == dict.fromkeys(stores, old if before == "put" else None)
 
 
+class FlakyAnswerStore(AnswerLostStore):
+    """``unreachable``: its stat fails too, as a store that died would."""
+
+    unreachable = False
+
+    def stat(self, key):
+        if self.unreachable:
+            raise RegionUnavailable("connection refused")
+        return super().stat(key)
+
+
+def test_a_failed_write_waits_for_the_region_it_landed_in_instead_of_being_forgotten(tmp_path):
+    """Chaos seed 1001, async, on one core: a new key's put landed in b just before b's store
+    died, and a refused it. Both regions were owed their converge, but a converge that ran while b
+    could not be asked found the key in no region that answered and dropped its row: b kept a write
+    that a never got (diverged). The rows now wait until b answers; then the regions agree."""
+    cfg = load_config(EMBEDDED_CONFIG)
+    a, b = (r.name for r in cfg.regions[:2])
+    stores = {a: FlakyAnswerStore(down=True), b: FlakyAnswerStore()}
+    rep = Replicator(cfg, tmp_path / "ledger.sqlite", mode="async", region_stores=stores)
+    rep.kick = lambda: None
+    src = tmp_path / "model.bin"
+    src.write_bytes(b"never acknowledged")
+    with pytest.raises(StoreError):
+        rep.put_file(KEY, src)
+    assert stores[b].objects[KEY][0] == src.read_bytes()  # it landed in b
+    stores[a].down, stores[b].unreachable = False, True
+    for item in rep.outbox.items():
+        with pytest.raises(StoreError):  # nothing can be concluded while b cannot be asked
+            converge(rep, item)
+    assert sorted(i.region for i in rep.outbox.items()) == [a, b]
+    stores[b].unreachable = False
+    for item in rep.outbox.items():
+        assert converge(rep, item) is Outcome.DONE
+    held = {name: s.objects.get(KEY, (None,))[0] for name, s in stores.items()}
+    assert held[a] == held[b], held
+
+
 class TreeStore(HeldStore):
     """A region that lists, deletes and takes the writer's own bytes; ``on_list`` runs once, when
     the tree delete lists it (to interleave another write there)."""
