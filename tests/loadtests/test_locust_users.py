@@ -25,6 +25,10 @@ class Stub(ThreadingHTTPServer):
     def __init__(self):
         super().__init__(("127.0.0.1", 0), Handler)
         self.failing = False
+        # answers to cut: 200, then the connection closed half-way through the body; one per half
+        # second at most, so that the caller's retry right after a cut answer is not cut too
+        self.cutting = 0
+        self.last_cut = 0.0
         self.lock = threading.Lock()
         self.answers = collections.Counter()  # status -> count
         self.users = collections.Counter()
@@ -56,12 +60,17 @@ class Handler(BaseHTTPRequestHandler):
                 }
             ).encode()
         )
+        with srv.lock:
+            cut = status == 200 and srv.cutting > 0 and time.monotonic() - srv.last_cut > 0.5
+            if cut:
+                srv.cutting, srv.last_cut = srv.cutting - 1, time.monotonic()
         self.send_response(status)
         self.send_header("Content-Length", str(len(out)))
         self.end_headers()
-        self.wfile.write(out)
+        self.wfile.write(out[: len(out) // 2] if cut else out)
+        self.close_connection = cut  # a server killed while it answered
         with srv.lock:
-            srv.answers[status] += 1
+            srv.answers["cut" if cut else status] += 1
             srv.users[rec["user_id"]] += 1
             srv.ks[rec["k"]] += 1
 
@@ -117,6 +126,20 @@ def run(tmp_path, stub, env, *, workers=0, duration=6, users=4, rate=5.0, max_re
     finally:
         load.stop()
     return run_dir, codes
+
+
+def test_an_answer_cut_short_is_retried_once_and_logged_apart(tmp_path, stub, env):
+    """A server that dies while it answers cuts the body after the headers: the caller retries
+    once, the cut answer is logged under kind "retried", and the serving kind holds the retries'
+    outcomes, so the drills' serving objective counts what callers finally got."""
+    stub.cutting = 3
+    run_dir, _ = run(tmp_path, stub, env)
+    reqs = read_requests(request_files(run_dir))
+    retried = [r for r in reqs if r.kind == "retried"]
+    assert stub.answers["cut"] == 3 and len(retried) == 3
+    assert all(not r.ok and "cut short" in r.error for r in retried)
+    assert [r for r in reqs if r.kind == "serving" and not r.ok] == []  # every retry was answered
+    assert sum(1 for r in reqs if r.kind == "serving") == stub.answers[200]
 
 
 def test_every_request_is_logged_with_its_outcome(tmp_path, stub, env):
