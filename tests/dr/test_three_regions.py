@@ -181,12 +181,29 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else f"{path}: none"
 
 
-def test_the_loss_of_any_one_region_is_survived(three, monkeypatch):
-    figures = [_lose_and_restore(three, name, monkeypatch) for name in REGIONS]
+def _region_in_role(st, role: str) -> str:
+    v = view(st.cfg)
+    assert v.leader and len(v.sync_standbys) == 1, v.to_dict()
+    sync = v.sync_standbys[0]
+    return {"leader": v.leader, "sync standby": sync}.get(role) or next(n for n in REGIONS if n not in (v.leader, sync))
+
+
+def test_the_loss_of_any_one_region_in_any_role_is_survived(three, monkeypatch):
+    """Each region is lost once, each in another role: the asynchronous standby, then the synchronous
+    one (commits wait until Patroni names the other standby synchronous), then the leader (Patroni
+    elects a new one once the leader key's ttl runs out). Losing a standby must not move the leader."""
+    figures = []
+    for role in ("async standby", "sync standby", "leader"):
+        _wait_until_every_standby_streams(three)  # the roles have settled since the last restore
+        lost = _region_in_role(three, role)
+        assert lost not in [f["lost"] for f in figures], (role, figures)
+        figures.append({"role": role} | _lose_and_restore(three, lost, monkeypatch))
     print("\nthree-region losses:", json.dumps(figures))
-    assert figures[0]["leader_before"] == "a" and figures[0]["leader_after"] in ("b", "c")
-    # the last loss moved the leader, so a region restored earlier follows a new primary: Patroni
-    # re-points (or rewinds) it; verify is the check of the settled cluster, not of that transition
+    assert sorted(f["lost"] for f in figures) == list(REGIONS)
+    assert all(f["leader_after"] == f["leader_before"] for f in figures[:2]), figures
+    assert figures[2]["leader_before"] == "a" and figures[2]["leader_after"] in ("b", "c")
+    # a region restored earlier follows the new primary: Patroni re-points (or rewinds) it; verify is
+    # the check of the settled cluster, not of that transition
     _wait_until_every_standby_streams(three)
     report, res = xr_json(three, "dr", "verify")
     assert report["ok"], report["problems"]
