@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,7 +185,12 @@ def create_accounts(cfg: XRegionConfig, url: str, passwords: Mapping[str, str]) 
     returns the accounts created. The embedded stack and a deployment's one-shot job
     (``python -m xregion.infra.deploy accounts``) both run this."""
     from mlflow.exceptions import MlflowException
-    from mlflow.server.auth.client import AuthServiceClient
+
+    with warnings.catch_warnings():
+        # importing MLflow's auth client imports its server package, which imports a Starlette module
+        # deprecated in this Starlette (a UserWarning on every terminal): MLflow's to fix, not ours
+        warnings.filterwarnings("ignore", message="starlette.middleware.wsgi is deprecated")
+        from mlflow.server.auth.client import AuthServiceClient
 
     created = []
     auth = AuthServiceClient(url)

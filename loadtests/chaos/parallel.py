@@ -16,11 +16,13 @@ from concurrent.futures import Future, ProcessPoolExecutor
 Trial = tuple[int, int, str]  # (number in the campaign from 1, seed, mode)
 
 
-def _worker(settings, part: list[Trial], events, stop) -> None:
+def _worker(settings, number: int, part: list[Trial], events, stop) -> None:
     from .campaign import ChaosStack
 
-    with ChaosStack(settings, part[0][2], lambda message: events.put(("note", 0, message))) as chaos:
-        events.put(("ready", 0, None))
+    # the stacks start side by side: each says which it is
+    with ChaosStack(
+        settings, part[0][2], lambda message: events.put(("note", 0, f"stack {number}: {message}"))
+    ) as chaos:
         for n, seed, mode in part:
             if stop.is_set():  # another stack failed: stop after the trial in progress
                 return
@@ -39,28 +41,25 @@ def run_on_stacks(
     """Run ``schedule`` (seed, mode) on ``stacks`` stacks; ``record(n, result)`` as each trial
     ends, ``progress(n, phase)`` as it moves on. The results, in the schedule's order."""
     numbered = [(n, seed, mode) for n, (seed, mode) in enumerate(schedule, 1)]
-    # every stack takes every stacks-th trial: the schedule's sync trials come first, so a stack
-    # switches its servers' mode once, as a single stack does
-    parts = [p for p in (numbered[i::stacks] for i in range(stacks)) if p]
+    # every stack takes a run of the schedule, whose sync trials come first: a stack switches its
+    # servers' mode (a restart of each, about 8 s) at most once, and with a stack per mode never
+    size = -(-len(numbered) // stacks)
+    parts = [p for p in (numbered[i : i + size] for i in range(0, len(numbered), size)) if p]
     ctx = multiprocessing.get_context("spawn")
     results: dict[int, object] = {}
     with ctx.Manager() as manager, ProcessPoolExecutor(len(parts), mp_context=ctx) as pool:
         events, stop = manager.Queue(), manager.Event()
-        futures: list[Future] = []
-        starting: Future | None = None
+        # the stacks start at once: their ports are leased (xregion.net.free_ports), so two stacks
+        # choosing ports at the same moment do not choose the same ones
+        futures: list[Future] = [
+            pool.submit(_worker, settings, k, part, events, stop) for k, part in enumerate(parts, 1)
+        ]
         try:
-            while parts or any(not f.done() for f in futures) or not events.empty():
-                # stacks start one after another: each picks free ports as it starts, and two
-                # picking at the same moment could pick the same ones
-                if starting is None and parts:
-                    starting = pool.submit(_worker, settings, parts.pop(0), events, stop)
-                    futures.append(starting)
+            while any(not f.done() for f in futures) or not events.empty():
                 try:
                     kind, n, value = events.get(timeout=0.5)
                 except queue.Empty:
                     kind = None
-                if kind == "ready" or (starting is not None and starting.done()):
-                    starting = None  # started (or failed to): the next stack may start
                 if kind == "note":
                     note(value)
                 elif kind == "phase":
