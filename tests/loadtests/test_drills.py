@@ -1,8 +1,7 @@
-"""End-to-end drills on the session stack with a trained, promoted model behind the front door.
-
-* region-outage with failover (both regions in the front door) meets its objectives;
-* the same kind of fault with failover disabled (only region a in the front door) fails them,
-  through the CLI (exit code 1, JSON summary): the instrument can fail.
+"""A drill on the session stack with a trained, promoted model behind the front door: a model
+server's crash with failover disabled (only region a in the front door) fails the objectives,
+through the CLI (exit code 1, JSON summary): the instrument can fail. The same kind of fault with
+failover meets them: that is the demo's drill (tests/test_demo.py).
 """
 
 from __future__ import annotations
@@ -56,53 +55,12 @@ def _serve(stack, regions):
 
 
 @pytest.fixture
-def serving_both(stack, model):
-    from xregion.infra.serving.control import stop_serving
-
-    _serve(stack, None)
-    yield
-    stop_serving(stack.home)
-
-
-@pytest.fixture
 def serving_a_only(stack, model):
     from xregion.infra.serving.control import stop_serving
 
     _serve(stack, ["a"])
     yield
     stop_serving(stack.home)
-
-
-def test_region_outage_drill_meets_its_objectives(stack, serving_both, tmp_path):
-    from mlflow.tracking import MlflowClient
-
-    from xregion.infra.embedded.stack import status
-    from xregion.loadtests.runner import run_drill
-
-    out = tmp_path / "drill"
-    s = run_drill(
-        "region-outage", duration=40, users=6, cfg=stack.cfg, home=stack.home, out_dir=out, progress=lambda m: None
-    )
-    verdict = {k: s.get(k) for k in ("objectives", "gated", "by_kind", "rto_s", "errors", "steps")}
-    assert s["objectives_met"], json.dumps(verdict, indent=1, default=str)
-    # the fault really happened, to the real processes, and traffic kept flowing
-    fault = next(st for st in s["steps"] if st["label"] == "fault")
-    assert sorted(fault["result"]["killed"]) == ["a-mlflow", "a-s3", "a-serving"]
-    assert any(e["kind"] == "fault.kill" and e.get("service") == "a-serving" for e in s["events"])
-    assert s["gated"]["requests"] > 200 and s["gated"]["failed"] == 0
-    # scientists wrote through the outage, and nothing acknowledged was lost
-    assert s["rpo"]["artifacts"]["acknowledged"] > 0 and s["rpo"]["artifacts"]["missing"] == 0
-    assert s["rpo"]["metrics"]["acknowledged"] > 0
-    # report, raw log and summary, also as a run of the drills experiment
-    for name in ("report.html", "requests.csv", "summary.json", "timeline.png"):
-        assert (out / name).stat().st_size > 0
-    cl = MlflowClient(tracking_uri=s["mlflow"]["tracking_uri"])
-    run = cl.get_run(s["mlflow"]["run_id"])
-    assert run.data.metrics["availability"] == s["gated"]["availability"]
-    assert run.data.metrics["rto_s"] == s["rto_s"]
-    assert {a.path for a in cl.list_artifacts(run.info.run_id)} >= {"report.html", "requests.csv", "summary.json"}
-    # the drill left the platform healthy
-    assert all(r["healthy"] for r in status(stack.cfg, stack.home)), status(stack.cfg, stack.home)
 
 
 def test_without_failover_the_same_fault_fails_the_objectives(stack, serving_a_only, tmp_path):
@@ -114,7 +72,7 @@ def test_without_failover_the_same_fault_fails_the_objectives(stack, serving_a_o
             "drill",
             "model-server-crash",
             "--duration",
-            "30",
+            "20",  # the fault from t=6 s to t=15 s: nearly two 5 s windows with nobody serving a's share
             "--users",
             "5",
             "--out",
