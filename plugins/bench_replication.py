@@ -4,7 +4,8 @@
 (client-observed, then until fully replicated); (d) the naive baseline: plain boto3 to each
 region one after the other; (e) plain boto3 to every region in parallel, the physical limit of a
 sync write. Throughputs are compared as ratios (sync to (e), async to (a)), measured in the same
-run and interleaved over rounds, because absolute times drift on a shared machine. The result is a
+run and interleaved over rounds, because absolute times drift on a shared machine: each way runs
+on emptied stores, and in five rounds each takes each place in the order once. The result is a
 plain dict (``--json``); the CLI (xregion/cli/replicate.py) renders it as a table.
 """
 
@@ -90,19 +91,12 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
-def _round(cfg, stores, plain, files, tmp: Path, rnd: int, times: dict, lags: list, full: list) -> None:
-    run = f"xregion-bench/{time.time_ns()}"
-    primary = cfg.primary.name
-    times["a_plain_boto3"].append(_timed(lambda: _plain(*plain[primary], files, f"{run}/a")))
-    times["d_sequential_regions"].append(_timed(lambda: [_plain(*c, files, f"{run}/d") for c in plain.values()]))
-    times["e_parallel_plain"].append(_timed(lambda: _parallel(plain, files, f"{run}/e")))
-    sync = Replicator(cfg, tmp / f"sync-{rnd}.sqlite", mode="sync", region_stores=stores)
-    times["b_xregion_sync"].append(_timed(lambda: [sync.put_file(f"{run}/b/{p.name}", p) for p in files]))
-    sync.close()
-    rep = Replicator(cfg, tmp / f"async-{rnd}.sqlite", mode="async", region_stores=stores)
+def _async(cfg, stores, files, prefix: str, ledger: Path, times: dict, lags: list, full: list) -> None:
+    """(c): the client's time, then the time until every region holds the set, and each object's lag."""
+    rep = Replicator(cfg, ledger, mode="async", region_stores=stores)
     t0 = time.perf_counter()
     for p in files:
-        rep.put_file(f"{run}/c/{p.name}", p)
+        rep.put_file(f"{prefix}/{p.name}", p)
     times["c_xregion_async"].append(time.perf_counter() - t0)
     done = rep.wait_drained(timeout=300)
     full.append(time.perf_counter() - t0)
@@ -110,11 +104,48 @@ def _round(cfg, stores, plain, files, tmp: Path, rnd: int, times: dict, lags: li
     rep.close()
     if not done.drained:
         raise BenchError(f"async set not fully replicated within 300 s ({done.remaining} still owed)")
-    for s in stores.values():
-        s.delete_prefix(run + "/")
 
 
-def run_bench(max_mib: int = 64, rounds: int = 4, progress=print) -> dict:
+def _round(cfg, stores, plain, files, tmp: Path, rnd: int, times: dict, lags: list, full: list) -> list[str]:
+    """Every way once. Each starts on the same stores: the one before it was deleted first (a store
+    that holds more is slower: with a fixed order and one delete per round, async always ran last,
+    beside four copies of the set, and measured 0.75-0.85 of plain boto3 instead of about 1). The
+    order turns by one each round, so that no way is always first or last."""
+    run = f"xregion-bench/{time.time_ns()}"
+    primary = cfg.primary.name
+
+    def sync(prefix: str) -> None:
+        rep = Replicator(cfg, tmp / f"sync-{rnd}.sqlite", mode="sync", region_stores=stores)
+        times["b_xregion_sync"].append(_timed(lambda: [rep.put_file(f"{prefix}/{p.name}", p) for p in files]))
+        rep.close()
+
+    ways = {
+        "a_plain_boto3": lambda prefix: times["a_plain_boto3"].append(
+            _timed(lambda: _plain(*plain[primary], files, prefix))
+        ),
+        "b_xregion_sync": sync,
+        "c_xregion_async": lambda prefix: _async(
+            cfg, stores, files, prefix, tmp / f"async-{rnd}.sqlite", times, lags, full
+        ),
+        "d_sequential_regions": lambda prefix: times["d_sequential_regions"].append(
+            _timed(lambda: [_plain(*c, files, prefix) for c in plain.values()])
+        ),
+        "e_parallel_plain": lambda prefix: times["e_parallel_plain"].append(
+            _timed(lambda: _parallel(plain, files, prefix))
+        ),
+    }
+    names = list(ways)
+    turn = rnd % len(names)
+    order = names[turn:] + names[:turn]
+    for name in order:
+        prefix = f"{run}/{name}"
+        ways[name](prefix)
+        for s in stores.values():
+            s.delete_prefix(prefix + "/")
+    return order
+
+
+def run_bench(max_mib: int = 64, rounds: int = 5, progress=print) -> dict:
     cfg, stores = _stores_or_fail()
     plain = {n: (_plain_client(s), s.bucket) for n, s in stores.items()}
     keys = ["a_plain_boto3", "b_xregion_sync", "c_xregion_async", "d_sequential_regions", "e_parallel_plain"]
@@ -126,8 +157,9 @@ def run_bench(max_mib: int = 64, rounds: int = 4, progress=print) -> dict:
         files = make_set(Path(tmp), max_mib)
         total = sum(p.stat().st_size for p in files)
         progress(f"artifact set: {len(files)} files, {total / 2**20:.1f} MiB; {rounds} rounds")
+        orders = []
         for rnd in range(rounds):
-            _round(cfg, stores, plain, files, Path(tmp), rnd, times, lags, full)
+            orders.append(_round(cfg, stores, plain, files, Path(tmp), rnd, times, lags, full))
             progress(f"round {rnd + 1}: " + ", ".join(f"{k[:1]} {v[-1]:.2f}s" for k, v in times.items()))
     best = {k: statistics.median(v) for k, v in times.items()}
     mibs = {k: total / 2**20 / v for k, v in best.items()}
@@ -140,6 +172,7 @@ def run_bench(max_mib: int = 64, rounds: int = 4, progress=print) -> dict:
         },
         "regions": list(stores),
         "rounds": rounds,
+        "order_by_round": orders,
         "seconds": {k: round(v, 3) for k, v in best.items()},
         "throughput_mib_s": {k: round(v, 1) for k, v in mibs.items()},
         "ratios": {
