@@ -47,7 +47,13 @@ class Tuning:
     inter_ms: int = 200  # health-check interval
     fall: int = 2  # failed checks to mark a server down
     rise: int = 2  # passed checks to mark it up again
-    check_timeout_ms: int = 500  # a frozen server's check fails after this
+    check_timeout_ms: int = 400  # a frozen server's check fails after this (a busy one answers /ping in ms)
+    # consecutive connection failures of live traffic that mark a server down at once (HAProxy's
+    # ``observe layer4``; 0: health checks only). A killed server refuses connections: traffic takes
+    # it out on its next requests instead of after ``fall`` checks, and those requests are retried
+    # on another server (retry-on conn-failure). Not layer 7: a request that fails in every region
+    # (a poison input) must not mark every region down.
+    error_limit: int = 2
     connect_timeout_ms: int = 200  # a connect to a dead host is retried elsewhere after this
     server_timeout_ms: int = 3000  # a request stuck on a frozen server fails after this
     retries: int = 3
@@ -206,6 +212,7 @@ def _backends(fd: FrontDoor, regions: list[str]) -> list[str]:
     t = fd.tuning
     lines = ["resolvers dns", "    parse-resolv-conf", "    hold valid 10s", ""] if fd.dns else []
     resolve = " init-addr last,libc,none resolvers dns" if fd.dns else ""
+    observe = f" observe layer4 error-limit {t.error_limit} on-error mark-down" if t.error_limit > 0 else ""
     for slot in SLOTS:
         lines += [
             f"backend {slot}",
@@ -213,7 +220,7 @@ def _backends(fd: FrontDoor, regions: list[str]) -> list[str]:
             "    option httpchk GET /ping",
             "    http-check expect status 200",
             f"    default-server check inter {t.inter_ms}ms fastinter {t.inter_ms}ms downinter {t.inter_ms}ms "
-            f"fall {t.fall} rise {t.rise}{resolve}",
+            f"fall {t.fall} rise {t.rise}{observe}{resolve}",
         ]
         for region in [r for r in regions if r in fd.servers.get(slot, {})]:
             addr = fd.servers[slot][region]

@@ -210,3 +210,50 @@ def test_front_doors_fail_over_to_each_other_and_never_bounce_a_request(tmp_path
         for p in procs:
             p.terminate()
             p.wait(timeout=10)
+
+
+@pytest.mark.parametrize("error_limit, a_after", [(2, "DOWN"), (0, "UP")])
+def test_traffic_takes_a_killed_server_out_before_any_health_check(tmp_path, error_limit, a_after):
+    """Health checks a minute apart: none runs after the kill. With ``error_limit`` (observe layer4)
+    the connections the requests themselves fail to open mark the killed server down; without it, it
+    stays in rotation until a check. Either way every request is answered (retried on the other)."""
+    stubs = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ModelServer) for _ in range(2)]
+    for stub in stubs:
+        threading.Thread(target=stub.serve_forever, daemon=True).start()
+    (tmp_path / "active.map").write_text("active bk_blue\n")
+    front = free_port()
+    fd = haproxy.FrontDoor(
+        bind=f"127.0.0.1:{front}",
+        stats_bind=f"127.0.0.1:{free_port()}",
+        runtime_socket=str(tmp_path / "admin.sock"),
+        log_socket=str(tmp_path / "log.sock"),
+        map_file=str(tmp_path / "active.map"),
+        active="bk_blue",
+        servers={
+            "bk_blue": {r: f"127.0.0.1:{s.server_address[1]}" for r, s in zip("ab", stubs, strict=True)},
+            "bk_green": {"a": None, "b": None},
+        },
+        tuning=haproxy.Tuning(inter_ms=60_000, error_limit=error_limit),
+    )
+    (tmp_path / "haproxy.cfg").write_text(haproxy.render(fd, ["a", "b"]))
+    proc = subprocess.Popen(
+        [haproxy.binary(), "-db", "-f", str(tmp_path / "haproxy.cfg")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    api = haproxy.RuntimeAPI(fd.runtime_socket)
+
+    def status() -> dict[str, str]:  # "UP 1/2" (a first check still to come) counts as UP
+        return {r["svname"]: r["status"].split()[0] for r in api.stats() if r["pxname"] == "bk_blue"}
+
+    try:
+        assert _until(lambda: _score(front)[0] == 200), "the front door never answered"
+        assert status() == {"a": "UP", "b": "UP", "BACKEND": "UP"}
+        stubs[0].shutdown()
+        stubs[0].server_close()  # region a's model server is gone: its port refuses connections
+        assert [_score(front)[0] for _ in range(10)] == [200] * 10
+        assert status() == {"a": a_after, "b": "UP", "BACKEND": "UP"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        stubs[1].shutdown()
