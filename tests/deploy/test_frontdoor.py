@@ -141,9 +141,8 @@ class _ModelServer(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _front_door(tmp: Path, name: str, server: str, peer_name: str, peer: str, front: int, peer_port: int):
-    d = tmp / name
-    d.mkdir()
+def _haproxy(d: Path, front: int, servers: dict, **kw) -> tuple[haproxy.FrontDoor, subprocess.Popen]:
+    """A front door rendered into ``d`` and started, ``bk_blue`` active."""
     (d / "active.map").write_text("active bk_blue\n")
     fd = haproxy.FrontDoor(
         bind=f"127.0.0.1:{front}",
@@ -152,14 +151,19 @@ def _front_door(tmp: Path, name: str, server: str, peer_name: str, peer: str, fr
         log_socket=str(d / "log.sock"),
         map_file=str(d / "active.map"),
         active="bk_blue",
-        servers={"bk_blue": {name: server}, "bk_green": {name: None}},
-        peers={peer_name: peer},
-        peer_bind=f"127.0.0.1:{peer_port}",
+        servers=servers,
+        **kw,
     )
-    (d / "haproxy.cfg").write_text(haproxy.render(fd, [name]))
-    return subprocess.Popen(
-        [haproxy.binary(), "-db", "-f", str(d / "haproxy.cfg")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    (d / "haproxy.cfg").write_text(haproxy.render(fd, list(servers["bk_blue"])))
+    cmd = [haproxy.binary(), "-db", "-f", str(d / "haproxy.cfg")]
+    return fd, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _front_door(tmp: Path, name: str, server: str, peer_name: str, peer: str, front: int, peer_port: int):
+    d = tmp / name
+    d.mkdir()
+    servers = {"bk_blue": {name: server}, "bk_green": {name: None}}
+    return _haproxy(d, front, servers, peers={peer_name: peer}, peer_bind=f"127.0.0.1:{peer_port}")[1]
 
 
 def _score(port: int) -> tuple[int, float]:
@@ -220,27 +224,12 @@ def test_traffic_takes_a_killed_server_out_before_any_health_check(tmp_path, err
     stubs = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ModelServer) for _ in range(2)]
     for stub in stubs:
         threading.Thread(target=stub.serve_forever, daemon=True).start()
-    (tmp_path / "active.map").write_text("active bk_blue\n")
     front = free_port()
-    fd = haproxy.FrontDoor(
-        bind=f"127.0.0.1:{front}",
-        stats_bind=f"127.0.0.1:{free_port()}",
-        runtime_socket=str(tmp_path / "admin.sock"),
-        log_socket=str(tmp_path / "log.sock"),
-        map_file=str(tmp_path / "active.map"),
-        active="bk_blue",
-        servers={
-            "bk_blue": {r: f"127.0.0.1:{s.server_address[1]}" for r, s in zip("ab", stubs, strict=True)},
-            "bk_green": {"a": None, "b": None},
-        },
-        tuning=haproxy.Tuning(inter_ms=60_000, error_limit=error_limit),
-    )
-    (tmp_path / "haproxy.cfg").write_text(haproxy.render(fd, ["a", "b"]))
-    proc = subprocess.Popen(
-        [haproxy.binary(), "-db", "-f", str(tmp_path / "haproxy.cfg")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    servers = {
+        "bk_blue": {r: f"127.0.0.1:{s.server_address[1]}" for r, s in zip("ab", stubs, strict=True)},
+        "bk_green": {"a": None, "b": None},
+    }
+    fd, proc = _haproxy(tmp_path, front, servers, tuning=haproxy.Tuning(inter_ms=60_000, error_limit=error_limit))
     api = haproxy.RuntimeAPI(fd.runtime_socket)
 
     def status() -> dict[str, str]:  # "UP 1/2" (a first check still to come) counts as UP
