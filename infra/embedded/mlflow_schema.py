@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -113,8 +114,27 @@ def _migrate(cfg: XRegionConfig, home: Path) -> None:
     _run(argv, child_env(home, "mlflow"), "MLflow's migrations", timeout=600)
 
 
+# a dump takes seconds: a scratch folder older than this was left by a process killed mid-dump
+ABANDONED_AFTER_S = 3600
+
+
+def remove_abandoned_dumps(parent: Path) -> list[Path]:
+    """Scratch folders of dumps whose process died (kill -9) before renaming them; returns them."""
+    now = time.time()
+    gone = []
+    for scratch in parent.glob(".partial-*"):
+        try:
+            if now - scratch.stat().st_mtime > ABANDONED_AFTER_S:
+                shutil.rmtree(scratch)
+                gone.append(scratch)
+        except OSError:  # another process removed it, or renamed it into place, meanwhile
+            continue
+    return gone
+
+
 def _dump(cfg: XRegionConfig, home: Path, leader: RegionConfig, cached: Path) -> None:
     cached.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_dumps(cached.parent)
     # made whole in a scratch folder, then renamed: a kill -9 leaves no half dump behind
     scratch = Path(tempfile.mkdtemp(prefix=".partial-", dir=cached.parent))
     try:
