@@ -8,10 +8,8 @@ Everything binds and connects to the regions file's loopback endpoints.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -323,8 +321,8 @@ def report(run: DrillRun, summary: dict) -> None:
         from .archive import log_to_mlflow
 
         try:
-            with contextlib.redirect_stdout(sys.stderr):  # MLflow prints run links; stdout is for --json
-                summary["mlflow"] = log_to_mlflow(run.ctx.cfg, run.ctx.home, out, summary)
+            # MLflow prints the run's links on stdout: the command line decides where stdout goes
+            summary["mlflow"] = log_to_mlflow(run.ctx.cfg, run.ctx.home, out, summary)
         except Exception as exc:  # the drill's verdict does not depend on its archive
             summary["mlflow"] = {"error": f"{type(exc).__name__}: {exc}"}
             run.ctx.progress(f"could not log the drill to MLflow: {summary['mlflow']['error']}")

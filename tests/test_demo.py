@@ -27,6 +27,8 @@ NOISE = (
     "integer column",
     "cuda",
     "UserWarning",
+    "View run",  # MLflow's run links: the drill's, printed on stdout, then sent to stderr by its runner
+    "INFO mlflow",  # MLflow's own log handler, installed when a step first imports it
 )
 
 

@@ -27,6 +27,8 @@ class StartFailed(SupervisorError):
 
 
 CLIENT_IDENTITY = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+# what a quiet command line sets for itself only (xregion/cli/output.py): a server logs as it would
+COMMAND_ONLY = ("MLFLOW_CONFIGURE_LOGGING",)
 
 
 @dataclass
@@ -54,7 +56,7 @@ class Service:
         """The environment of the process: inherited, the service's own, and its secrets read now.
         An MLflow client identity is never inherited: a service acts as the account it is given, not
         as whoever started the stack (an operator's shell, or `up` while it creates the accounts)."""
-        inherited = {k: v for k, v in os.environ.items() if k not in CLIENT_IDENTITY}
+        inherited = {k: v for k, v in os.environ.items() if k not in CLIENT_IDENTITY + COMMAND_ONLY}
         env = {**inherited, **self.env}
         for var, ref in self.secret_env.items():
             kind, _, where = ref.partition(":")

@@ -248,7 +248,8 @@ def bench_capacity(
         raise typer.Exit(1) from None
     out = cap.as_dict()
     if not no_mlflow:
-        out["mlflow_run_id"] = capacity.log_to_mlflow(cfg, cap)
+        with contextlib.redirect_stdout(sys.stderr):  # MLflow prints run links; stdout is for --json
+            out["mlflow_run_id"] = capacity.log_to_mlflow(cfg, cap)
     if as_json:
         print(json.dumps(out, indent=2))
         return

@@ -18,6 +18,10 @@ from pathlib import Path
 
 # TensorFlow's C++ logging: errors only (oneDNN notices, NodeDef attribute warnings, ...)
 QUIET_NATIVE = {"TF_CPP_MIN_LOG_LEVEL": "3", "GRPC_VERBOSITY": "ERROR", "GLOG_minloglevel": "2"}
+# MLflow, when first imported, gives its loggers a handler of its own on stderr (and stops them
+# propagating): a step that imports it after log_to_file put its INFO lines back on the terminal.
+# Supervised servers do not inherit this (infra/embedded/service.py, COMMAND_ONLY).
+QUIET_MLFLOW = {"MLFLOW_CONFIGURE_LOGGING": "false"}
 
 
 def log_to_file(home: Path, command: str, verbose: bool = False) -> Path:
@@ -29,7 +33,7 @@ def log_to_file(home: Path, command: str, verbose: bool = False) -> Path:
     if verbose:
         handlers.append(logging.StreamHandler(sys.stderr))
     else:
-        for k, v in QUIET_NATIVE.items():
+        for k, v in {**QUIET_NATIVE, **QUIET_MLFLOW}.items():
             os.environ.setdefault(k, v)
     logging.basicConfig(
         level=logging.INFO, handlers=handlers, force=True, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
