@@ -25,6 +25,7 @@ from xregion.store import RegionStore, s3_client
 from .replication import Replicator
 
 SIZES_KIB = [1, 4, 64, 256, 1024, 4096, 16384, 65536]
+WAYS = ["a_plain_boto3", "b_xregion_sync", "c_xregion_async", "d_sequential_regions", "e_parallel_plain"]
 
 
 def make_set(root: Path, max_mib: int) -> list[Path]:
@@ -78,9 +79,9 @@ def _stores_or_fail() -> tuple:
     return cfg, stores
 
 
-def _timed(fn) -> float:
+def _timed(fn, *args) -> float:
     t = time.perf_counter()
-    fn()
+    fn(*args)
     return time.perf_counter() - t
 
 
@@ -113,43 +114,33 @@ def _round(cfg, stores, plain, files, tmp: Path, rnd: int, times: dict, lags: li
     order turns by one each round, so that no way is always first or last."""
     run = f"xregion-bench/{time.time_ns()}"
     primary = cfg.primary.name
-
-    def sync(prefix: str) -> None:
-        rep = Replicator(cfg, tmp / f"sync-{rnd}.sqlite", mode="sync", region_stores=stores)
-        times["b_xregion_sync"].append(_timed(lambda: [rep.put_file(f"{prefix}/{p.name}", p) for p in files]))
-        rep.close()
-
-    ways = {
-        "a_plain_boto3": lambda prefix: times["a_plain_boto3"].append(
-            _timed(lambda: _plain(*plain[primary], files, prefix))
-        ),
-        "b_xregion_sync": sync,
-        "c_xregion_async": lambda prefix: _async(
-            cfg, stores, files, prefix, tmp / f"async-{rnd}.sqlite", times, lags, full
-        ),
-        "d_sequential_regions": lambda prefix: times["d_sequential_regions"].append(
-            _timed(lambda: [_plain(*c, files, prefix) for c in plain.values()])
-        ),
-        "e_parallel_plain": lambda prefix: times["e_parallel_plain"].append(
-            _timed(lambda: _parallel(plain, files, prefix))
-        ),
+    sync = Replicator(cfg, tmp / f"sync-{rnd}.sqlite", mode="sync", region_stores=stores)
+    uploads = {  # the timed part of each way but async, which times itself (foreground, then lag)
+        "a_plain_boto3": lambda prefix: _plain(*plain[primary], files, prefix),
+        "b_xregion_sync": lambda prefix: [sync.put_file(f"{prefix}/{p.name}", p) for p in files],
+        "d_sequential_regions": lambda prefix: [_plain(*c, files, prefix) for c in plain.values()],
+        "e_parallel_plain": lambda prefix: _parallel(plain, files, prefix),
     }
-    names = list(ways)
-    turn = rnd % len(names)
-    order = names[turn:] + names[:turn]
-    for name in order:
-        prefix = f"{run}/{name}"
-        ways[name](prefix)
-        for s in stores.values():
-            s.delete_prefix(prefix + "/")
+    turn = rnd % len(WAYS)
+    order = WAYS[turn:] + WAYS[:turn]
+    try:
+        for name in order:
+            prefix = f"{run}/{name}"
+            if name == "c_xregion_async":
+                _async(cfg, stores, files, prefix, tmp / f"async-{rnd}.sqlite", times, lags, full)
+            else:
+                times[name].append(_timed(uploads[name], prefix))
+            for s in stores.values():
+                s.delete_prefix(prefix + "/")
+    finally:
+        sync.close()
     return order
 
 
 def run_bench(max_mib: int = 64, rounds: int = 5, progress=print) -> dict:
     cfg, stores = _stores_or_fail()
     plain = {n: (_plain_client(s), s.bucket) for n, s in stores.items()}
-    keys = ["a_plain_boto3", "b_xregion_sync", "c_xregion_async", "d_sequential_regions", "e_parallel_plain"]
-    times: dict[str, list[float]] = {k: [] for k in keys}
+    times: dict[str, list[float]] = {k: [] for k in WAYS}
     lags: list[float] = []
     full: list[float] = []
     load_before = os.getloadavg()[0]
